@@ -1,0 +1,87 @@
+"""Small building blocks: parameters with logical axis names, RMSNorm, rotary embeddings.
+
+Model code names logical axes only (`embed`, `heads`, `act_batch`, ...). Which mesh axis each
+name lands on is decided by the sharding rules (llama3_jax/sharding), never here.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen
+from flax import nnx
+
+from llama3_jax.model.config import ModelConfig, RopeScaling
+
+
+def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], names: tuple[str, ...],
+          dtype) -> nnx.Param:
+  """A parameter initialised by `init` whose dimensions carry the logical `names`.
+
+  The names are metadata only (no eager sharding): the sharding rules turn them into mesh
+  placements where the model is put on a mesh.
+  """
+  assert len(shape) == len(names), (shape, names)
+  value = nnx.with_partitioning(init, names)(rngs.params(), shape, dtype)
+  return nnx.Param(value, eager_sharding=False)
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+  """Sharding hint on an activation by logical names; a no-op unless rules are active."""
+  return linen.with_logical_constraint(x, names)
+
+
+class RMSNorm(nnx.Module):
+  """Root-mean-square norm (no mean subtraction, no bias), computed in fp32."""
+
+  def __init__(self, dim: int, eps: float, *, param_dtype, rngs: nnx.Rngs):
+    self.eps = eps
+    self.scale = param(rngs, nnx.initializers.ones_init(), (dim,), ("embed",), param_dtype)
+
+  def __call__(self, x):
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return y.astype(x.dtype) * self.scale[...].astype(x.dtype)
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None) -> np.ndarray:
+  """Inverse frequencies [H/2] of rotary embeddings, with Llama 3.1 scaling when given.
+
+  Computed in float32 like Hugging Face's `_compute_llama3_parameters`, so that logits match.
+  """
+  exponents = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim
+  inv_freq = (1.0 / (np.float32(theta) ** exponents)).astype(np.float32)
+  if scaling is None:
+    return inv_freq
+  f32 = np.float32
+  old_len = f32(scaling.original_max_position)
+  low_wavelen = old_len / f32(scaling.low_freq_factor)
+  high_wavelen = old_len / f32(scaling.high_freq_factor)
+  wavelen = f32(2 * np.pi) / inv_freq
+  # Long wavelengths (low frequencies) are stretched by `factor`; short ones kept.
+  factor = f32(scaling.factor)
+  scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+  smooth = ((old_len / wavelen - f32(scaling.low_freq_factor))
+            / (f32(scaling.high_freq_factor) - f32(scaling.low_freq_factor)))
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_angles(positions_bt: jax.Array, config: ModelConfig) -> tuple[jax.Array, jax.Array]:
+  """cos and sin [B, T, H/2] (fp32) for the given token positions."""
+  inv_freq = jnp.asarray(rope_frequencies(config.head_dim, config.rope_theta,
+                                          config.rope_scaling))
+  angles_bth = positions_bt.astype(jnp.float32)[..., None] * inv_freq
+  return jnp.cos(angles_bth), jnp.sin(angles_bth)
+
+
+def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax.Array:
+  """Rotates pairs (x[i], x[i + H/2]), the "rotate half" layout that Hugging Face Llama uses.
+
+  Meta's original checkpoints pair (x[2i], x[2i+1]); their HF conversion permutes q/k weights
+  into this layout, so HF weights load here without any permutation.
+  """
+  x1, x2 = jnp.split(x_btnh.astype(jnp.float32), 2, axis=-1)
+  cos, sin = cos_bth[:, :, None, :], sin_bth[:, :, None, :]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_btnh.dtype)

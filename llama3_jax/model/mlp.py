@@ -1,0 +1,25 @@
+"""SwiGLU feed-forward network: down(silu(x @ gate) * (x @ up))."""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from llama3_jax.model.config import ModelConfig
+from llama3_jax.model.layers import constrain, param
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    init = nnx.initializers.normal(config.init_std)
+    D, F, dtype = config.d_model, config.ffn_dim, jnp.dtype(config.param_dtype)
+    self.w_gate_df = param(rngs, init, (D, F), ("embed", "mlp"), dtype)
+    self.w_up_df = param(rngs, init, (D, F), ("embed", "mlp"), dtype)
+    self.w_down_fd = param(rngs, init, (F, D), ("mlp", "embed"), dtype)
+
+  def __call__(self, x_btd):
+    dtype = x_btd.dtype
+    gate_btf = jnp.einsum("btd,df->btf", x_btd, self.w_gate_df[...].astype(dtype))
+    up_btf = jnp.einsum("btd,df->btf", x_btd, self.w_up_df[...].astype(dtype))
+    h_btf = constrain(jax.nn.silu(gate_btf) * up_btf, ("act_batch", "act_seq", "act_mlp"))
+    return jnp.einsum("btf,fd->btd", h_btf, self.w_down_fd[...].astype(dtype))

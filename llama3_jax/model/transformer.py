@@ -1,0 +1,120 @@
+"""The Llama 3 decoder: embedding, L pre-norm blocks stacked on a `layers` axis, norm, LM head.
+
+    model = Transformer(SIZES["debug"], rngs=nnx.Rngs(0))
+    logits_btv = model(tokens_bt)                            # one document per row
+    logits_btv = model(tokens_bt, segment_ids=seg_bt)        # packed rows, document mask
+
+The blocks' parameters are stacked ([L, ...]) and run by `nnx.scan`, so compile time does not
+grow with depth; `scan_layers=False` runs the same stacked parameters in a Python loop.
+"""
+
+import jax
+from jax.ad_checkpoint import checkpoint_name
+import jax.numpy as jnp
+from flax import nnx
+
+from llama3_jax.model.attention import Attention
+from llama3_jax.model.config import ModelConfig
+from llama3_jax.model.layers import RMSNorm, constrain, param, rope_angles
+from llama3_jax.model.mlp import MLP
+
+_ACT = ("act_batch", "act_seq", "act_embed")
+
+
+class Block(nnx.Module):
+  """x + attention(norm(x)), then + mlp(norm(x))."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    dtype = jnp.dtype(config.param_dtype)
+    self.attn_norm = RMSNorm(config.d_model, config.norm_eps, param_dtype=dtype, rngs=rngs)
+    self.attn = Attention(config, rngs=rngs)
+    self.mlp_norm = RMSNorm(config.d_model, config.norm_eps, param_dtype=dtype, rngs=rngs)
+    self.mlp = MLP(config, rngs=rngs)
+
+  def __call__(self, x_btd, rope, segment_bt, index_bt):
+    attn_btd = self.attn(self.attn_norm(x_btd), rope, segment_bt, index_bt)
+    x_btd = constrain(x_btd + checkpoint_name(attn_btd, "attn_out"), _ACT)
+    mlp_btd = checkpoint_name(self.mlp(self.mlp_norm(x_btd)), "mlp_out")
+    return constrain(x_btd + mlp_btd, _ACT)
+
+
+def _remat_policy(config: ModelConfig):
+  if config.remat == "save_names":
+    return jax.checkpoint_policies.save_only_these_names(*config.remat_names)
+  return None   # "full": save nothing inside a block, recompute it all in backward
+
+
+def segment_positions(segment_bt: jax.Array) -> jax.Array:
+  """Positions that restart at 0 where the segment id changes: [1,1,2,2,2] -> [0,1,0,1,2]."""
+  index_bt = jnp.broadcast_to(jnp.arange(segment_bt.shape[1]), segment_bt.shape)
+  starts_bt = jnp.concatenate(
+      [jnp.ones_like(segment_bt[:, :1], bool), segment_bt[:, 1:] != segment_bt[:, :-1]], axis=1)
+  start_index_bt = jax.lax.cummax(jnp.where(starts_bt, index_bt, 0), axis=1)
+  return index_bt - start_index_bt
+
+
+class Transformer(nnx.Module):
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    init = nnx.initializers.normal(config.init_std)
+    V, D, dtype = config.vocab_size, config.d_model, jnp.dtype(config.param_dtype)
+    self.embed_vd = param(rngs, init, (V, D), ("vocab", "embed"), dtype)
+
+    @nnx.split_rngs(splits=config.n_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make_blocks(rngs):
+      return Block(config, rngs=rngs)
+
+    self.blocks = make_blocks(rngs)
+    self.final_norm = RMSNorm(D, config.norm_eps, param_dtype=dtype, rngs=rngs)
+    if not config.tie_embeddings:
+      self.lm_head_dv = param(rngs, init, (D, V), ("embed", "vocab"), dtype)
+
+  def __call__(self, tokens_bt, segment_ids=None, positions=None):
+    """tokens [B, T] int -> logits [B, T, V] fp32.
+
+    segment_ids [B, T]: tokens attend only within their own segment (document); ids must be
+    non-negative. positions [B, T]: RoPE positions; by default they restart at 0 in each
+    segment (0..T-1 without segment ids).
+    """
+    c = self.config
+    dtype = jnp.dtype(c.dtype)
+    B, T = tokens_bt.shape
+    index_bt = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    segment_bt = (jnp.zeros((B, T), jnp.int32) if segment_ids is None
+                  else jnp.asarray(segment_ids, jnp.int32))
+    if positions is None:
+      positions = index_bt if segment_ids is None else segment_positions(segment_bt)
+    rope = rope_angles(jnp.asarray(positions), c)
+
+    x_btd = constrain(jnp.take(self.embed_vd[...], tokens_bt, axis=0).astype(dtype), _ACT)
+    x_btd = self._run_blocks(x_btd, rope, segment_bt, index_bt)
+    x_btd = self.final_norm(x_btd)
+    if c.tie_embeddings:
+      logits_btv = jnp.einsum("btd,vd->btv", x_btd, self.embed_vd[...].astype(dtype),
+                              preferred_element_type=jnp.float32)
+    else:
+      logits_btv = jnp.einsum("btd,dv->btv", x_btd, self.lm_head_dv[...].astype(dtype),
+                              preferred_element_type=jnp.float32)
+    return constrain(logits_btv, ("act_batch", "act_seq", "act_vocab"))
+
+  def _run_blocks(self, x_btd, rope, segment_bt, index_bt):
+    c = self.config
+
+    def apply(block, x_btd):
+      return block(x_btd, rope, segment_bt, index_bt)
+
+    if c.remat != "none":
+      apply = nnx.remat(apply, policy=_remat_policy(c))
+
+    if c.scan_layers:
+      scan = nnx.scan(apply, in_axes=(0, nnx.Carry), out_axes=nnx.Carry,
+                      transform_metadata={nnx.PARTITION_NAME: "layers"})
+      return scan(self.blocks, x_btd)
+    # Unrolled: the same stacked parameters, one layer slice at a time.
+    graphdef, state = nnx.split(self.blocks)
+    for i in range(c.n_layers):
+      block = nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
+      x_btd = apply(block, x_btd)
+    return x_btd
