@@ -18,7 +18,8 @@ from llama3_jax.model.config import ModelConfig
 from llama3_jax.model.layers import RMSNorm, constrain, param, rope_angles
 from llama3_jax.model.mlp import MLP
 
-_ACT = ("act_batch", "act_seq", "act_embed")
+_RESIDUAL = ("act_batch", "act_res_seq", "act_embed")   # the residual stream [B, T, D]
+_BLOCK_IN = ("act_batch", "act_seq", "act_embed")       # normed input to attention and MLP
 
 
 class Block(nnx.Module):
@@ -32,10 +33,12 @@ class Block(nnx.Module):
     self.mlp = MLP(config, rngs=rngs)
 
   def __call__(self, x_btd, rope, segment_bt, index_bt):
-    attn_btd = self.attn(self.attn_norm(x_btd), rope, segment_bt, index_bt)
-    x_btd = constrain(x_btd + checkpoint_name(attn_btd, "attn_out"), _ACT)
-    mlp_btd = checkpoint_name(self.mlp(self.mlp_norm(x_btd)), "mlp_out")
-    return constrain(x_btd + mlp_btd, _ACT)
+    h_btd = constrain(self.attn_norm(x_btd), _BLOCK_IN)
+    attn_btd = self.attn(h_btd, rope, segment_bt, index_bt)
+    x_btd = constrain(x_btd + checkpoint_name(attn_btd, "attn_out"), _RESIDUAL)
+    h_btd = constrain(self.mlp_norm(x_btd), _BLOCK_IN)
+    mlp_btd = checkpoint_name(self.mlp(h_btd), "mlp_out")
+    return constrain(x_btd + mlp_btd, _RESIDUAL)
 
 
 def _remat_policy(config: ModelConfig):
@@ -88,7 +91,7 @@ class Transformer(nnx.Module):
       positions = index_bt if segment_ids is None else segment_positions(segment_bt)
     rope = rope_angles(jnp.asarray(positions), c)
 
-    x_btd = constrain(jnp.take(self.embed_vd[...], tokens_bt, axis=0).astype(dtype), _ACT)
+    x_btd = constrain(jnp.take(self.embed_vd[...], tokens_bt, axis=0).astype(dtype), _RESIDUAL)
     x_btd = self._run_blocks(x_btd, rope, segment_bt, index_bt)
     x_btd = self.final_norm(x_btd)
     if c.tie_embeddings:

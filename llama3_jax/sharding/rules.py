@@ -1,0 +1,111 @@
+"""Logical axis rules: which mesh axes each logical parameter and activation name lands on.
+
+Model code names logical axes only; these tables are the one place mesh axes appear. Parameter
+and activation names are separate (levanter's lesson), so FSDP on `embed` and batch sharding on
+`act_batch` never compete for one mesh axis.
+
+One table covers every strategy, because an axis of size 1 shards nothing:
+
+    mesh                        what the tables give
+    data=8                      data parallel: parameters replicated, batch split
+    fsdp=8                      FSDP (ZeRO-3): parameters, gradients, optimizer state split
+    data=2, fsdp=4              FSDP inside groups of 4, replicated across the 2 groups
+    fsdp=2, tensor=4            + Megatron tensor parallelism of heads, FFN and vocabulary
+    ... sequence_parallel=True  + norm/residual activations split over `tensor` along the
+                                  sequence (reduce-scatter / all-gather instead of all-reduce)
+"""
+
+import dataclasses
+
+import jax
+from flax import linen
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+# Parameters (names carried by every nnx.Param, see llama3_jax/model).
+PARAM_RULES: Rules = (
+    ("layers", "stage"),     # stacked layers: split into pipeline stages
+    ("embed", "fsdp"),       # FSDP shards every weight along d_model
+    ("vocab", "tensor"),     # vocab-parallel embedding and LM head
+    ("heads", "tensor"),     # column-parallel q, row-parallel o (Megatron)
+    ("kv_heads", "tensor"),  # replicated instead when tensor > KV heads (see `make_rules`)
+    ("mlp", "tensor"),       # column-parallel gate/up, row-parallel down
+    ("head_dim", None),
+)
+
+# Activations (names passed to `constrain` in the model).
+ACTIVATION_RULES: Rules = (
+    ("act_batch", ("data", "fsdp")),
+    ("act_seq", "context"),
+    ("act_res_seq", "context"),   # the residual stream; ("context", "tensor") with SP
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingConfig:
+  """How parameters move during a step (the mesh sizes say how far they are split).
+
+  fsdp_mode:
+    "zero3"  - weights are all-gathered layer by layer in forward and again in backward; only
+               a layer's gathered weights are alive at a time.
+    "llama3" - Llama 3's mode (report §3.3.2): gradients and optimizer state stay sharded, but
+               weights gathered in forward are kept for backward (no second all-gather), at the
+               cost of holding the gathered weights on every device.
+  sequence_parallel: split the residual stream over `tensor` along the sequence.
+  """
+  fsdp_mode: str = "zero3"
+  sequence_parallel: bool = False
+
+  def __post_init__(self):
+    if self.fsdp_mode not in ("zero3", "llama3"):
+      raise ValueError(f"fsdp_mode={self.fsdp_mode!r}; use 'zero3' or 'llama3'")
+
+
+def make_rules(model, sizes: dict[str, int], config: ShardingConfig = ShardingConfig()) -> Rules:
+  """The rule table for one model (ModelConfig) on one mesh (axis sizes)."""
+  replicate_kv = model.n_kv_heads % sizes.get("tensor", 1) != 0
+  overrides = {}
+  if replicate_kv:   # e.g. 8 KV heads on tensor=16: every tensor rank keeps whole KV heads
+    overrides.update(kv_heads=None, act_kv_heads=None)
+  if config.sequence_parallel:
+    overrides["act_res_seq"] = ("context", "tensor")
+  return tuple((name, overrides.get(name, axes)) for name, axes in
+               PARAM_RULES + ACTIVATION_RULES)
+
+
+def logical_to_spec(names, rules: Rules) -> PartitionSpec:
+  """PartitionSpec of mesh axes for a tuple of logical names (unknown names: replicated)."""
+  return linen.logical_to_mesh_axes(tuple(names), rules)
+
+
+def state_specs(state, rules: Rules):
+  """Mesh PartitionSpecs for an nnx State (real or abstract), from its logical metadata."""
+  return jax.tree.map(lambda p: logical_to_spec(tuple(p), rules), nnx.get_partition_spec(state),
+                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def state_shardings(state, mesh, rules: Rules):
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), state_specs(state, rules),
+                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def without_axis(spec: PartitionSpec, axis: str) -> PartitionSpec:
+  """`spec` with mesh `axis` removed: the layout after all-gathering over that axis."""
+  def drop(entry):
+    if isinstance(entry, tuple):
+      kept = tuple(a for a in entry if a != axis)
+      return kept if len(kept) > 1 else (kept[0] if kept else None)
+    return None if entry == axis else entry
+  return PartitionSpec(*(drop(e) for e in spec))
+
+
+def batch_spec(rules: Rules) -> PartitionSpec:
+  """PartitionSpec of a [B, T] input array."""
+  return logical_to_spec(("act_batch", "act_seq"), rules)
