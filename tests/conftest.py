@@ -2,8 +2,11 @@
 
 import os
 
+# Tiny models compile for much longer than they run: LLVM's optimisation level 0 cuts XLA:CPU
+# compile time ~5x (e.g. 6.6 s -> 1.1 s for a sharded init) at no cost to what tests check.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8").strip()
+                           + " --xla_force_host_platform_device_count=8"
+                           + " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

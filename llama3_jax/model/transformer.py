@@ -91,7 +91,10 @@ class Transformer(nnx.Module):
       positions = index_bt if segment_ids is None else segment_positions(segment_bt)
     rope = rope_angles(jnp.asarray(positions), c)
 
-    x_btd = constrain(jnp.take(self.embed_vd[...], tokens_bt, axis=0).astype(dtype), _RESIDUAL)
+    # The lookup reads the table laid out like an activation (vocab-parallel, d_model whole), so
+    # its backward scatter-add lands in that layout and is then reduce-scattered like any weight.
+    embed_vd = constrain(self.embed_vd[...], ("act_vocab", "act_embed"))
+    x_btd = constrain(jnp.take(embed_vd, tokens_bt, axis=0).astype(dtype), _RESIDUAL)
     x_btd = self._run_blocks(x_btd, rope, segment_bt, index_bt)
     x_btd = self.final_norm(x_btd)
     if c.tie_embeddings:

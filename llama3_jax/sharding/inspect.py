@@ -47,7 +47,7 @@ def bytes_per_device(shape, dtype, spec: PartitionSpec, mesh_sizes: dict[str, in
   return int(np.prod(shard_shape(shape, spec, mesh_sizes))) * np.dtype(dtype).itemsize
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class ShardingReport:
   rows: list[Row]
   mesh_sizes: dict[str, int]
@@ -86,6 +86,8 @@ class ShardingReport:
     lines += ["", "per device:"]
     lines += [f"  {name:<32}{_human(value):>12}" for name, value in self.totals().items()]
     return "\n".join(lines)
+
+  __repr__ = __str__
 
   def _repr_html_(self):
     header, body = self._table()

@@ -63,12 +63,17 @@ class MeshConfig:
 def make_mesh(config: MeshConfig, devices=None) -> jax.sharding.Mesh:
   """A Mesh with axes AXES (Auto axis types) over `devices` (default: all devices)."""
   devices = list(jax.devices() if devices is None else devices)
+  auto = (jax.sharding.AxisType.Auto,) * len(AXES)
+  return jax.sharding.Mesh(device_array(config, devices), AXES, axis_types=auto)
+
+
+def device_array(config: MeshConfig, devices) -> np.ndarray:
+  """Devices arranged with shape (data, fsdp, stage, context, tensor)."""
   sizes = config.sizes(len(devices))
   shape = tuple(sizes[axis] for axis in AXES)
-  auto = (jax.sharding.AxisType.Auto,) * len(AXES)
   dcn = config.dcn_sizes()
   if math.prod(dcn.values()) == 1:
-    return jax.make_mesh(shape, AXES, axis_types=auto, devices=devices)
+    return mesh_utils.create_device_mesh(shape, devices)
 
   for axis in AXES:
     if sizes[axis] % dcn[axis]:
@@ -78,9 +83,8 @@ def make_mesh(config: MeshConfig, devices=None) -> jax.sharding.Mesh:
   dcn_shape = tuple(dcn[a] for a in AXES)
   # TPU slices carry slice_index; elsewhere each process is one node (one process per node).
   by_process = not hasattr(devices[0], "slice_index")
-  device_array = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices,
-                                                      process_is_granule=by_process)
-  return jax.sharding.Mesh(device_array, AXES, axis_types=auto)
+  return mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices,
+                                              process_is_granule=by_process)
 
 
 def abstract_mesh(sizes: dict[str, int]) -> jax.sharding.AbstractMesh:
@@ -111,7 +115,8 @@ def validate(config: MeshConfig, model, *, n_devices: int, global_batch: int | N
                     f"tensor dividing {model.n_kv_heads}, or tensor > n_kv_heads to replicate")
   if model.n_kv_heads < t and t % model.n_kv_heads:
     problems.append(f"tensor={t} is not a multiple of n_kv_heads={model.n_kv_heads}; "
-                    "replicated KV heads need whole copies per head")
+                    "replicated KV heads need whole copies per head; choose tensor as a multiple "
+                    f"of {model.n_kv_heads}")
   if model.n_layers % sizes["stage"]:
     problems.append(f"n_layers={model.n_layers} is not divisible by stage={sizes['stage']}; "
                     f"choose stage among {_divisors(model.n_layers, limit=n_devices)}")

@@ -16,6 +16,7 @@ One table covers every strategy, because an axis of size 1 shards nothing:
 """
 
 import dataclasses
+import warnings
 
 import jax
 from flax import linen
@@ -76,6 +77,10 @@ def make_rules(model, sizes: dict[str, int], config: ShardingConfig = ShardingCo
     overrides.update(kv_heads=None, act_kv_heads=None)
   if config.sequence_parallel:
     overrides["act_res_seq"] = ("context", "tensor")
+    if replicate_kv:
+      warnings.warn("sequence_parallel with tensor > n_kv_heads: XLA's partitioner falls back to "
+                    "replicating attention tensors in backward (correct, but slower); prefer "
+                    "tensor <= n_kv_heads with sequence parallelism", stacklevel=2)
   return tuple((name, overrides.get(name, axes)) for name, axes in
                PARAM_RULES + ACTIVATION_RULES)
 

@@ -39,6 +39,9 @@ class StepFns:
 def make_step_fns(graphdef, shardings, mesh, rules,
                   config: ShardingConfig = ShardingConfig()) -> StepFns:
   """Jitted step functions with the state's shardings in and out."""
+  if mesh.shape["stage"] > 1:
+    raise ValueError(f"The mesh has stage={mesh.shape['stage']}, but pipeline parallelism is "
+                     "not implemented yet; put those devices on fsdp or data instead")
   param_shardings = nnx.state(nnx.merge(graphdef, shardings, copy=True).model, nnx.Param)
   # Llama 3 FSDP mode: gather every weight once, before the forward pass. Autodiff keeps the
   # gathered weights for backward (no second all-gather) and the transpose of the gather
@@ -63,7 +66,7 @@ def make_step_fns(graphdef, shardings, mesh, rules,
     loss, tokens, grads = grads_of(state, batch)
     train_state = nnx.merge(graphdef, state)
     train_state.optimizer.update(train_state.model, grads)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "loss_tokens": tokens}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "loss_tokens": tokens}
     return nnx.state(train_state), metrics
 
   def loss_and_grads(state, batch):
