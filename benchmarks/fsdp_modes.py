@@ -15,10 +15,10 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 from flax import linen  # noqa: E402
 
 from llama3_jax.model import ModelConfig  # noqa: E402
+from llama3_jax.optim.optimizer import build_optimizer  # noqa: E402
 from llama3_jax.sharding import MeshConfig, ShardingConfig, make_mesh, make_rules  # noqa: E402
 from llama3_jax.sharding.hlo import traffic  # noqa: E402
 from llama3_jax.train.state import init_train_state  # noqa: E402
@@ -34,25 +34,25 @@ def measure(fsdp_mode: str) -> dict:
   sharding = ShardingConfig(fsdp_mode=fsdp_mode)
   mesh = make_mesh(mesh_config)
   rules = make_rules(MODEL, mesh_config.sizes(8), sharding)
-  graphdef, state, shardings = init_train_state(MODEL, optax.adamw(1e-3), mesh, rules)
+  graphdef, state, shardings = init_train_state(MODEL, build_optimizer(), mesh, rules)
   fns = make_step_fns(graphdef, shardings, mesh, rules, sharding)
   tokens = np.random.RandomState(0).randint(0, MODEL.vocab_size, (BATCH, SEQ + 1))
   batch = jax.device_put({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]},
                          fns.batch_sharding)
   with jax.set_mesh(mesh), linen.logical_axis_rules(rules):
-    compiled = fns.train.jitted.lower(state, batch).compile()
+    compiled = fns.train.jitted.lower(state, batch, 1e-3).compile()
   per_op = traffic(compiled.as_text(), MODEL.n_layers)
   ops = ("all-gather", "reduce-scatter", "all-reduce")
   counts = {op: per_op.get(op, (0, 0))[0] for op in ops}
   moved = {op: per_op.get(op, (0, 0))[1] for op in ops}
   memory = compiled.memory_analysis()
   for _ in range(2):   # warm up
-    state, metrics = fns.train(state, batch)
+    state, metrics = fns.train(state, batch, 1e-3)
   jax.block_until_ready(state)
   start = time.perf_counter()
   steps = 5
   for _ in range(steps):
-    state, metrics = fns.train(state, batch)
+    state, metrics = fns.train(state, batch, 1e-3)
   jax.block_until_ready(state)
   return {"temp": memory.temp_size_in_bytes, "args": memory.argument_size_in_bytes,
           "traffic": moved, "counts": counts,

@@ -1,10 +1,11 @@
-"""The sharded train step: loss, gradients (fp32) and the optimizer update in one jit.
+"""The sharded train step: loss, fp32 gradients (accumulated over micro-batches) and AdamW.
 
-    fns = make_step_fns(graphdef, shardings, mesh, rules, ShardingConfig(fsdp_mode="llama3"))
-    state, metrics = fns.train(state, batch)
+    fns = make_step_fns(graphdef, shardings, mesh, rules, ShardingConfig(), micro_batches=4)
+    state, metrics = fns.train(state, batch, lr)
 
 A batch is a dict of [B, T] arrays: `inputs`, `targets`, and optionally `segment_ids`,
-`positions` and `loss_mask` (1 where a target counts).
+`positions` and `loss_mask` (1 where a target counts). The loss is the mean cross-entropy over
+all unmasked targets of the whole batch, however it is split into micro-batches.
 """
 
 import dataclasses
@@ -15,37 +16,38 @@ import jax.numpy as jnp
 import optax
 from flax import linen
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
+from llama3_jax.optim.optimizer import set_learning_rate
 from llama3_jax.sharding.rules import ShardingConfig, batch_spec, without_axis
 
 
-def loss_fn(model, batch):
-  """Mean next-token cross-entropy over the targets the loss mask keeps."""
+def loss_sums(model, batch):
+  """(sum of next-token cross-entropy over unmasked targets, number of unmasked targets)."""
   logits_btv = model(batch["inputs"], batch.get("segment_ids"), batch.get("positions"))
   ce_bt = optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch["targets"])
-  mask_bt = batch.get("loss_mask", jnp.ones_like(ce_bt))
-  tokens = mask_bt.sum()
-  return (ce_bt * mask_bt).sum() / jnp.maximum(tokens, 1), tokens
+  mask_bt = batch.get("loss_mask", jnp.ones_like(ce_bt)).astype(jnp.float32)
+  return (ce_bt * mask_bt).sum(), mask_bt.sum()
 
 
 @dataclasses.dataclass(frozen=True)
 class StepFns:
-  train: Callable            # (state, batch) -> (state, metrics); state is donated
+  train: Callable            # (state, batch, lr) -> (state, metrics); state is donated
   loss_and_grads: Callable   # (state, batch) -> (loss, grads of the parameters)
   batch_sharding: NamedSharding
 
 
-def make_step_fns(graphdef, shardings, mesh, rules,
-                  config: ShardingConfig = ShardingConfig()) -> StepFns:
+def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = ShardingConfig(),
+                  micro_batches: int = 1) -> StepFns:
   """Jitted step functions with the state's shardings in and out."""
   if mesh.shape["stage"] > 1:
     raise ValueError(f"The mesh has stage={mesh.shape['stage']}, but pipeline parallelism is "
                      "not implemented yet; put those devices on fsdp or data instead")
   param_shardings = nnx.state(nnx.merge(graphdef, shardings, copy=True).model, nnx.Param)
-  # Llama 3 FSDP mode: gather every weight once, before the forward pass. Autodiff keeps the
-  # gathered weights for backward (no second all-gather) and the transpose of the gather
-  # reduce-scatters the gradients back to their FSDP shards.
+  batch_sharding = NamedSharding(mesh, batch_spec(rules))
+  # Llama 3 FSDP mode: gather every weight once per step, before the first micro-batch. Autodiff
+  # keeps the gathered weights for backward (no second all-gather); gradients accumulate in the
+  # gathered layout and are reduce-scattered to their FSDP shards once, in fp32.
   gathered = None
   if config.fsdp_mode == "llama3":
     gathered = jax.tree.map(lambda s: NamedSharding(mesh, without_axis(s.spec, "fsdp")),
@@ -53,18 +55,39 @@ def make_step_fns(graphdef, shardings, mesh, rules,
 
   def grads_of(state, batch):
     model_def, params = nnx.split(nnx.merge(graphdef, state).model)
+    if gathered is not None:
+      params = jax.lax.with_sharding_constraint(params, gathered)
 
-    def loss_of(params):
-      if gathered is not None:
-        params = jax.lax.with_sharding_constraint(params, gathered)
-      return loss_fn(nnx.merge(model_def, params), batch)
+    def micro_step(batch):
+      sums = lambda p: loss_sums(nnx.merge(model_def, p), batch)
+      (ce_sum, tokens), grads = jax.value_and_grad(sums, has_aux=True)(params)
+      return ce_sum, tokens, grads
 
-    (loss, tokens), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
-    return loss, tokens, grads
+    if micro_batches == 1:
+      ce_sum, tokens, grads = micro_step(batch)
+    else:
+      # Micro-batch m takes rows m, m + M, m + 2M, ...: every device keeps its share of rows.
+      def split(x):
+        x = x.reshape(x.shape[0] // micro_batches, micro_batches, *x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(
+            x, NamedSharding(mesh, jax.sharding.PartitionSpec(None, *batch_sharding.spec)))
 
-  def train(state, batch):
+      def accumulate(carry, micro_batch):
+        return jax.tree.map(jnp.add, carry, micro_step(micro_batch)), None
+
+      zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+      (ce_sum, tokens, grads), _ = jax.lax.scan(accumulate, zeros, jax.tree.map(split, batch))
+
+    denominator = jnp.maximum(tokens, 1.0)
+    grads = jax.tree.map(lambda g: g / denominator, grads)
+    if gathered is not None:
+      grads = jax.lax.with_sharding_constraint(grads, param_shardings)
+    return ce_sum / denominator, tokens, grads
+
+  def train(state, batch, lr):
     loss, tokens, grads = grads_of(state, batch)
     train_state = nnx.merge(graphdef, state)
+    set_learning_rate(train_state.optimizer, lr)
     train_state.optimizer.update(train_state.model, grads)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "loss_tokens": tokens}
     return nnx.state(train_state), metrics
@@ -73,8 +96,7 @@ def make_step_fns(graphdef, shardings, mesh, rules,
     loss, _, grads = grads_of(state, batch)
     return loss, grads
 
-  batch_sharding = NamedSharding(mesh, batch_spec(rules))
-  train_jit = jax.jit(train, in_shardings=(shardings, batch_sharding),
+  train_jit = jax.jit(train, in_shardings=(shardings, batch_sharding, None),
                       out_shardings=(shardings, None), donate_argnums=0)
   grads_jit = jax.jit(loss_and_grads, in_shardings=(shardings, batch_sharding),
                       out_shardings=(None, param_shardings))

@@ -9,11 +9,11 @@ import functools
 
 import jax
 import numpy as np
-import optax
 import pytest
 from flax import linen
 
 from llama3_jax.model import ModelConfig
+from llama3_jax.optim.optimizer import build_optimizer
 from llama3_jax.sharding import MeshConfig, ShardingConfig, make_mesh, make_rules
 from llama3_jax.sharding.hlo import axis_groups, collectives, traffic
 from llama3_jax.sharding.inspect import sharding_report
@@ -29,7 +29,8 @@ RTOL = 1e-5
 # after a few steps would differ by O(lr) for reasons that have nothing to do with sharding.
 # eps=1e-3 bounds that amplification (lr / eps = 10) while every moment is still sharded and
 # updated exactly as in training.
-OPTIMIZER = optax.adamw(1e-2, eps=1e-3)
+OPTIMIZER = build_optimizer(eps=1e-3)
+LR = 1e-2
 REMAT_WARNING = "Involuntary full rematerialization"
 
 
@@ -52,7 +53,7 @@ def run(mesh_config, sharding=ShardingConfig(), model=MODEL, devices=None, steps
   loss, grads = fns.loss_and_grads(state, make_batch())
   losses = []
   for i in range(steps):
-    state, metrics = fns.train(state, make_batch(seed=i))
+    state, metrics = fns.train(state, make_batch(seed=i), LR)
     losses.append(float(metrics["loss"]))
   params = jax.device_get(state["model"])
   return float(loss), jax.device_get(grads), losses, params
@@ -117,7 +118,7 @@ def compiled_train_step(mesh_config, sharding=ShardingConfig()):
   fns = make_step_fns(graphdef, shardings, mesh, rules, sharding)
   batch = jax.device_put(make_batch(), fns.batch_sharding)
   with jax.set_mesh(mesh), linen.logical_axis_rules(rules):
-    hlo = fns.train.jitted.lower(state, batch).compile().as_text()
+    hlo = fns.train.jitted.lower(state, batch, LR).compile().as_text()
   return mesh, state, rules, hlo
 
 

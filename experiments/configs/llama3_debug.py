@@ -1,0 +1,49 @@
+"""The embedded default: a tiny Llama 3 on 8 fake CPU devices, a few minutes on 2 cores.
+
+python -m experiments.pretrain                                   # this config
+python -m experiments.pretrain --config experiments/configs/llama3_debug.py:steps=20 \
+    --config.mesh.fsdp=2 --config.mesh.tensor=4 --workdir /tmp/run
+
+It runs the whole Llama 3 recipe in miniature: warm-up, cosine, a batch and sequence ramp
+(two stages), a final anneal whose checkpoints are averaged, on an fsdp x tensor mesh.
+"""
+
+import dataclasses
+
+import ml_collections
+
+from llama3_jax.model import SIZES
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Fields every pre-training config has; size-specific configs override them."""
+  c = ml_collections.ConfigDict()
+  c.model = dataclasses.asdict(SIZES["debug"])
+  c.mesh = dict(data=1, fsdp=-1, stage=1, context=1, tensor=1, dcn_data=1, dcn_fsdp=1,
+                dcn_stage=1, dcn_context=1, dcn_tensor=1)
+  c.sharding = dict(fsdp_mode="zero3", sequence_parallel=False)
+  c.train = dict(
+      steps=60, schedule_steps=0, seed=0, micro_batches=1,   # schedule_steps 0: = steps
+      # (until_tokens, batch_tokens, seq_len): the batch/sequence ramp; None = to the end.
+      stages=[(16 * 4096, 16 * 128, 128), (None, 16 * 256, 256)],
+      peak_lr=3e-3, warmup_tokens=8 * 2048, anneal_tokens=10 * 4096, floor_ratio=0.01,
+      weight_decay=0.1, b1=0.9, b2=0.95, clip_norm=1.0)
+  c.checkpoint = dict(every_steps=20, max_to_keep=3, keep_period=0, async_save=True)
+  c.log = dict(every_steps=5)
+  c.mfu = dict(peak_flops=0.0)          # per-device peak FLOP/s; 0 = known table / measured
+  c.profile = dict(steps="")            # "a,b": write a JAX profiler trace of steps a..b
+  c.runtime = dict(cpu_devices=8)       # fake CPU devices (ignored on GPU/TPU)
+  return ml_collections.ConfigDict(c)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = base_config()
+  c.mesh.fsdp, c.mesh.tensor = 4, 2
+  c.train.micro_batches = 1
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key == "steps":
+      c.train.steps = int(value)
+    else:
+      raise ValueError(f"unknown config argument {key!r}; known: steps")
+  return c

@@ -1,0 +1,71 @@
+"""Llama 3 pre-training: the project's main job.
+
+python -m experiments.pretrain                                   # tiny default, 8 CPU devices
+python -m experiments.pretrain --config experiments/configs/llama3_8b.py --workdir /ckpt/8b
+python -m experiments.pretrain --config.train.steps=100 --config.mesh.tensor=4 --workdir /tmp/r
+
+Run again with the same --workdir and it resumes from the newest checkpoint (or says the run is
+complete). SIGTERM / SIGINT save a checkpoint and exit 0. Writes WORKDIR/metrics.jsonl,
+TensorBoard events in WORKDIR/tensorboard, WORKDIR/loss_lr.png and checkpoints.
+"""
+
+import logging
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_DEFAULT = str(pathlib.Path(__file__).parent / "configs" / "llama3_debug.py")
+
+
+def _bad_command_line(error):
+  message = " ".join(str(error).replace("\\'", "'").replace("\\n", " ").replace("\n", " ").strip("'\"").split())
+  print(f"error: bad command line: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+try:   # ml_collections applies --config.* overrides as the flag is defined
+  _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "ml_collections config file")
+except (AttributeError, KeyError, TypeError, ValueError) as _error:
+  _bad_command_line(_error)
+_WORKDIR = flags.DEFINE_string("workdir", "workdirs/pretrain", "checkpoints, metrics, plots")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cfg = _CONFIG.value
+  import jax   # configured before its backend starts
+  if cfg.runtime.cpu_devices:
+    jax.config.update("jax_num_cpu_devices", cfg.runtime.cpu_devices)
+  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  from llama3_jax.train.loop import train
+  try:
+    summary = train(cfg, _WORKDIR.value)
+  except ValueError as error:   # bad config: one clear line, non-zero exit
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+  if summary.get("complete"):
+    return
+  print(f"done: {summary['steps']} steps"
+        + (f" (stopped by {summary['stopped_by']}, checkpoint saved)"
+           if summary.get("stopped_by") else "")
+        + (f", loss {summary['loss']:.4f}, {summary['tokens']:,} tokens, "
+           f"{summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.1%} "
+           f"(peak: {summary['peak_source']})" if "loss" in summary else "")
+        + f", {summary['wall_s']:.0f} s; outputs in {_WORKDIR.value}")
+
+
+def parse_flags(argv):
+  """absl's parser, with a one-line message instead of a traceback for a bad override."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+    _bad_command_line(error)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

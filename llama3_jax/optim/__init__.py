@@ -1,0 +1,1 @@
+"""Learning-rate schedule and training stages (in tokens), and the AdamW optimizer."""

@@ -1,0 +1,109 @@
+"""Training metrics: model FLOPs, MFU, and the writers (metrics.jsonl, TensorBoard).
+
+MFU = model FLOPs per second / peak FLOP/s. Model FLOPs per token are 6N (forward + backward
+of every matmul weight; the input embedding is a lookup and not counted) plus attention,
+12 * L * T * N_heads * H, halved for the causal mask. The peak is the bf16 dense peak of known
+accelerators (override with `peak_flops`); on CPU it is measured once by a large fp32 matmul.
+"""
+
+import json
+import math
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+
+# Dense bf16 peak FLOP/s per device, from the vendors' data sheets (SXM parts).
+PEAK_BF16_FLOPS = {
+    "H200": 989e12, "H100": 989e12, "A100": 312e12, "B200": 2250e12, "L40S": 362e12,
+    "TPU v5p": 459e12, "TPU v5 lite": 197e12, "TPU v4": 275e12,
+}
+
+
+def flops_per_token(config, seq_len: int) -> float:
+  D, L, V = config.d_model, config.n_layers, config.vocab_size
+  N, K, H, F = config.n_heads, config.n_kv_heads, config.head_dim, config.ffn_dim
+  per_layer = D * N * H * 2 + D * K * H * 2 + 3 * D * F
+  matmul_params = L * per_layer + D * V   # LM head (tied or not) is a matmul; embedding is not
+  attention = 12 * L * seq_len * N * H / 2
+  return 6 * matmul_params + attention
+
+
+def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of the best of a few large fp32 matmuls on the first device (the CPU's peak)."""
+  device = jax.devices()[0]
+  a = jax.device_put(jnp.ones((n, n), jnp.float32), device)
+  matmul = jax.jit(lambda a: a @ a)
+  matmul(a).block_until_ready()
+  best = math.inf
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * n**3 / best
+
+
+def peak_flops(override: float = 0.0) -> tuple[float, str]:
+  """(peak FLOP/s of the whole job, how it was found)."""
+  if override:
+    return override * jax.device_count(), "from config"
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    # Fake CPU devices share the same cores: the machine's peak is one matmul's.
+    return measure_matmul_peak(), "measured fp32 matmul"
+  for name, flops in PEAK_BF16_FLOPS.items():
+    if name.lower() in device.device_kind.lower():
+      return flops * jax.device_count(), f"{name} bf16 data sheet"
+  return 0.0, f"unknown device {device.device_kind!r}: set mfu.peak_flops"
+
+
+class MetricsWriter:
+  """Appends one JSON object per logged step to metrics.jsonl and mirrors it to TensorBoard."""
+
+  def __init__(self, workdir: pathlib.Path, resume_step: int):
+    self.path = workdir / "metrics.jsonl"
+    # Drop rows past the checkpoint we resume from: those steps are about to be redone.
+    if self.path.exists():
+      rows = [line for line in self.path.read_text().splitlines()
+              if line and json.loads(line)["step"] <= resume_step]
+      self.path.write_text("".join(row + "\n" for row in rows))
+    self.file = self.path.open("a")
+    from tensorboardX import SummaryWriter   # imported late: only the launcher needs it
+    self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+
+  def write(self, row: dict) -> None:
+    self.file.write(json.dumps(row) + "\n")
+    self.file.flush()
+    for key, value in row.items():
+      if key != "step" and isinstance(value, (int, float)):
+        self.tensorboard.add_scalar(key, value, row["step"])
+
+  def close(self) -> None:
+    self.file.close()
+    self.tensorboard.close()
+
+
+def read_metrics(workdir) -> list[dict]:
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return []
+  return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def plot(rows: list[dict], path) -> None:
+  """A PNG with the loss and the learning rate against the step."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  steps = [r["step"] for r in rows]
+  fig, loss_ax = plt.subplots(figsize=(8, 4.5))
+  loss_ax.plot(steps, [r["loss"] for r in rows], color="tab:blue")
+  loss_ax.set_xlabel("step")
+  loss_ax.set_ylabel("loss", color="tab:blue")
+  lr_ax = loss_ax.twinx()
+  lr_ax.plot(steps, [r["lr"] for r in rows], color="tab:orange")
+  lr_ax.set_ylabel("learning rate", color="tab:orange")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -1,0 +1,156 @@
+"""The pre-training launcher: exact resume, resume on another mesh, SIGTERM, averaging, errors.
+
+In-process runs use the 8 fake devices of conftest.py; the signal and command-line tests start
+`python -m experiments.pretrain` as a user would.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from experiments.configs.llama3_debug import base_config
+from llama3_jax.checkpoint.averaging import average_checkpoints
+from llama3_jax.train.loop import train
+from llama3_jax.train.metrics import read_metrics
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def tiny_config(steps=6, **mesh):
+  c = base_config()
+  c.model.update(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+                 ffn_dim=48, max_seq_len=64)
+  c.mesh.update({"fsdp": -1, **mesh})
+  c.train.update(steps=steps, stages=[(3 * 8 * 16, 8 * 16, 16), (None, 8 * 32, 32)],
+                 warmup_tokens=2 * 128, anneal_tokens=2 * 256, peak_lr=1e-2)
+  c.checkpoint.update(every_steps=1, max_to_keep=20, async_save=True)
+  c.log.every_steps = 1
+  c.mfu.peak_flops = 1e12
+  return c
+
+
+def losses(workdir):
+  return [(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(workdir)]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("straight")
+  summary = train(tiny_config(), workdir)
+  return workdir, summary
+
+
+def test_straight_run_learns_and_compiles_once_per_stage(straight_run):
+  workdir, summary = straight_run
+  rows = read_metrics(workdir)
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+  assert {r["seq_len"] for r in rows[:3]} == {16} and {r["seq_len"] for r in rows[3:]} == {32}
+  assert summary["compilations"] == 2                   # two stages, six steps
+  assert rows[-1]["lr"] < rows[2]["lr"]
+  for key in ("loss", "lr", "grad_norm", "tokens", "tokens_per_s", "step_time_s", "mfu"):
+    assert all(np.isfinite(r[key]) for r in rows), key
+  assert rows[-1]["tokens"] == 3 * 128 + 3 * 256
+  assert (workdir / "loss_lr.png").stat().st_size > 1000
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_resume_is_bit_identical(straight_run, tmp_path):
+  workdir, _ = straight_run
+  first = tiny_config(steps=3)
+  first.train.schedule_steps = 6          # stop halfway through the same schedule
+  train(first, tmp_path)
+  summary = train(tiny_config(steps=6), tmp_path)
+  assert summary["steps"] == 6
+  assert losses(tmp_path) == losses(workdir)   # loss and grad_norm, bit for bit
+  assert train(tiny_config(steps=6), tmp_path)["complete"]
+
+
+def test_resume_on_another_mesh(straight_run, tmp_path):
+  workdir, _ = straight_run
+  first = tiny_config(steps=3)            # fsdp 8
+  first.train.schedule_steps = 6
+  train(first, tmp_path)
+  train(tiny_config(steps=6, fsdp=2, tensor=4), tmp_path)
+  for (step, loss, norm), (_, ref_loss, ref_norm) in zip(losses(tmp_path), losses(workdir)):
+    np.testing.assert_allclose([loss, norm], [ref_loss, ref_norm], rtol=1e-5, err_msg=step)
+
+
+def test_corrupt_checkpoint_is_skipped(straight_run, tmp_path):
+  workdir, _ = straight_run
+  first = tiny_config(steps=4)
+  first.train.schedule_steps = 6
+  train(first, tmp_path)
+  # Damage every data file of the newest checkpoint.
+  for f in (tmp_path / "checkpoints" / "4" / "state").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
+      f.write_bytes(b"\0" * 7)
+  train(tiny_config(steps=6), tmp_path)   # resumes from step 3 and redoes 4..6
+  assert losses(tmp_path) == losses(workdir)
+
+
+def test_averaged_parameters_are_the_mean_of_the_annealing_checkpoints(straight_run, tmp_path):
+  workdir, summary = straight_run
+  # The anneal covers the last 512 tokens: steps 5 and 6 (256 tokens each) are averaged.
+  assert summary["averaged_checkpoints"] == 2
+  checkpointer = ocp.StandardCheckpointer()
+  saved = [checkpointer.restore((workdir / "checkpoints" / str(s) / "state").resolve())["model"]
+           for s in (5, 6)]
+  averaged = checkpointer.restore((workdir / "averaged_params").resolve())
+  for mean, a, b in zip(jax.tree.leaves(averaged), *map(jax.tree.leaves, saved), strict=True):
+    np.testing.assert_allclose(mean, (np.asarray(a) + np.asarray(b)) / 2, rtol=1e-6, atol=1e-7)
+  # The offline tool gives the same average.
+  average_checkpoints([workdir / "checkpoints" / "5", workdir / "checkpoints" / "6"],
+                      tmp_path / "offline")
+  offline = checkpointer.restore((tmp_path / "offline").resolve())
+  for x, y in zip(jax.tree.leaves(offline), jax.tree.leaves(averaged), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+def launch(*args, **kwargs):
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  return subprocess.Popen([sys.executable, "-m", "experiments.pretrain", *args], cwd=ROOT,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          **kwargs)
+
+
+def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
+  small = ["--config.model.n_layers=2", "--config.train.steps=400",
+           "--config.log.every_steps=1", "--config.checkpoint.every_steps=1000",
+           f"--workdir={tmp_path}"]
+  process = launch(*small)
+  deadline = time.time() + 240
+  while len(read_metrics(tmp_path)) < 3 and time.time() < deadline and process.poll() is None:
+    time.sleep(0.5)
+  process.send_signal(signal.SIGTERM)
+  out, err = process.communicate(timeout=120)
+  assert process.returncode == 0, err[-2000:]
+  assert "stopped by SIGTERM" in out
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert len(saved) == 1 and 3 <= saved[0] < 400
+  resumed = launch(*small, f"--config.train.steps={saved[0] + 1}",   # one more step
+                   "--config.train.schedule_steps=400")
+  out, err = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, err[-2000:]
+  assert f"resumed from step {saved[0]}" in err + out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.train.stepz=3"], "stepz"),
+    (["--config.mesh.tensor=3"], "multiply to 12, but there are 8 devices"),
+    (["--config.train.steps=-2"], "train.steps=-2"),
+])
+def test_bad_config_fails_clearly(args, message, tmp_path):
+  process = launch(*args, f"--workdir={tmp_path}")
+  out, err = process.communicate(timeout=120)
+  assert process.returncode != 0
+  assert message in err
+  assert "Traceback" not in err
