@@ -28,7 +28,7 @@ def _bad_command_line(error):
 
 try:   # ml_collections applies --config.* overrides as the flag is defined
   _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "ml_collections config file")
-except (AttributeError, KeyError, TypeError, ValueError) as _error:
+except Exception as _error:  # noqa: BLE001 - any bad override: one line, exit 2
   _bad_command_line(_error)
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/pretrain", "checkpoints, metrics, plots")
 

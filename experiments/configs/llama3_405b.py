@@ -21,7 +21,7 @@ def get_config(arg: str | None = None):
   M = 1024 * 1024
   c.train.steps = 1_200_000
   # 4M tokens of 4,096 -> 8M of 8,192 after 252M tokens -> 16M after 2.87T tokens.
-  c.train.stages = [(252 * M, 4 * M, 4096), (2_870_000 * M, 8 * M, 8192), (None, 16 * M, 8192)]
+  c.train.stages = ((252 * M, 4 * M, 4096), (2_870_000 * M, 8 * M, 8192), (None, 16 * M, 8192))
   c.train.peak_lr = 8e-5
   c.train.warmup_tokens = 8000 * 4 * M
   c.train.anneal_tokens = 40 * M

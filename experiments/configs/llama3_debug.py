@@ -25,7 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train = dict(
       steps=60, schedule_steps=0, seed=0, micro_batches=1,   # schedule_steps 0: = steps
       # (until_tokens, batch_tokens, seq_len): the batch/sequence ramp; None = to the end.
-      stages=[(16 * 4096, 16 * 128, 128), (None, 16 * 256, 256)],
+      stages=((16 * 4096, 16 * 128, 128), (None, 16 * 256, 256)),
       peak_lr=3e-3, warmup_tokens=8 * 2048, anneal_tokens=10 * 4096, floor_ratio=0.01,
       weight_decay=0.1, b1=0.9, b2=0.95, clip_norm=1.0)
   c.checkpoint = dict(every_steps=20, max_to_keep=3, keep_period=0, async_save=True)

@@ -30,7 +30,7 @@ def tiny_config(steps=6, **mesh):
   c.model.update(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
                  ffn_dim=48, max_seq_len=64)
   c.mesh.update({"fsdp": -1, **mesh})
-  c.train.update(steps=steps, stages=[(3 * 8 * 16, 8 * 16, 16), (None, 8 * 32, 32)],
+  c.train.update(steps=steps, stages=((3 * 8 * 16, 8 * 16, 16), (None, 8 * 32, 32)),
                  warmup_tokens=2 * 128, anneal_tokens=2 * 256, peak_lr=1e-2)
   c.checkpoint.update(every_steps=1, max_to_keep=20, async_save=True)
   c.log.every_steps = 1

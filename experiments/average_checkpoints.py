@@ -1,0 +1,30 @@
+"""Average the parameters of saved checkpoints (Polyak / model soup), one checkpoint at a time.
+
+    python -m experiments.average_checkpoints RUN/checkpoints/900 RUN/checkpoints/1000 --out AVG
+    python -m experiments.average_checkpoints RUN_A RUN_B --out AVG     # newest of each run
+
+Each argument is a checkpoint step directory or a run's workdir (its newest checkpoint). The
+output is an Orbax checkpoint of the averaged model parameters.
+"""
+
+import argparse
+import sys
+
+from llama3_jax.checkpoint.averaging import average_checkpoints
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("checkpoints", nargs="+")
+  parser.add_argument("--out", required=True)
+  args = parser.parse_args(argv)
+  try:
+    count = average_checkpoints(args.checkpoints, args.out)
+  except (FileNotFoundError, ValueError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+  print(f"averaged {count} checkpoints into {args.out}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,28 @@
+"""Every shipped config loads and describes a valid model and schedule (so none can rot)."""
+
+import importlib
+import pathlib
+
+import pytest
+
+from llama3_jax.model import SIZES
+from llama3_jax.optim.schedules import Stage, tokens_after, validate_stages
+from llama3_jax.train.loop import model_config_from
+
+CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[2] / "experiments" /
+                                  "configs").glob("llama3_*.py"))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_loads(name):
+  cfg = importlib.import_module(f"experiments.configs.{name}").get_config()
+  model = model_config_from(cfg)
+  assert model in {size.replace(dtype=model.dtype, remat=model.remat) for size in SIZES.values()}
+  stages = [Stage(*s) for s in cfg.train.stages]
+  validate_stages(stages)
+  assert cfg.train.warmup_tokens + cfg.train.anneal_tokens < tokens_after(
+      stages, cfg.train.steps)[-1]
+
+
+def test_config_names_are_the_three_sizes():
+  assert CONFIGS == ["llama3_405b", "llama3_8b", "llama3_debug"]
