@@ -172,6 +172,9 @@ def train(cfg, workdir) -> dict:
                "batch_tokens": stage.batch_tokens,
                "mfu": metrics_lib.flops_per_token(plan.model, stage.seq_len) * tokens_per_s
                / peak if peak else 0.0}
+        memory = jax.local_devices()[0].memory_stats()   # None where the backend has none
+        if memory and "peak_bytes_in_use" in memory:
+          row["device_peak_memory_gib"] = memory["peak_bytes_in_use"] / 2**30
         if writer:
           writer.write(row)
         progress.update(done, row)
