@@ -18,14 +18,15 @@ def build_optimizer(weight_decay: float = 0.1, b1: float = 0.9, b2: float = 0.95
       return p.ndim - int(stacked) > 1
     return jax.tree_util.tree_map_with_path(matrix, params)
 
-  adamw = optax.inject_hyperparams(optax.adamw)(
+  # `mask` is static: inject_hyperparams would otherwise call it as a schedule of the step.
+  adamw = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
       learning_rate=0.0, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=is_matrix)
   return optax.chain(optax.clip_by_global_norm(clip_norm), adamw) if clip_norm else adamw
 
 def set_learning_rate(optimizer, lr) -> None:
   """Sets the injected learning rate of an `nnx.Optimizer` built by `build_optimizer`."""
-  states = optimizer.opt_state if isinstance(optimizer.opt_state, tuple) else (
-      optimizer.opt_state,)
+  state = optimizer.opt_state
+  states = (state,) if hasattr(state, "hyperparams") else state   # alone, or in a chain
   for state in states:
     if hasattr(state, "hyperparams"):
       state.hyperparams["learning_rate"][...] = lr

@@ -8,6 +8,7 @@ tuples: explicit `{{0,1},{2,3}}`, iota `[2,4]<=[4,2]T(1,0)`, and mesh
 """
 
 import re
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,12 +46,12 @@ _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "f32
                 "u32": 4, "f64": 8, "s64": 8, "u64": 8}
 
 
-class Collective(tuple):
-  """(op, groups, result shape, computation name) of one collective instruction."""
-  op = property(lambda self: self[0])
-  groups = property(lambda self: self[1])
-  shape = property(lambda self: self[2])
-  computation = property(lambda self: self[3])
+class Collective(NamedTuple):
+  """One collective instruction: its op, device groups, result shape and computation."""
+  op: str
+  groups: tuple[tuple[int, ...], ...] | None
+  shape: str
+  computation: str
 
   @property
   def bytes(self) -> int:
@@ -69,10 +70,10 @@ def collectives(hlo_text: str) -> list[Collective]:
     match = _LINE.search(line)
     if match:
       groups = _groups(line)
-      out.append(Collective((
+      out.append(Collective(
           match.group("op"),
           None if groups is None else tuple(sorted(tuple(sorted(g)) for g in groups)),
-          match.group("shape"), computation)))
+          match.group("shape"), computation))
   return out
 
 

@@ -142,7 +142,7 @@ def train(cfg, workdir) -> dict:
   peak, peak_source = metrics_lib.peak_flops(cfg.mfu.peak_flops)
   writer = metrics_lib.MetricsWriter(workdir, start) if jax.process_index() == 0 else None
   profile = [int(s) for s in str(cfg.profile.steps).split(",") if s.strip()]
-  progress = _progress(plan.steps, start)
+  progress = _Progress(plan.steps, start)
   last_log_time, last_log_step, stopped = time.perf_counter(), start, None
   run_start = time.perf_counter()
 
@@ -218,7 +218,7 @@ def train(cfg, workdir) -> dict:
   return summary
 
 
-class _progress:
+class _Progress:
   """A rich progress bar with ETA on a terminal; plain log lines otherwise."""
 
   def __init__(self, total: int, start: int):
