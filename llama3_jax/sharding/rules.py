@@ -111,6 +111,12 @@ def without_axis(spec: PartitionSpec, axis: str) -> PartitionSpec:
   return PartitionSpec(*(drop(e) for e in spec))
 
 
+def gathered_over_fsdp(shardings):
+  """The NamedShardings after all-gathering over `fsdp`: weights as Llama 3's mode uses them."""
+  return jax.tree.map(lambda s: NamedSharding(s.mesh, without_axis(s.spec, "fsdp")), shardings,
+                      is_leaf=lambda x: isinstance(x, NamedSharding))
+
+
 def batch_spec(rules: Rules) -> PartitionSpec:
   """PartitionSpec of a [B, T] input array."""
   return logical_to_spec(("act_batch", "act_seq"), rules)

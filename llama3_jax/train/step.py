@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from llama3_jax.optim.optimizer import set_learning_rate
-from llama3_jax.sharding.rules import ShardingConfig, batch_spec, without_axis
+from llama3_jax.sharding.rules import ShardingConfig, batch_spec, gathered_over_fsdp
 
 
 def loss_sums(model, batch):
@@ -48,10 +48,7 @@ def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = Sha
   # Llama 3 FSDP mode: gather every weight once per step, before the first micro-batch. Autodiff
   # keeps the gathered weights for backward (no second all-gather); gradients accumulate in the
   # gathered layout and are reduce-scattered to their FSDP shards once, in fp32.
-  gathered = None
-  if config.fsdp_mode == "llama3":
-    gathered = jax.tree.map(lambda s: NamedSharding(mesh, without_axis(s.spec, "fsdp")),
-                            param_shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+  gathered = gathered_over_fsdp(param_shardings) if config.fsdp_mode == "llama3" else None
 
   def grads_of(state, batch):
     model_def, params = nnx.split(nnx.merge(graphdef, state).model)
