@@ -22,11 +22,11 @@ class Checkpointer:
 
   def __init__(self, directory, *, max_to_keep: int = 3, keep_period: int | None = None,
                async_save: bool = True):
-    self.directory = pathlib.Path(directory)
+    self.directory = pathlib.Path(directory).resolve()   # Orbax needs absolute paths
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, keep_period=keep_period, create=True,
         enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(directory, options=options)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, step: int, state, meta: dict, average=None) -> None:
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}

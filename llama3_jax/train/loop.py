@@ -100,7 +100,7 @@ class _StopRequest:
 
 def train(cfg, workdir) -> dict:
   """Runs (or resumes) the configured pre-training; returns a summary dict."""
-  workdir = pathlib.Path(workdir)
+  workdir = pathlib.Path(workdir).resolve()   # Orbax needs absolute paths
   workdir.mkdir(parents=True, exist_ok=True)
   plan = make_plan(cfg)
   mesh = make_mesh(plan.mesh)

@@ -115,18 +115,18 @@ def test_averaged_parameters_are_the_mean_of_the_annealing_checkpoints(straight_
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
-def launch(*args, **kwargs):
+def launch(*args, cwd=ROOT):
   env = {**os.environ, "PYTHONPATH": str(ROOT)}
-  return subprocess.Popen([sys.executable, "-m", "experiments.pretrain", *args], cwd=ROOT,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          **kwargs)
+  return subprocess.Popen([sys.executable, "-m", "experiments.pretrain", *args], cwd=cwd,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
   small = ["--config.model.n_layers=2", "--config.train.steps=400",
            "--config.log.every_steps=1", "--config.checkpoint.every_steps=1000",
-           f"--workdir={tmp_path}"]
-  process = launch(*small)
+           "--workdir=run"]   # relative, as users type it
+  process = launch(*small, cwd=tmp_path)
+  tmp_path = tmp_path / "run"
   deadline = time.time() + 240
   while len(read_metrics(tmp_path)) < 3 and time.time() < deadline and process.poll() is None:
     time.sleep(0.5)
@@ -137,7 +137,7 @@ def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
   saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
   assert len(saved) == 1 and 3 <= saved[0] < 400
   resumed = launch(*small, f"--config.train.steps={saved[0] + 1}",   # one more step
-                   "--config.train.schedule_steps=400")
+                   "--config.train.schedule_steps=400", cwd=tmp_path.parent)
   out, err = resumed.communicate(timeout=300)
   assert resumed.returncode == 0, err[-2000:]
   assert f"resumed from step {saved[0]}" in err + out
