@@ -24,10 +24,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.sharding = dict(fsdp_mode="zero3", sequence_parallel=False)
   c.train = dict(
       steps=60, schedule_steps=0, seed=0, micro_batches=1,   # schedule_steps 0: = steps
-      # (until_tokens, batch_tokens, seq_len): the batch/sequence ramp; None = to the end.
+      # (until_tokens, batch_tokens, seq_len[, mixture]): the batch/sequence ramp; None = to
+      # the end; no mixture = Llama 3's general 50, math 25, code 17, multilingual 8.
       stages=((16 * 4096, 16 * 128, 128), (None, 16 * 256, 256)),
       peak_lr=3e-3, warmup_tokens=8 * 2048, anneal_tokens=10 * 4096, floor_ratio=0.01,
       weight_decay=0.1, b1=0.9, b2=0.95, clip_norm=1.0)
+  # data.path: a directory made by experiments.prepare_data; "" = the embedded corpus.
+  # data.streams: fixed slices of the batch's rows, each read independently (see
+  # llama3_jax/data/loader.py); it must divide every stage's rows and be a multiple of the
+  # number of JAX processes. data.synthetic: the arithmetic-sequence source (no files).
+  c.data = dict(path="", streams=8, synthetic=False)
   c.checkpoint = dict(every_steps=20, max_to_keep=3, keep_period=0, async_save=True)
   c.log = dict(every_steps=5)
   c.mfu = dict(peak_flops=0.0)          # per-device peak FLOP/s; 0 = known table / measured
@@ -39,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = base_config()
   c.mesh.fsdp, c.mesh.tensor = 4, 2
+  # Like Llama 3, more math and multilingual text later in training.
+  c.train.stages = (c.train.stages[0], c.train.stages[1] + (
+      (("general", 40.0), ("math", 30.0), ("code", 17.0), ("multilingual", 13.0)),))
   c.train.micro_batches = 1
   for item in filter(None, (arg or "").split(",")):
     key, _, value = item.partition("=")

@@ -1,8 +1,8 @@
 """Orbax checkpoints of the training state: async saves, retention, resume that skips bad ones.
 
 Each checkpoint step holds `state` (parameters, optimizer state, step counters), `meta` (JSON:
-tokens seen, data position, RNG seed, the config) and, during annealing, `average` (the Polyak
-average of the parameters). Orbax writes a step into a temporary directory and renames it when
+tokens seen, RNG seed, the config), `data` (the data loader's per-stream state, when training
+reads real data) and, during annealing, `average` (the Polyak average of the parameters). Orbax writes a step into a temporary directory and renames it when
 complete, so a save killed midway never looks like a checkpoint; one that is unreadable anyway
 is skipped with a warning and the previous one is used.
 """
@@ -14,6 +14,8 @@ import time
 
 import jax
 import orbax.checkpoint as ocp
+
+from llama3_jax.checkpoint.data_state import DataStateRestore, DataStateSave
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +30,19 @@ class Checkpointer:
         enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
-  def save(self, step: int, state, meta: dict, average=None) -> None:
+  def save(self, step: int, state, meta: dict, average=None, data: dict | None = None) -> None:
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     if average is not None:
       items["average"] = ocp.args.StandardSave(average)
+    if data is not None:
+      items["data"] = DataStateSave(data)
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-  def restore_latest(self, abstract_state, abstract_average=None):
-    """(step, state, meta, average) of the newest readable checkpoint, or None.
+  def restore_latest(self, abstract_state, abstract_average=None, data_streams=()):
+    """(step, state, meta, average, data) of the newest readable checkpoint, or None.
 
     `abstract_*` are ShapeDtypeStructs carrying the shardings wanted now: Orbax reshards, so a
-    run saved on one mesh resumes on another.
+    run saved on one mesh resumes on another. `data` holds the states of `data_streams`.
     """
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
@@ -47,6 +51,8 @@ class Checkpointer:
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         if meta.get("has_average") and abstract_average is not None:
           items["average"] = ocp.args.StandardRestore(abstract_average)
+        if meta.get("has_data") and data_streams:
+          items["data"] = DataStateRestore(list(data_streams))
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
       except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is skipped
         # Set aside, never deleted: the run will write this step again, and someone may want
@@ -58,7 +64,7 @@ class Checkpointer:
         os.replace(self.directory / str(step), aside)
         self.manager.reload()
         continue
-      return step, restored["state"], meta, restored.get("average")
+      return step, restored["state"], meta, restored.get("average"), restored.get("data")
     return None
 
   def wait(self) -> None:

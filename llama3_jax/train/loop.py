@@ -17,6 +17,8 @@ from flax import nnx
 
 from llama3_jax.checkpoint.averaging import polyak_update
 from llama3_jax.checkpoint.manager import Checkpointer, abstract_like
+from llama3_jax.data import corpus
+from llama3_jax.data.loader import Loader, process_rows, to_global
 from llama3_jax.data.synthetic import synthetic_batch
 from llama3_jax.model import ModelConfig, RopeScaling, Transformer
 from llama3_jax.optim.optimizer import build_optimizer
@@ -63,6 +65,15 @@ def make_plan(cfg) -> Plan:
   sizes = mesh.sizes(jax.device_count())
   shards = sizes["data"] * sizes["fsdp"]
   validate_stages(stages, batch_shards=shards * cfg.train.micro_batches)
+  if not cfg.data.synthetic:
+    for stage in stages:
+      if stage.batch_size % cfg.data.streams:
+        raise ValueError(f"a stage's batch of {stage.batch_size} rows is not divisible by "
+                         f"data.streams={cfg.data.streams}; make streams a divisor of every "
+                         "stage's rows")
+    if cfg.data.streams % jax.process_count():
+      raise ValueError(f"data.streams={cfg.data.streams} is not divisible by the "
+                       f"{jax.process_count()} processes; each process must own whole streams")
   for stage in stages:
     validate(mesh, model, n_devices=jax.device_count(), global_batch=stage.batch_size,
              seq_len=stage.seq_len)
@@ -120,14 +131,22 @@ def train(cfg, workdir) -> dict:
                               keep_period=cfg.checkpoint.keep_period or None,
                               async_save=cfg.checkpoint.async_save)
   config_json = json.loads(cfg.to_json_best_effort())
+  loader = None
+  if not cfg.data.synthetic:
+    data_dir = cfg.data.path or corpus.embedded_corpus()
+    loader = Loader(pathlib.Path(data_dir), seed=cfg.train.seed, streams=cfg.data.streams,
+                    vocab_size=plan.model.vocab_size)
   restored = checkpointer.restore_latest(
       abstract_like(abstract_state, shardings),
-      abstract_like(abstract_state["model"], param_shardings))
+      abstract_like(abstract_state["model"], param_shardings),
+      data_streams=range(cfg.data.streams) if loader else ())
   if restored is None:
     start, average, averaged = 0, None, 0
     state = jax.jit(lambda: nnx.split(build())[1], out_shardings=shardings)()
   else:
-    start, state, meta, average = restored
+    start, state, meta, average, data_state = restored
+    if loader:
+      loader.set_state(data_state or {}, plan.stages)
     averaged = meta.get("averaged", 0)
     if meta["config"]["model"] != config_json["model"]:
       raise ValueError(f"{workdir} holds a run of another model ({meta['config']['model']}); "
@@ -151,10 +170,16 @@ def train(cfg, workdir) -> dict:
       if profile and step == profile[0]:
         jax.profiler.start_trace(str(workdir / "profile"))
       tokens = plan.tokens[step]
-      stage = plan.stages[stage_at(plan.stages, tokens)]
-      batch = synthetic_batch(cfg.train.seed, step, stage.batch_size, stage.seq_len,
-                              plan.model.vocab_size)
-      batch = jax.device_put(batch, fns.batch_sharding)
+      stage_index = stage_at(plan.stages, tokens)
+      stage = plan.stages[stage_index]
+      if loader:
+        rows = process_rows(fns.batch_sharding, stage.batch_size)
+        batch = loader.next_batch(stage_index, stage, rows)
+        batch = to_global(batch, fns.batch_sharding, stage.batch_size)
+      else:
+        batch = synthetic_batch(cfg.train.seed, step, stage.batch_size, stage.seq_len,
+                                plan.model.vocab_size)
+        batch = jax.device_put(batch, fns.batch_sharding)
       state, step_metrics = fns.train(state, batch, np.float32(schedule(tokens)))
       done = step + 1
       if profile and done == profile[-1]:
@@ -172,6 +197,9 @@ def train(cfg, workdir) -> dict:
                "batch_tokens": stage.batch_tokens,
                "mfu": metrics_lib.flops_per_token(plan.model, stage.seq_len) * tokens_per_s
                / peak if peak else 0.0}
+        if loader:
+          row.update({f"data/{name}_tokens": count
+                      for name, count in _global_tokens(loader).items()})
         memory = jax.local_devices()[0].memory_stats()   # None where the backend has none
         if memory and "peak_bytes_in_use" in memory:
           row["device_peak_memory_gib"] = memory["peak_bytes_in_use"] / 2**30
@@ -188,9 +216,9 @@ def train(cfg, workdir) -> dict:
           average = polyak_update(state["model"] if average is None else average,
                                   state["model"], averaged)
         meta = {"step": done, "tokens": plan.tokens[done], "seed": cfg.train.seed,
-                "data_step": done, "averaged": averaged, "has_average": average is not None,
-                "config": config_json}
-        checkpointer.save(done, state, meta, average)
+                "averaged": averaged, "has_average": average is not None,
+                "has_data": loader is not None, "config": config_json}
+        checkpointer.save(done, state, meta, average, loader.get_state() if loader else None)
       if stopped:
         break
 
@@ -216,6 +244,16 @@ def train(cfg, workdir) -> dict:
     exporter.wait_until_finished()
     summary["averaged_checkpoints"] = averaged
   return summary
+
+
+def _global_tokens(loader) -> dict[str, int]:
+  """Tokens per source delivered so far, summed over all processes."""
+  local = loader.tokens_per_source()
+  if jax.process_count() == 1:
+    return local
+  from jax.experimental import multihost_utils
+  counts = multihost_utils.process_allgather(np.array(list(local.values()), np.int64))
+  return dict(zip(local, counts.reshape(-1, len(local)).sum(0).tolist()))
 
 
 class _Progress:

@@ -1,0 +1,204 @@
+"""The embedded corpus: four named sources built on first use from text every install carries.
+
+    data_dir = embedded_corpus()     # cached under ~/.cache/llama3_jax (or $LLAMA3_JAX_CACHE)
+
+- general: the `pydoc` topics of the running Python (its language reference) and the
+  docstrings of its standard library modules, read with `ast` (nothing is imported);
+- code: the standard library's Python source, cut into chunks at top-level statements;
+- math: generated arithmetic and word problems with worked answers (seeded);
+- multilingual: `Faker` (a pinned dependency) paragraphs in 19 non-English locales, built from
+  each locale's word list: real words and scripts, not real sentences.
+
+A byte-fallback BPE SentencePiece tokenizer is trained on the corpus, and each source is
+prepared into ArrayRecord shards (`prepare.py`). The manifest records every source's
+provenance, including the Python and Faker versions: the corpus is identical on machines with
+the same versions.
+"""
+
+import ast
+import json
+import os
+import pathlib
+import random
+import shutil
+import sys
+import sysconfig
+import tempfile
+
+from llama3_jax.data.prepare import prepare, read_manifest
+from llama3_jax.data.tokenizers import train_sentencepiece
+
+VERSION = 1
+DEFAULT_MIXTURE = (("general", 50.0), ("math", 25.0), ("code", 17.0), ("multilingual", 8.0))
+LOCALES = ("de_DE", "fr_FR", "es_ES", "it_IT", "nl_NL", "pl_PL", "cs_CZ", "da_DK", "ru_RU",
+           "uk_UA", "el_GR", "ja_JP", "zh_CN", "th_TH", "vi_VN", "he_IL", "fa_IR", "bn_BD",
+           "hy_AM")
+_SKIP_DIRS = {"test", "tests", "idlelib", "site-packages", "dist-packages", "lib2to3",
+              "turtledemo", "ensurepip", "__pycache__", "tkinter", "config-3.11-x86_64-linux-gnu"}
+
+
+def cache_dir() -> pathlib.Path:
+  root = os.environ.get("LLAMA3_JAX_CACHE") or pathlib.Path.home() / ".cache" / "llama3_jax"
+  return pathlib.Path(root)
+
+
+def _stdlib_files(limit_bytes: int) -> list[pathlib.Path]:
+  root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+  files, total = [], 0
+  for path in sorted(root.rglob("*.py")):
+    if _SKIP_DIRS & set(path.relative_to(root).parts[:-1]) or path.name.startswith("test_"):
+      continue
+    files.append(path)
+    total += path.stat().st_size
+    if total > limit_bytes:
+      break
+  return files
+
+
+def general_documents(limit_bytes: int = 1_500_000) -> list[str]:
+  from pydoc_data.topics import topics
+  docs = [text for _, text in sorted(topics.items()) if len(text) > 200]
+  for path in _stdlib_files(8 * limit_bytes):
+    try:
+      tree = ast.parse(path.read_bytes())
+    except (SyntaxError, ValueError):
+      continue
+    parts = [ast.get_docstring(tree) or ""]
+    for node in tree.body:
+      if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and not node.name.startswith("_"):
+        doc = ast.get_docstring(node)
+        if doc:
+          parts.append(f"{node.name}: {doc}")
+    text = "\n\n".join(p for p in parts if p)
+    if len(text) > 200:
+      docs.append(text)
+    if sum(map(len, docs)) > limit_bytes:
+      break
+  return docs
+
+
+def code_documents(limit_bytes: int = 1_000_000, chunk_chars: int = 3000) -> list[str]:
+  docs, total = [], 0
+  for path in _stdlib_files(limit_bytes):
+    source = path.read_text(encoding="utf-8", errors="replace")
+    lines = source.splitlines(keepends=True)
+    chunk = []
+    for line in lines:
+      # Cut before a top-level statement once the chunk is long enough.
+      if chunk and len("".join(chunk)) > chunk_chars and line[:1].strip():
+        docs.append("".join(chunk))
+        chunk = []
+      chunk.append(line)
+    if chunk:
+      docs.append("".join(chunk))
+    total += len(source)
+    if total > limit_bytes:
+      break
+  return docs
+
+
+def math_documents(count: int = 4000, seed: int = 0) -> list[str]:
+  rng = random.Random(seed)
+  names = ["Ada", "Ben", "Chen", "Dana", "Emil", "Fatima", "Goro", "Hana", "Ivan", "Jia"]
+  things = ["apples", "books", "coins", "marbles", "stamps", "pencils", "shells", "cards"]
+
+  def problem():
+    kind = rng.randrange(6)
+    a, b = rng.randint(2, 999), rng.randint(2, 999)
+    if kind == 0:
+      return f"What is {a} + {b}?\nAnswer: {a + b}"
+    if kind == 1:
+      a, b = max(a, b), min(a, b)
+      return f"What is {a} - {b}?\nAnswer: {a - b}"
+    if kind == 2:
+      a, b = rng.randint(2, 99), rng.randint(2, 99)
+      return f"Compute {a} * {b}.\n{a} * {b} = {a * b}"
+    if kind == 3:
+      q, d = rng.randint(2, 99), rng.randint(2, 30)
+      return f"Divide {q * d} by {d}.\n{q * d} / {d} = {q}"
+    name, thing = rng.choice(names), rng.choice(things)
+    if kind == 4:
+      more = rng.randint(1, 50)
+      return (f"{name} has {a} {thing} and gets {more} more. How many {thing} does {name} "
+              f"have now?\n{name} has {a} + {more} = {a + more} {thing}.\nAnswer: {a + more}")
+    per, boxes = rng.randint(2, 25), rng.randint(2, 25)
+    return (f"{name} packs {boxes} boxes with {per} {thing} in each box. How many {thing} "
+            f"are there in all?\n{boxes} * {per} = {boxes * per}.\nAnswer: {boxes * per}")
+
+  return ["\n\n".join(problem() for _ in range(rng.randint(3, 10))) for _ in range(count)]
+
+
+def multilingual_documents(per_locale: int = 60, seed: int = 0) -> list[str]:
+  import faker
+  docs = []
+  for i, locale in enumerate(LOCALES):
+    fake = faker.Faker(locale)
+    fake.seed_instance(seed + i)
+    for _ in range(per_locale):
+      docs.append("\n\n".join(fake.paragraph(nb_sentences=6) for _ in range(3)))
+  return docs
+
+
+def _provenance() -> dict:
+  import faker
+  python = f"Python {sys.version.split()[0]}"
+  return {"general": f"{python}: pydoc_data.topics and standard-library docstrings (ast)",
+          "code": f"{python}: standard-library source, chunked at top-level statements",
+          "math": "generated arithmetic and word problems (llama3_jax.data.corpus, seed 0)",
+          "multilingual": f"Faker {faker.VERSION} lorem paragraphs in {len(LOCALES)} locales: "
+                          f"{', '.join(LOCALES)}"}
+
+
+def build(out_dir, vocab_size: int = 512) -> pathlib.Path:
+  """Writes raw JSONL, a tokenizer and prepared shards of the four sources into `out_dir`."""
+  out_dir = pathlib.Path(out_dir)
+  sources = {"general": general_documents(), "code": code_documents(),
+             "math": math_documents(), "multilingual": multilingual_documents()}
+  raw = out_dir / "raw"
+  raw.mkdir(parents=True, exist_ok=True)
+  for name, docs in sources.items():
+    with open(raw / f"{name}.jsonl", "w", encoding="utf-8") as f:
+      for text in docs:
+        f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+  # The tokenizer sees the sources in their mixture proportions, roughly.
+  sample = [t for name, weight in DEFAULT_MIXTURE
+            for t in sources[name][:max(1, int(len(sources[name]) * weight / 50))]]
+  train_sentencepiece(sample, vocab_size, out_dir / "tokenizer.model")
+  provenance = _provenance()
+  for name in sources:
+    prepare(raw / f"{name}.jsonl", out_dir / "tokenizer.model", out_dir, source=name,
+            provenance=provenance[name])
+  return out_dir
+
+
+def embedded_corpus(vocab_size: int = 512) -> pathlib.Path:
+  """The prepared corpus directory, built on first use (a few seconds) and then reused."""
+  target = cache_dir() / f"corpus-v{VERSION}-vocab{vocab_size}"
+  if (target / "manifest.json").exists():
+    return target
+  target.parent.mkdir(parents=True, exist_ok=True)
+  # Build beside the target and rename: a concurrent or interrupted build never leaves a
+  # half-written corpus where a reader would look.
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+  try:
+    build(tmp, vocab_size)
+    _relocate(tmp, target)
+    try:
+      os.rename(tmp, target)
+    except OSError:   # another process won the race; its corpus is the same
+      shutil.rmtree(tmp, ignore_errors=True)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  read_manifest(target)
+  return target
+
+
+def _relocate(tmp: pathlib.Path, target: pathlib.Path) -> None:
+  """The manifest names the tokenizer by absolute path: point it at the final location."""
+  path = tmp / "manifest.json"
+  manifest = json.loads(path.read_text())
+  manifest["tokenizer"]["path"] = str(target / "tokenizer.model")
+  for source in manifest["sources"].values():
+    source["inputs"] = [str(target / "raw" / pathlib.Path(p).name) for p in source["inputs"]]
+  path.write_text(json.dumps(manifest, indent=1, sort_keys=True))

@@ -1,0 +1,205 @@
+"""Training batches from prepared shards: per-source packing, the stage's mixture, exact resume.
+
+    loader = Loader(data_dir, seed=0, streams=8, vocab_size=512)
+    batch = loader.next_batch(stage_index, stage)     # numpy [rows, seq_len] arrays
+    state = loader.get_state(); loader.set_state(state)
+
+The global batch is cut into `streams` fixed slices of rows. Stream i reads documents
+i, i + streams, ... of every source (Grain's `ShardOptions` over streams, not over processes),
+shuffled per epoch, packs each source's documents into rows with Grain's
+`ConcatThenSplitIterDataset` (segment ids and positions restart per document; the targets are
+the document's next tokens, so none crosses a document boundary), and mixes the per-source rows
+with the stage's weights (Grain's `mix`, deterministic). Because rows, not documents, are mixed,
+the weights are fractions of tokens.
+
+Row r of the batch of a step comes from stream r // (rows / streams), whatever the mesh or the
+number of JAX processes: a process builds only the streams whose rows its devices hold
+(`process_rows`), and `to_global` assembles the global array with
+`jax.make_array_from_process_local_data`. The state of each stream (the Grain iterator's state,
+the stage it packs for, the document offsets where that stage began, tokens per source) is
+saved per stream, so a checkpoint resumes on any number of processes. When the stage changes,
+each source continues after the last document the previous stage used.
+"""
+
+import dataclasses
+
+import grain
+import jax
+import numpy as np
+from grain import experimental as grain_experimental
+
+from llama3_jax.data.corpus import DEFAULT_MIXTURE
+from llama3_jax.data.prepare import read_manifest
+from llama3_jax.data.tokenizers import check_token_ids
+
+
+# Read in the calling thread: 32+ pipelines (streams x sources) with Grain's default 16-thread
+# prefetch each spend their time on thread hand-offs; records are tiny and reads sequential.
+_READ = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+_SHUFFLE_WINDOW = 32
+
+
+def _seed(*parts: int) -> int:
+  return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+@dataclasses.dataclass
+class _Stream:
+  index: int
+  stage: int = -1
+  offsets: dict = dataclasses.field(default_factory=dict)    # source -> first document
+  consumed: dict = dataclasses.field(default_factory=dict)   # source -> last document used + 1
+  tokens: dict = dataclasses.field(default_factory=dict)     # source -> loss tokens so far
+  iterator: object = None
+
+
+class Loader:
+
+  def __init__(self, data_dir, *, seed: int, streams: int, vocab_size: int):
+    self.manifest = read_manifest(data_dir)
+    self.sources = sorted(self.manifest["sources"])
+    self.seed, self.num_streams, self.vocab_size = seed, streams, vocab_size
+    tokenizer_vocab = self.manifest["tokenizer"]["vocab_size"]
+    if tokenizer_vocab > vocab_size:
+      raise ValueError(f"{data_dir} was tokenized with a vocabulary of {tokenizer_vocab} "
+                       f"({self.manifest['tokenizer']['path']}), larger than the model's "
+                       f"vocab_size {vocab_size}; set model.vocab_size >= {tokenizer_vocab}")
+    self.documents = {}
+    for name in self.sources:
+      paths = [str(data_dir / shard) for shard in self.manifest["sources"][name]["shards"]]
+      count = self.manifest["sources"][name]["documents"]
+      if count < streams:
+        raise ValueError(f"source {name!r} has {count} documents, fewer than data.streams="
+                         f"{streams}; every stream needs documents of every source: use "
+                         "fewer streams or more data")
+      self.documents[name] = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths))
+    self.streams: dict[int, _Stream] = {}
+    self._pending: dict[int, dict] = {}
+
+  def weights(self, stage) -> dict[str, float]:
+    mixture = dict(stage.mixture) if stage.mixture else {
+        name: weight for name, weight in DEFAULT_MIXTURE if name in self.sources} or {
+            name: 1.0 for name in self.sources}
+    unknown = set(mixture) - set(self.sources)
+    if unknown:
+      raise ValueError(f"the stage's mixture names sources {sorted(unknown)} that the data "
+                       f"does not have; it has {self.sources}")
+    if not any(w > 0 for w in mixture.values()) or any(w < 0 for w in mixture.values()):
+      raise ValueError(f"mixture weights {mixture} must be >= 0 with at least one > 0")
+    return {name: mixture[name] for name in self.sources if mixture.get(name, 0) > 0}
+
+  def _pipeline(self, stream: _Stream, stage_index: int, stage):
+    weights = self.weights(stage)
+    packed = []
+    for name in weights:
+      source_id = self.sources.index(name)
+      offset = stream.offsets.get(name, 0)
+      docs = self.documents[name][stream.index::self.num_streams]
+      docs = docs.shuffle(seed=_seed(self.seed, stream.index, source_id)).repeat(None)
+
+      def split(i, record, offset=offset):
+        ids = np.frombuffer(record, dtype="<i4").astype(np.int32)
+        return {"inputs": ids[:-1], "targets": ids[1:],
+                "document": np.full(ids.size - 1, offset + i, np.int64)}
+
+      rows = grain_experimental.ConcatThenSplitIterDataset(
+          docs[offset:].map_with_index(split).to_iter_dataset(_READ),
+          length_struct={k: stage.seq_len for k in ("inputs", "targets", "document")})
+      packed.append(rows.map(lambda row, s=source_id: {**row, "source": np.int32(s)}))
+    mixed = grain.IterDataset.mix(packed, list(weights.values()))
+    # Grain's mix interleaves in a fixed pattern, the same in every stream: shuffle rows in
+    # small windows (seeded per stream) so that each batch holds a mix of sources.
+    return iter(grain_experimental.WindowShuffleIterDataset(
+        mixed, window_size=_SHUFFLE_WINDOW,
+        seed=_seed(self.seed, stream.index, stage_index, len(self.sources))))
+
+  def _stream(self, index: int, stage_index: int, stage) -> _Stream:
+    if index not in self.streams:
+      self.streams[index] = (self._restore(index) if index in self._pending
+                             else _Stream(index))
+    stream = self.streams[index]
+    if stream.stage != stage_index:
+      # A new stage: every source continues after the last document the old stage used.
+      stream.offsets = {**stream.offsets, **stream.consumed}
+      stream.stage, stream.iterator = stage_index, self._pipeline(stream, stage_index, stage)
+    return stream
+
+  def next_batch(self, stage_index: int, stage, rows: tuple[int, int] | None = None) -> dict:
+    """Rows [start, stop) (default: all) of the stage's next global batch, as numpy arrays."""
+    batch_size = stage.batch_size
+    if batch_size % self.num_streams:
+      raise ValueError(f"the stage's batch of {batch_size} rows is not divisible by "
+                       f"data.streams={self.num_streams}; make streams a divisor of every "
+                       "stage's rows")
+    per_stream = batch_size // self.num_streams
+    start, stop = rows or (0, batch_size)
+    first, last = start // per_stream, -(-stop // per_stream)
+    out = []
+    for index in range(first, last):
+      stream = self._stream(index, stage_index, stage)
+      for _ in range(per_stream):
+        row = next(stream.iterator)
+        name = self.sources[int(row["source"])]
+        used = row["document"][row["inputs_segment_ids"] > 0]
+        if used.size:
+          stream.consumed[name] = max(stream.consumed.get(name, 0), int(used.max()) + 1)
+        stream.tokens[name] = stream.tokens.get(name, 0) + int(used.size)
+        out.append(row)
+    out = out[start - first * per_stream:][:stop - start]
+    batch = {"inputs": np.stack([r["inputs"] for r in out]),
+             "targets": np.stack([r["targets"] for r in out]),
+             "segment_ids": np.stack([r["inputs_segment_ids"] for r in out]),
+             "positions": np.stack([r["inputs_positions"] for r in out]),
+             "source": np.stack([r["source"] for r in out])}
+    batch["loss_mask"] = (batch["segment_ids"] > 0).astype(np.float32)
+    check_token_ids(batch["inputs"], self.vocab_size, "the training data")
+    check_token_ids(batch["targets"], self.vocab_size, "the training data")
+    return batch
+
+  def tokens_per_source(self) -> dict[str, int]:
+    """Loss tokens delivered so far by this process's streams, per source."""
+    totals = dict.fromkeys(self.sources, 0)
+    for stream in self.streams.values():
+      for name, count in stream.tokens.items():
+        totals[name] += count
+    return totals
+
+  def get_state(self) -> dict[int, dict]:
+    return {i: {"stage": s.stage, "offsets": s.offsets, "consumed": s.consumed,
+                "tokens": s.tokens, "grain": s.iterator.get_state() if s.iterator else None}
+            for i, s in self.streams.items()}
+
+  def set_state(self, states: dict, stages) -> None:
+    """Takes states saved by `get_state` (any process's); `stages` are the training stages.
+
+    Streams are rebuilt lazily, when this process first reads them, so a process may be given
+    every stream's state and uses only its own.
+    """
+    self.streams.clear()
+    self._pending = {int(i): state for i, state in states.items()}
+    self._stages = stages
+
+  def _restore(self, index: int) -> _Stream:
+    state = self._pending.pop(index)
+    stream = _Stream(index, state["stage"], dict(state["offsets"]), dict(state["consumed"]),
+                     dict(state["tokens"]))
+    if stream.stage >= 0:
+      stream.iterator = self._pipeline(stream, stream.stage, self._stages[stream.stage])
+      stream.iterator.set_state(state["grain"])
+    return stream
+
+
+def process_rows(sharding, batch_size: int) -> tuple[int, int]:
+  """The rows [start, stop) of a global batch that this process's devices hold."""
+  spans = [index[0] for index in
+           sharding.addressable_devices_indices_map((batch_size, 1)).values()]
+  start = min(s.start or 0 for s in spans)
+  stop = max(batch_size if s.stop is None else s.stop for s in spans)
+  return start, stop
+
+
+def to_global(local_batch: dict, sharding, batch_size: int) -> dict:
+  """Global jax.Arrays from this process's rows (all processes call it together)."""
+  return {k: jax.make_array_from_process_local_data(
+              sharding, v, (batch_size,) + v.shape[1:])
+          for k, v in local_batch.items() if k != "source"}

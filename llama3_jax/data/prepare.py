@@ -1,0 +1,147 @@
+"""Pre-tokenizes raw text into ArrayRecord shards that training reads.
+
+    python -m experiments.prepare_data --input raw/*.jsonl --tokenizer tok.model \
+        --source general --out data/
+
+Layout of `out/`: `manifest.json` (tokenizer, and per source: documents, tokens, shards,
+provenance) and `<source>/shard-00000.array_record` (one record per document: its token ids as
+little-endian int32, BOS and EOS included). Each input file becomes one shard, written under a
+temporary name and renamed with a small `.json` summary next to it when complete, so an
+interrupted run resumes where it stopped and several machines can split the files
+(`shard_index`/`shard_count`). Run it once per source into the same `out/`.
+"""
+
+import hashlib
+import json
+import multiprocessing
+import os
+import pathlib
+
+import numpy as np
+
+from llama3_jax.data.sources import Skips, list_files, read_documents
+from llama3_jax.data.tokenizers import load_tokenizer
+
+FORMAT = "llama3_jax.tokens.v1"
+MANIFEST = "manifest.json"
+
+
+def _sha256(path) -> str:
+  return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+def _write_json(path: pathlib.Path, value) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def _tokenize_file(job) -> dict:
+  """Writes one shard from one input file; returns its summary."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+  input_path, shard_path, tokenizer_path, strict, text_field, min_tokens = job
+  tokenizer = _tokenizer_cache(tokenizer_path)
+  skips = Skips(strict=strict)
+  documents = tokens = short = 0
+  tmp = shard_path.with_name(shard_path.name + ".tmp")
+  # group_size 1: every document is its own chunk, so random access reads one document.
+  writer = ArrayRecordWriter(str(tmp), "group_size:1")
+  try:
+    for text in read_documents(input_path, skips, text_field=text_field):
+      ids = np.asarray(tokenizer.encode(text, bos=True, eos=True), dtype="<i4")
+      if ids.size < min_tokens:
+        short += 1
+        continue
+      writer.write(ids.tobytes())
+      documents += 1
+      tokens += int(ids.size)
+  finally:
+    writer.close()
+  os.replace(tmp, shard_path)
+  summary = {"input": str(input_path), "shard": shard_path.name, "documents": documents,
+             "tokens": tokens, "too_short": short, "skipped": skips.as_dict()}
+  _write_json(shard_path.with_suffix(".json"), summary)
+  return summary
+
+
+_TOKENIZERS = {}
+
+
+def _tokenizer_cache(path):
+  if path not in _TOKENIZERS:
+    _TOKENIZERS[path] = load_tokenizer(path)
+  return _TOKENIZERS[path]
+
+
+def prepare(inputs, tokenizer_path, out_dir, *, source: str = "general", workers: int = 1,
+            strict: bool = False, text_field: str = "text", min_tokens: int = 3,
+            shard_index: int = 0, shard_count: int = 1, provenance: str = "") -> dict:
+  """Tokenizes `inputs` (files, dirs or globs) into `out_dir/source/`; returns the manifest."""
+  if not source.isidentifier():
+    raise ValueError(f"source name {source!r} must be an identifier (letters, digits, _)")
+  out_dir = pathlib.Path(out_dir)
+  files = list_files(inputs)
+  tokenizer_path = str(pathlib.Path(tokenizer_path).resolve())
+  tokenizer = load_tokenizer(tokenizer_path)
+  shard_dir = out_dir / source
+  shard_dir.mkdir(parents=True, exist_ok=True)
+  jobs = []
+  for i, path in enumerate(files):
+    shard = shard_dir / f"shard-{i:05d}.array_record"
+    if i % shard_count == shard_index and not shard.with_suffix(".json").exists():
+      jobs.append((path, shard, tokenizer_path, strict, text_field, min_tokens))
+  if workers > 1 and len(jobs) > 1:
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+      list(pool.imap_unordered(_tokenize_file, jobs))
+  else:
+    for job in jobs:
+      _tokenize_file(job)
+  return _update_manifest(out_dir, source, files, tokenizer, tokenizer_path, provenance)
+
+
+def _update_manifest(out_dir, source, files, tokenizer, tokenizer_path, provenance) -> dict:
+  summaries = []
+  for i in range(len(files)):
+    summary_path = out_dir / source / f"shard-{i:05d}.json"
+    if not summary_path.exists():
+      return {}   # other machines are still writing their shards; the last one finishes
+    summaries.append(json.loads(summary_path.read_text()))
+  manifest_path = out_dir / MANIFEST
+  manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {
+      "format": FORMAT, "sources": {}}
+  tokenizer_info = {"path": tokenizer_path, "sha256": _sha256(tokenizer_path),
+                    "vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id,
+                    "eos_id": tokenizer.eos_id}
+  previous = manifest.get("tokenizer")
+  if previous and previous["sha256"] != tokenizer_info["sha256"]:
+    raise ValueError(f"{out_dir} already holds sources tokenized with {previous['path']}; "
+                     f"{tokenizer_path} is a different tokenizer: use another --out directory")
+  skipped = Skips()
+  for s in summaries:
+    skipped.counts.update(s["skipped"]["counts"])
+    skipped.examples.extend(s["skipped"]["examples"][:5 - len(skipped.examples)])
+  documents = sum(s["documents"] for s in summaries)
+  if documents == 0:
+    raise ValueError(f"no documents were read from {len(files)} input files for source "
+                     f"{source!r} (skipped: {skipped.as_dict()}); check the files and the "
+                     "text field name")
+  manifest["tokenizer"] = tokenizer_info
+  manifest["sources"][source] = {
+      "documents": documents, "tokens": sum(s["tokens"] for s in summaries),
+      "too_short": sum(s["too_short"] for s in summaries), "skipped": skipped.as_dict(),
+      "shards": [f"{source}/{s['shard']}" for s in summaries],
+      "inputs": [s["input"] for s in summaries], "provenance": provenance}
+  _write_json(manifest_path, manifest)
+  return manifest
+
+
+def read_manifest(data_dir) -> dict:
+  path = pathlib.Path(data_dir) / MANIFEST
+  if not path.exists():
+    raise FileNotFoundError(f"{path} does not exist: {data_dir} is not a prepared data "
+                            "directory; make one with python -m experiments.prepare_data")
+  manifest = json.loads(path.read_text())
+  if manifest.get("format") != FORMAT:
+    raise ValueError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}; "
+                     "prepare the data again with this version")
+  return manifest
