@@ -45,7 +45,7 @@ def main(argv):
   from llama3_jax.train.loop import train
   try:
     summary = train(cfg, _WORKDIR.value)
-  except ValueError as error:   # bad config: one clear line, non-zero exit
+  except (ValueError, FileNotFoundError) as error:   # bad config or data: one line, exit 2
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
   if summary.get("complete"):

@@ -1,6 +1,7 @@
 """Test setup: 8 fake CPU devices and fp32 matmuls, fixed before JAX is imported."""
 
 import os
+import tempfile
 
 # Tiny models compile for much longer than they run: LLVM's optimisation level 0 cuts XLA:CPU
 # compile time ~5x (e.g. 6.6 s -> 1.1 s for a sharded init) at no cost to what tests check.
@@ -8,6 +9,8 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8"
                            + " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The embedded corpus is built once per test session, never read from the user's cache.
+os.environ["LLAMA3_JAX_CACHE"] = tempfile.mkdtemp(prefix="llama3_jax_test_cache.")
 
 import jax  # noqa: E402
 

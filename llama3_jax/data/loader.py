@@ -22,6 +22,7 @@ each source continues after the last document the previous stage used.
 """
 
 import dataclasses
+import pathlib
 
 import grain
 import jax
@@ -36,7 +37,27 @@ from llama3_jax.data.tokenizers import check_token_ids
 # Read in the calling thread: 32+ pipelines (streams x sources) with Grain's default 16-thread
 # prefetch each spend their time on thread hand-offs; records are tiny and reads sequential.
 _READ = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-_SHUFFLE_WINDOW = 32
+
+
+def _tuples_out(x):
+  """Grain's iterator states hold tuples that must come back as tuples (JSON has none)."""
+  if isinstance(x, tuple):
+    return {"__tuple__": [_tuples_out(v) for v in x]}
+  if isinstance(x, dict):
+    return {k: _tuples_out(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return [_tuples_out(v) for v in x]
+  return x
+
+
+def _tuples_in(x):
+  if isinstance(x, dict):
+    if set(x) == {"__tuple__"}:
+      return tuple(_tuples_in(v) for v in x["__tuple__"])
+    return {k: _tuples_in(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return [_tuples_in(v) for v in x]
+  return x
 
 
 def _seed(*parts: int) -> int:
@@ -55,10 +76,13 @@ class _Stream:
 
 class Loader:
 
-  def __init__(self, data_dir, *, seed: int, streams: int, vocab_size: int):
+  def __init__(self, data_dir, *, seed: int, streams: int, vocab_size: int,
+               shuffle_window: int = 32):
+    data_dir = pathlib.Path(data_dir)
     self.manifest = read_manifest(data_dir)
     self.sources = sorted(self.manifest["sources"])
     self.seed, self.num_streams, self.vocab_size = seed, streams, vocab_size
+    self.shuffle_window = shuffle_window
     tokenizer_vocab = self.manifest["tokenizer"]["vocab_size"]
     if tokenizer_vocab > vocab_size:
       raise ValueError(f"{data_dir} was tokenized with a vocabulary of {tokenizer_vocab} "
@@ -110,7 +134,7 @@ class Loader:
     # Grain's mix interleaves in a fixed pattern, the same in every stream: shuffle rows in
     # small windows (seeded per stream) so that each batch holds a mix of sources.
     return iter(grain_experimental.WindowShuffleIterDataset(
-        mixed, window_size=_SHUFFLE_WINDOW,
+        mixed, window_size=self.shuffle_window,
         seed=_seed(self.seed, stream.index, stage_index, len(self.sources))))
 
   def _stream(self, index: int, stage_index: int, stage) -> _Stream:
@@ -166,7 +190,8 @@ class Loader:
 
   def get_state(self) -> dict[int, dict]:
     return {i: {"stage": s.stage, "offsets": s.offsets, "consumed": s.consumed,
-                "tokens": s.tokens, "grain": s.iterator.get_state() if s.iterator else None}
+                "tokens": s.tokens,
+                "grain": _tuples_out(s.iterator.get_state()) if s.iterator else None}
             for i, s in self.streams.items()}
 
   def set_state(self, states: dict, stages) -> None:
@@ -185,21 +210,33 @@ class Loader:
                      dict(state["tokens"]))
     if stream.stage >= 0:
       stream.iterator = self._pipeline(stream, stream.stage, self._stages[stream.stage])
-      stream.iterator.set_state(state["grain"])
+      stream.iterator.set_state(_tuples_in(state["grain"]))
     return stream
 
 
+def _span(sharding, shape, dim: int) -> tuple[int, int]:
+  """The [start, stop) of dimension `dim` that this process's devices hold."""
+  spans = [index[dim] for index in sharding.addressable_devices_indices_map(shape).values()]
+  return (min(s.start or 0 for s in spans),
+          max(shape[dim] if s.stop is None else s.stop for s in spans))
+
+
 def process_rows(sharding, batch_size: int) -> tuple[int, int]:
-  """The rows [start, stop) of a global batch that this process's devices hold."""
-  spans = [index[0] for index in
-           sharding.addressable_devices_indices_map((batch_size, 1)).values()]
-  start = min(s.start or 0 for s in spans)
-  stop = max(batch_size if s.stop is None else s.stop for s in spans)
-  return start, stop
+  """The rows [start, stop) of a global [batch_size, T] batch that this process holds."""
+  return _span(sharding, (batch_size, 1), 0)
 
 
 def to_global(local_batch: dict, sharding, batch_size: int) -> dict:
-  """Global jax.Arrays from this process's rows (all processes call it together)."""
-  return {k: jax.make_array_from_process_local_data(
-              sharding, v, (batch_size,) + v.shape[1:])
-          for k, v in local_batch.items() if k != "source"}
+  """Global jax.Arrays from this process's rows (all processes call it together).
+
+  Where the sequence is split over processes too (context parallelism across hosts), each
+  process passes on only its columns.
+  """
+  out = {}
+  for key, value in local_batch.items():
+    if key == "source":
+      continue
+    shape = (batch_size,) + value.shape[1:]
+    start, stop = _span(sharding, shape, 1)
+    out[key] = jax.make_array_from_process_local_data(sharding, value[:, start:stop], shape)
+  return out

@@ -21,16 +21,17 @@ import numpy as np
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
                   r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 LLAMA3_NUM_SPECIAL = 256
+# Llama 3.1's numbering, as in its Hugging Face tokenizer.json: 128000 + index.
 _LLAMA3_NAMED = ("<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
-                 "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>",
-                 "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>",
-                 "<|python_tag|>")
+                 "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>",
+                 "<|reserved_special_token_2|>", "<|start_header_id|>", "<|end_header_id|>",
+                 "<|eom_id|>", "<|eot_id|>", "<|python_tag|>")
 
 
 def llama3_special_tokens() -> list[str]:
   """The 256 special tokens in id order (ids start right after the BPE ranks)."""
   reserved = [f"<|reserved_special_token_{i}|>"
-              for i in range(2, 2 + LLAMA3_NUM_SPECIAL - len(_LLAMA3_NAMED))]
+              for i in range(3, 3 + LLAMA3_NUM_SPECIAL - len(_LLAMA3_NAMED))]
   return list(_LLAMA3_NAMED) + reserved
 
 
@@ -112,8 +113,13 @@ def load_tokenizer(path) -> Tokenizer:
                      f"tokenizer file ({error})") from None
 
 
-def train_sentencepiece(texts: Iterable[str], vocab_size: int, out) -> SentencePieceTokenizer:
-  """Trains a byte-fallback BPE model (like Llama 2's) on `texts`, written to `out`."""
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, out, *,
+                        character_coverage: float = 0.9995) -> SentencePieceTokenizer:
+  """Trains a byte-fallback BPE model (like Llama 2's) on `texts`, written to `out`.
+
+  Characters outside `character_coverage` of the text are spelled as bytes; lower it when a
+  small vocabulary must cover many scripts.
+  """
   import sentencepiece as spm
   out = pathlib.Path(out)
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +128,10 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, out) -> SentenceP
   lines = (line for text in texts for line in text.splitlines() if line.strip())
   spm.SentencePieceTrainer.train(
       sentence_iterator=lines, model_writer=model, vocab_size=vocab_size, model_type="bpe",
-      byte_fallback=True, character_coverage=0.9995, bos_id=1, eos_id=2, unk_id=0, pad_id=-1,
+      byte_fallback=True, character_coverage=character_coverage, bos_id=1, eos_id=2,
+      unk_id=0, pad_id=-1,
+      # A small corpus may not support vocab_size pieces: take what it supports.
+      hard_vocab_limit=False,
       # One thread, every sentence, no sampling: the same texts give the same model.
       num_threads=1, input_sentence_size=0, shuffle_input_sentence=False, minloglevel=2, split_digits=True,
       allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,

@@ -134,7 +134,7 @@ def train(cfg, workdir) -> dict:
   loader = None
   if not cfg.data.synthetic:
     data_dir = cfg.data.path or corpus.embedded_corpus()
-    loader = Loader(pathlib.Path(data_dir), seed=cfg.train.seed, streams=cfg.data.streams,
+    loader = Loader(data_dir, seed=cfg.train.seed, streams=cfg.data.streams,
                     vocab_size=plan.model.vocab_size)
   restored = checkpointer.restore_latest(
       abstract_like(abstract_state, shardings),

@@ -27,7 +27,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 def tiny_config(steps=6, **mesh):
   c = base_config()
-  c.model.update(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+  c.model.update(vocab_size=512, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
                  ffn_dim=48, max_seq_len=64)
   c.mesh.update({"fsdp": -1, **mesh})
   c.train.update(steps=steps, stages=((3 * 8 * 16, 8 * 16, 16), (None, 8 * 32, 32)),

@@ -1,0 +1,51 @@
+"""Pre-tokenizes raw text into ArrayRecord shards for training.
+
+python -m experiments.prepare_data --input raw/web/ --tokenizer tokenizer.model \
+    --source general --out data/ --workers 8
+python -m experiments.pretrain --config.data.path=data/
+
+Run once per source (general, math, code, multilingual, or names of your own) into the same
+--out; stages mix sources by name. Interrupted runs resume; --shard-index/--shard-count split
+the files over machines. See llama3_jax/data/prepare.py.
+"""
+
+import argparse
+import sys
+
+from llama3_jax.data.prepare import prepare
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--input", nargs="+", required=True, help="files, directories, globs")
+  parser.add_argument("--tokenizer", required=True,
+                      help="a SentencePiece .model or Meta's Llama 3 tokenizer.model")
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--source", default="general", help="the source's name in mixtures")
+  parser.add_argument("--workers", type=int, default=1, help="tokenizing processes")
+  parser.add_argument("--text-field", default="text")
+  parser.add_argument("--strict", action="store_true",
+                      help="stop at the first bad record instead of counting and skipping it")
+  parser.add_argument("--shard-index", type=int, default=0)
+  parser.add_argument("--shard-count", type=int, default=1)
+  parser.add_argument("--provenance", default="", help="where the text came from")
+  args = parser.parse_args(argv)
+  try:
+    manifest = prepare(args.input, args.tokenizer, args.out, source=args.source,
+                       workers=args.workers, strict=args.strict, text_field=args.text_field,
+                       shard_index=args.shard_index, shard_count=args.shard_count,
+                       provenance=args.provenance)
+  except (ValueError, FileNotFoundError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+  if not manifest:
+    print("shards written; other machines still have files to do")
+    return
+  source = manifest["sources"][args.source]
+  print(f"{args.source}: {source['documents']:,} documents, {source['tokens']:,} tokens in "
+        f"{len(source['shards'])} shards under {args.out}"
+        + (f"; skipped {source['skipped']['counts']}" if source["skipped"]["counts"] else ""))
+
+
+if __name__ == "__main__":
+  main()
