@@ -1,0 +1,126 @@
+"""Pre-training data curation (report §3.1.1): JSONL in, de-duplicated and filtered JSONL out.
+
+python -m experiments.curate --input raw/ --out clean/
+python -m experiments.curate --input raw/ --out clean/ --strict --workers 8 \
+    --dirty-words words.txt --config.minhash.threshold=0.8 --config.filters.kl_quantile=0.995
+python -m experiments.curate --train-langid langs.jsonl --langid-model langid.npz
+python -m experiments.curate --train-quality labelled.jsonl --quality-model quality.npz
+python -m experiments.curate --input raw/ --out clean/ --langid-model langid.npz \
+    --config.langid.allowed=en,fr --quality-model quality.npz
+
+Reads every *.jsonl / *.jsonl.gz under --input (lines {"text": ..., "url": ..., "timestamp": ...}),
+writes the kept documents to the same relative paths under --out (".gz" dropped) and
+--out/stats.json: input_lines = kept + sum(removed) + sum(skipped_lines). Malformed lines are
+counted (first few listed) unless --strict, which stops at the first with file, line and fix.
+A missing input, no input files or a bad option: one line on stderr, exit code 2.
+"""
+
+import pathlib
+import sys
+import time
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_DEFAULT = str(pathlib.Path(__file__).parent / "configs" / "curation.py")
+
+
+def _fail(message, prefix: str = ""):
+  """One line on stderr, exit code 2 (str(KeyError) adds quotes; absl errors carry newlines)."""
+  message = " ".join(str(message).replace("\\'", "'").replace("\\n", " ").split())
+  if len(message) > 1 and message[0] == message[-1] and message[0] in "'\"":
+    message = message[1:-1]
+  print(f"error: {prefix}{message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _define_flags():
+  """Defined only when run as a program: spawned workers re-import this module as __mp_main__."""
+  try:   # ml_collections applies --config.* overrides as the flag is defined
+    config_flags.DEFINE_config_file("config", _DEFAULT, "curation config file")
+  except Exception as error:  # noqa: BLE001 - any bad override: one line, exit 2
+    _fail(error, "bad command line: ")
+  flags.DEFINE_string("input", None, "directory of *.jsonl / *.jsonl.gz files")
+  flags.DEFINE_string("out", None, "output directory (kept documents + stats.json)")
+  flags.DEFINE_bool("strict", False, "stop at the first malformed line instead of counting it")
+  flags.DEFINE_integer("workers", None, "processes (default: config.workers; 0 = all CPUs)")
+  flags.DEFINE_string("dirty-words", None, "word list for the dirty-word filter")
+  flags.DEFINE_string("train-langid", None, "labelled {text, lang} JSONL: train language ID")
+  flags.DEFINE_string("langid-model", None, "language-ID model (.npz): written when training, "
+                      "else applied")
+  flags.DEFINE_string("train-quality", None, "labelled {text, label} JSONL: train the quality "
+                      "classifier")
+  flags.DEFINE_string("quality-model", None, "quality model (.npz): written when training, "
+                      "else applied")
+
+
+def _train(kind: str, data: str, model_path: str | None):
+  from llama3_jax.data.curation.langid import LangId
+  from llama3_jax.data.curation.quality import QualityModel, parse_label
+  from llama3_jax.data.curation.reader import read_labelled
+  if not model_path:
+    _fail(f"--train-{kind} needs --{kind}-model OUT.npz to write the model to")
+  if kind == "langid":
+    texts, labels, _ = read_labelled(data, "lang")
+    model = LangId.train(texts, [str(x) for x in labels])
+    correct = sum(model.predict(t)[0] == y for t, y in zip(texts, map(str, labels)))
+  else:
+    texts, raw, lines = read_labelled(data, "label")
+    labels = [parse_label(x, f"{data}:{n}") for x, n in zip(raw, lines)]
+    model = QualityModel.train(texts, labels)
+    correct = sum((model.score(t) >= 0.5) == y for t, y in zip(texts, labels))
+  model.save(model_path)
+  print(f"{kind}: trained on {len(texts)} examples, training accuracy "
+        f"{correct / len(texts):.1%}; wrote {model_path}")
+
+
+def main(argv):
+  if len(argv) > 1:
+    _fail(f"unexpected arguments: {argv[1:]}")
+  from llama3_jax.data.curation import CurationConfig, CurationInputError, curate
+  f = flags.FLAGS
+  try:
+    trained = False
+    for kind in ("langid", "quality"):
+      if f[f"train-{kind}"].value:
+        _train(kind, f[f"train-{kind}"].value, f[f"{kind}-model"].value)
+        trained = True
+    if trained:
+      return
+    if not f.input or not f.out:
+      _fail("--input DIR and --out DIR are required (or --train-langid / --train-quality)")
+    c = f.config.to_dict()
+    c["read"]["strict"] = c["read"]["strict"] or f.strict
+    if f.workers is not None:
+      c["workers"] = f.workers
+    if f["dirty-words"].value:
+      c["filters"]["dirty_words_path"] = f["dirty-words"].value
+    for kind in ("langid", "quality"):
+      if f[f"{kind}-model"].value:
+        c[kind]["model_path"] = f[f"{kind}-model"].value
+    start = time.time()
+    stats = curate(f.input, f.out, CurationConfig.from_dict(c))
+  except (CurationInputError, ValueError, OSError) as error:
+    _fail(error)
+  removed = ", ".join(f"{k} {v:,}" for k, v in stats["removed"].items() if v)
+  skipped = sum(stats["skipped_lines"].values())
+  print(f"kept {stats['kept']:,} of {stats['input_lines']:,} lines "
+        f"(removed: {removed or 'none'}; skipped malformed: {skipped:,}) in "
+        f"{time.time() - start:.1f} s; wrote {f.out}/stats.json")
+  for problem in stats["file_problems"]:
+    print(f"warning: {problem['file']}: {problem['reason']} ({problem['detail']})",
+          file=sys.stderr)
+
+
+def parse_flags(argv):
+  """absl's parser, with a one-line message instead of a traceback for a bad option."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+    _fail(error, "bad command line: ")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  app.run(main, flags_parser=parse_flags)
