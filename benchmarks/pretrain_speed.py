@@ -25,7 +25,7 @@ OVERRIDES = [
     "--config.model.vocab_size=32000", "--config.mesh.fsdp=8", "--config.mesh.tensor=1",
     "--config.train.stages=((None, 2048, 256),)", "--config.train.warmup_tokens=2048",
     "--config.train.anneal_tokens=0", "--config.log.every_steps=1",
-    "--config.checkpoint.every_steps=100000", *sys.argv[1:],
+    "--config.checkpoint.every_steps=100000", "--config.data.synthetic=True", *sys.argv[1:],
 ]
 MAXTEXT = {"share_of_peak": 0.76, "step_s": 1.37, "first_step_s": 12.0}
 
