@@ -59,6 +59,11 @@ def test_straight_run_learns_and_compiles_once_per_stage(straight_run):
   for key in ("loss", "lr", "grad_norm", "tokens", "tokens_per_s", "step_time_s", "mfu"):
     assert all(np.isfinite(r[key]) for r in rows), key
   assert rows[-1]["tokens"] == 3 * 128 + 3 * 256
+  # The embedded corpus' four sources, counted per source; packing leaves no padding.
+  per_source = {k: v for k, v in rows[-1].items() if k.startswith("data/")}
+  assert sorted(per_source) == [f"data/{s}_tokens" for s in ("code", "general", "math",
+                                                               "multilingual")]
+  assert sum(per_source.values()) == rows[-1]["tokens"]
   assert (workdir / "loss_lr.png").stat().st_size > 1000
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
 
