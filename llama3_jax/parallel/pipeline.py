@@ -1,0 +1,130 @@
+"""Pipeline parallelism over the mesh's `stage` axis: GPipe and the interleaved (circular) schedule.
+
+    out_mbtd = pipeline(layer_fn, weights, x_mbtd, aux, stages=4, repeats=2)
+
+`weights` are stacked layer parameters ([L, ...] in natural layer order). They are viewed as
+[repeats V, stages S, layers per stage, ...]: stage s holds layer chunks s, S + s, 2S + s, ...
+(V chunks, round-robin, Megatron's interleaved assignment; V = 1 is GPipe). `x_mbtd` holds M
+micro-batches of activations; `aux` per-micro-batch side inputs ([M, ...] leaves: RoPE angles,
+segment ids...).
+
+The schedule runs in SPMD: every iteration each stage applies its current layer chunk to the
+micro-batch it holds (a `vmap` over stages with `spmd_axis_name`, so XLA gives each stage's
+work to its own devices), then the stage outputs shift by one stage (`jnp.roll` on the sharded
+axis: a collective permute) and stage 0 takes the next work item. Work item w = r * M + m is
+micro-batch m on its r-th trip through the stages; stage s does item t - s at iteration t. The
+last stage's output of item w is stage 0's input of item w + M, which it needs M - S + 1
+iterations later, so it waits in a buffer of micro-batches; fewer than S micro-batches are padded
+to S (idle work, counted as bubble). Iterations: V * max(M, S) + S - 1, of which each stage is
+busy V * M: the bubble, idle / busy, is (S - 1) / (V * M) for M >= S, Llama 3's formula.
+
+Each iteration's stage computation is rematerialised, so backward keeps only the stage inputs;
+gradients flow back through the same schedule by autodiff.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+
+def _on_stages(x, stage_axis):
+  """Leading axis over the stage devices; the other axes as the compiler likes."""
+  if stage_axis is None:
+    return x
+  spec = PartitionSpec(stage_axis, *[PartitionSpec.UNCONSTRAINED] * (x.ndim - 1))
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  stages: int
+  repeats: int         # V: layer chunks per stage (1 = GPipe)
+  micro_batches: int   # M
+
+  @property
+  def padded(self) -> int:
+    return max(self.micro_batches, self.stages)
+
+  @property
+  def iterations(self) -> int:
+    return self.repeats * self.padded + self.stages - 1
+
+  @property
+  def bubble(self) -> float:
+    """Idle / busy stage-iterations: (S - 1) / (V * M) when M >= S."""
+    busy = self.repeats * self.micro_batches
+    return (self.iterations - busy) / busy
+
+
+def validate(n_layers: int, stages: int, repeats: int, micro_batches: int,
+             batch_rows: int) -> Schedule:
+  if n_layers % (stages * repeats):
+    raise ValueError(f"n_layers={n_layers} cannot be cut into stage={stages} x "
+                     f"repeats={repeats} equal chunks; choose repeats (pipeline virtual stages) "
+                     f"and stage so that their product divides {n_layers}")
+  if micro_batches < 1 or batch_rows % micro_batches:
+    raise ValueError(f"the batch of {batch_rows} rows cannot be cut into micro_batches="
+                     f"{micro_batches}; choose a divisor of {batch_rows}")
+  return Schedule(stages, repeats, micro_batches)
+
+
+def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
+             stage_axis: str | None = "stage", remat: bool = True, with_stats: bool = False):
+  """Runs every micro-batch through all layers; returns [M, ...] like `x_mbtd`.
+
+  layer_fn(layer_weights, x, aux_one) -> x applies ONE layer (weights without the layer axis;
+  `aux_one` is `aux` indexed at the micro-batch). With `with_stats`, also returns the number of
+  busy stage-iterations measured while running (to check the bubble).
+  """
+  M = x_mbtd.shape[0]
+  n_layers = jax.tree.leaves(weights)[0].shape[0]
+  schedule = validate(n_layers, stages, repeats, M, M)
+  S, V, P = stages, repeats, schedule.padded
+  per_stage = n_layers // (S * V)
+  # [L, ...] -> [S, V, layers per stage, ...]: layer (r * S + s) * per_stage + i.
+  chunks = jax.tree.map(
+      lambda w: w.reshape(V, S, per_stage, *w.shape[1:]).swapaxes(0, 1), weights)
+  chunks = jax.tree.map(lambda w: _on_stages(w, stage_axis), chunks)
+  if P > M:   # fewer micro-batches than stages: pad with idle ones
+    pad = lambda a: jnp.concatenate([a, jnp.zeros((P - M,) + a.shape[1:], a.dtype)])
+    x_mbtd, aux = pad(x_mbtd), jax.tree.map(pad, aux)
+
+  def stage_compute(stage_chunks, x, repeat, micro_batch):
+    layers = jax.tree.map(lambda w: w[repeat], stage_chunks)
+    aux_one = jax.tree.map(lambda a: a[micro_batch], aux)
+
+    def one_layer(x, layer_weights):
+      return layer_fn(layer_weights, x, aux_one), None
+
+    return jax.lax.scan(one_layer, x, layers)[0]
+
+  if remat:
+    stage_compute = jax.checkpoint(stage_compute)
+  all_stages = jax.vmap(stage_compute, in_axes=(0, 0, 0, 0), spmd_axis_name=stage_axis)
+  stage_ids = jnp.arange(S)
+
+  def iteration(carry, t):
+    state_s, buffer_p, busy = carry
+    item_s = t - stage_ids                               # the work item of each stage
+    valid_s = (item_s >= 0) & (item_s < V * P)
+    item_s = jnp.clip(item_s, 0, V * P - 1)
+    out_s = all_stages(chunks, state_s, item_s // P, item_s % P)
+    # The last stage's output goes back to its micro-batch's slot (the final result after the
+    # last trip); stage 0 then takes the next item's input from the buffer.
+    last = item_s[S - 1]
+    buffer_p = jnp.where(valid_s[S - 1],
+                         jax.lax.dynamic_update_index_in_dim(buffer_p, out_s[S - 1], last % P, 0),
+                         buffer_p)
+    next_input = jax.lax.dynamic_index_in_dim(buffer_p, (t + 1) % P, 0, keepdims=False)
+    state_s = _on_stages(jnp.roll(out_s, 1, axis=0).at[0].set(next_input), stage_axis)
+    real_s = valid_s & (item_s % P < M)
+    return (state_s, buffer_p, busy + real_s.sum()), None
+
+  state_s = _on_stages(jnp.zeros((S,) + x_mbtd.shape[1:], x_mbtd.dtype).at[0].set(x_mbtd[0]),
+                       stage_axis)
+  (_, buffer_p, busy), _ = jax.lax.scan(iteration, (state_s, x_mbtd, jnp.int32(0)),
+                                        jnp.arange(schedule.iterations))
+  out = buffer_p[:M]
+  return (out, busy) if with_stats else out

@@ -1,0 +1,85 @@
+"""Pipeline parallelism: the schedules equal running the layers in sequence; the bubble formula.
+
+A toy residual layer (x + tanh(x A + b) * scale[m], the scale a per-micro-batch side input)
+keeps these checks fast; tests/parallel/test_pipeline_model.py runs the Llama 3 model.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from llama3_jax.parallel.pipeline import Schedule, pipeline, validate
+from llama3_jax.sharding import MeshConfig, make_mesh
+
+L, D, ROWS, T = 8, 6, 2, 3
+
+
+def layer(w, x, aux):
+  return x + jnp.tanh(x @ w["a"] + w["b"]) * aux["scale"][0]
+
+
+def sequential(weights, x_mbtd, aux):
+  def one(x, a):
+    for i in range(L):
+      x = layer(jax.tree.map(lambda w: w[i], weights), x, a)
+    return x
+  return jax.vmap(one)(x_mbtd, aux)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+  k = jax.random.split(jax.random.key(0), 3)
+  weights = {"a": jax.random.normal(k[0], (L, D, D)) * 0.5,
+             "b": jax.random.normal(k[1], (L, D)) * 0.1}
+  x = jax.random.normal(k[2], (8, ROWS, T, D))
+  aux = {"scale": 1.0 + 0.1 * jnp.arange(8, dtype=jnp.float32)[:, None]}
+  return weights, x, aux
+
+
+@pytest.mark.parametrize("stages", [2, 4])
+@pytest.mark.parametrize("repeats", [1, 2])
+@pytest.mark.parametrize("micro_batches", [1, 3, 4, 8])
+def test_pipeline_equals_sequential_layers(inputs, stages, repeats, micro_batches):
+  weights, x, aux = inputs
+  x, aux = x[:micro_batches], jax.tree.map(lambda a: a[:micro_batches], aux)
+  loss = lambda out: (out ** 2 * jnp.arange(1, D + 1)).sum()
+
+  def run(weights, x):
+    return pipeline(layer, weights, x, aux, stages=stages, repeats=repeats, with_stats=True)
+
+  with jax.set_mesh(make_mesh(MeshConfig(stage=stages, fsdp=-1))):
+    (out, busy) = jax.jit(run)(weights, x)
+    grads = jax.jit(jax.grad(lambda w, x: loss(run(w, x)[0]), argnums=(0, 1)))(weights, x)
+  want = sequential(weights, x, aux)
+  want_grads = jax.grad(lambda w, x: loss(sequential(w, x, aux)), argnums=(0, 1))(weights, x)
+  np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+  for got, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+  # Measured: every stage did each micro-batch's V trips; everything else was idle.
+  schedule = Schedule(stages, repeats, micro_batches)
+  assert int(busy) == stages * repeats * micro_batches
+  idle = stages * schedule.iterations - int(busy)
+  assert idle / int(busy) == pytest.approx(schedule.bubble)
+  if micro_batches >= stages:    # Llama 3's bubble ratio
+    assert schedule.bubble == pytest.approx((stages - 1) / (repeats * micro_batches))
+
+
+def test_interleaving_shrinks_the_bubble():
+  gpipe, interleaved = Schedule(4, 1, 8), Schedule(4, 2, 8)
+  assert gpipe.bubble == pytest.approx(3 / 8) and interleaved.bubble == pytest.approx(3 / 16)
+
+
+def test_stage_outputs_move_by_collective_permute(inputs):
+  weights, x, aux = inputs
+  run = jax.jit(lambda w, x: pipeline(layer, w, x, aux, stages=4, repeats=2))
+  with jax.set_mesh(make_mesh(MeshConfig(stage=4, fsdp=-1))):
+    hlo = run.lower(weights, x).compile().as_text()
+  assert "collective-permute" in hlo
+
+
+def test_layouts_that_do_not_divide_are_clear_errors():
+  with pytest.raises(ValueError, match=r"n_layers=6 cannot be cut into stage=4 x repeats=1"):
+    validate(6, 4, 1, 4, 8)
+  with pytest.raises(ValueError, match=r"12 rows cannot be cut into micro_batches=5"):
+    validate(8, 2, 2, 5, 12)
