@@ -221,9 +221,9 @@ def _span(sharding, shape, dim: int) -> tuple[int, int]:
           max(shape[dim] if s.stop is None else s.stop for s in spans))
 
 
-def process_rows(sharding, batch_size: int) -> tuple[int, int]:
-  """The rows [start, stop) of a global [batch_size, T] batch that this process holds."""
-  return _span(sharding, (batch_size, 1), 0)
+def process_rows(sharding, batch_size: int, seq_len: int) -> tuple[int, int]:
+  """The rows [start, stop) of a global [batch_size, seq_len] batch that this process holds."""
+  return _span(sharding, (batch_size, seq_len), 0)
 
 
 def to_global(local_batch: dict, sharding, batch_size: int) -> dict:

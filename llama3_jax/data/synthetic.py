@@ -1,4 +1,4 @@
-"""A deterministic, learnable synthetic source (until the Grain pipeline lands).
+"""A deterministic, learnable synthetic source: training without data files (data.synthetic).
 
 The global batch of step k is a pure function of (seed, k, shape): the same for every mesh
 layout and process count, and its "iterator state" is just the step. Rows are packed documents

@@ -33,13 +33,7 @@ class Attention(nnx.Module):
     k_btkh = constrain(apply_rope(k_btkh, *rope), ("act_batch", "act_seq", "act_kv_heads", None))
     v_btkh = constrain(v_btkh, ("act_batch", "act_seq", "act_kv_heads", None))
 
-    c = self.config
-    if c.attention == "blockwise":
-      out_btnh = attention_ops.blockwise_attention(
-          q_btnh, k_btkh, v_btkh, segment_bt, segment_bt, index_bt, index_bt,
-          block_q=c.attention_block_q, block_kv=c.attention_block_kv)
-    else:
-      out_btnh = attention_ops.reference_attention(
-          q_btnh, k_btkh, v_btkh, segment_bt, segment_bt, index_bt, index_bt)
+    out_btnh = attention_ops.self_attention(q_btnh, k_btkh, v_btkh, segment_bt, index_bt,
+                                            self.config)
     out_btnh = checkpoint_name(out_btnh, "attn_context")
     return jnp.einsum("btnh,nhd->btd", out_btnh, w(self.wo_nhd))

@@ -11,9 +11,17 @@ indices and segment ids: query t sees key s iff `q_index[t] >= kv_index[s]` and
   on every backend) with a hand-written backward pass that recomputes scores from the saved
   log-sum-exp. Memory is O(block_q x block_kv) per step, never O(T x S), forward and backward;
   blocks with nothing to attend to (above the causal diagonal, other documents) are skipped.
+
+The blocked layouts and the flash forward / backward passes are public (`query_blocks`,
+`kv_blocks`, `flash_forward`, `flash_backward`) so that ring attention
+(llama3_jax/parallel/context.py) can run them on one key block at a time.
+
+`self_attention` is what the model calls: the kernel its config names, unless a caller has
+installed another for the duration of a trace with `kernel_scope` (context parallelism does).
 """
 
-import functools
+import contextlib
+import contextvars
 
 import jax
 import jax.numpy as jnp
@@ -36,37 +44,80 @@ def reference_attention(q_btnh, k_bskh, v_bskh, q_segment_bt, kv_segment_bs, q_i
 def blockwise_attention(q_btnh, k_bskh, v_bskh, q_segment_bt, kv_segment_bs, q_index_bt,
                         kv_index_bs, *, block_q: int = 512, block_kv: int = 512):
   """Flash attention in pure JAX; equals `reference_attention` (values and gradients)."""
+  q = query_blocks(q_btnh, q_segment_bt, q_index_bt, k_bskh.shape[2], block_q)
+  kv = kv_blocks(k_bskh, v_bskh, kv_segment_bs, kv_index_bs, block_kv)
+  out = _flash(*q, *kv)                                    # [nq, B, K, G, bq, H]
+  return from_query_blocks(out, q_btnh.shape[1])
+
+
+# --- Blocked layouts -------------------------------------------------------------------------
+# q [nq, B, K, G, bq, H]; k, v [nk, B, K, bk, H]; ids [n, B, block]. Sequences are padded to
+# whole blocks; padded queries and keys get segment ids no real token has (ids are non-negative
+# and the two pads differ), so padded keys are never attended to and padded query rows see
+# nothing.
+_LOWEST = jnp.iinfo(jnp.int32).min
+
+
+def _pad(x, n, value=0):
+  return jnp.pad(x, [(0, 0), (0, n)] + [(0, 0)] * (x.ndim - 2), constant_values=value)
+
+
+def _id_blocks(ids_bt, n, block, pad_value):
+  ids = _pad(ids_bt.astype(jnp.int32), n * block - ids_bt.shape[1], pad_value)
+  return ids.reshape(ids.shape[0], n, block).transpose(1, 0, 2)
+
+
+def query_blocks(q_btnh, segment_bt, index_bt, n_kv_heads: int, block: int):
+  """(q [nq, B, K, G, bq, H], segment [nq, B, bq], index [nq, B, bq])."""
   B, T, N, H = q_btnh.shape
-  S, K = k_bskh.shape[1], k_bskh.shape[2]
-  G = N // K
-  bq, bk = min(block_q, T), min(block_kv, S)
-  nq, nk = -(-T // bq), -(-S // bk)
-  # Pad to whole blocks. Padded keys and queries get segment ids no real token has (ids are
-  # non-negative), so padded keys are never attended to and padded query rows are dropped.
-  lowest = jnp.iinfo(jnp.int32).min
-  pad_t, pad_s = nq * bq - T, nk * bk - S
+  bq = min(block, T)
+  nq = -(-T // bq)
+  q = _pad(q_btnh, nq * bq - T).reshape(B, nq, bq, n_kv_heads, N // n_kv_heads, H)
+  return (q.transpose(1, 0, 3, 4, 2, 5), _id_blocks(segment_bt, nq, bq, _LOWEST),
+          _id_blocks(index_bt, nq, bq, 0))
 
-  def pad(x, n, value=0):
-    return jnp.pad(x, [(0, 0), (0, n)] + [(0, 0)] * (x.ndim - 2), constant_values=value)
 
-  # Blocked layouts: q [nq, B, K, G, bq, H]; k, v [nk, B, K, bk, H]; ids [n, B, block].
-  q = pad(q_btnh, pad_t).reshape(B, nq, bq, K, G, H).transpose(1, 0, 3, 4, 2, 5)
-  k = pad(k_bskh, pad_s).reshape(B, nk, bk, K, H).transpose(1, 0, 3, 2, 4)
-  v = pad(v_bskh, pad_s).reshape(B, nk, bk, K, H).transpose(1, 0, 3, 2, 4)
-  blocks = lambda x, n, b: x.reshape(B, n, b).transpose(1, 0, 2)
-  q_seg = blocks(pad(q_segment_bt.astype(jnp.int32), pad_t, lowest), nq, bq)
-  kv_seg = blocks(pad(kv_segment_bs.astype(jnp.int32), pad_s, lowest + 1), nk, bk)
-  q_idx = blocks(pad(q_index_bt.astype(jnp.int32), pad_t), nq, bq)
-  kv_idx = blocks(pad(kv_index_bs.astype(jnp.int32), pad_s), nk, bk)
+def kv_blocks(k_bskh, v_bskh, segment_bs, index_bs, block: int):
+  """(k, v [nk, B, K, bk, H], segment [nk, B, bk], index [nk, B, bk])."""
+  B, S, K, H = k_bskh.shape
+  bk = min(block, S)
+  nk = -(-S // bk)
+  blocked = lambda x: _pad(x, nk * bk - S).reshape(B, nk, bk, K, H).transpose(1, 0, 3, 2, 4)
+  return (blocked(k_bskh), blocked(v_bskh), _id_blocks(segment_bs, nk, bk, _LOWEST + 1),
+          _id_blocks(index_bs, nk, bk, 0))
 
-  out = _flash(q, k, v, q_seg, kv_seg, q_idx, kv_idx)   # [nq, B, K, G, bq, H]
-  out = out.transpose(1, 0, 4, 2, 3, 5).reshape(B, nq * bq, N, H)
-  return out[:, :T]
 
+def from_query_blocks(out, T: int):
+  """[nq, B, K, G, bq, H] -> [B, T, N, H] (padding dropped)."""
+  nq, B, K, G, bq, H = out.shape
+  return out.transpose(1, 0, 4, 2, 3, 5).reshape(B, nq * bq, K * G, H)[:, :T]
+
+
+# --- Flash attention on blocked layouts ------------------------------------------------------
 
 def _block_mask(q_seg, kv_seg, q_idx, kv_idx):
   """[B, 1, 1, bq, bk] mask of one (query block, key block) pair."""
   return attention_mask(q_seg, kv_seg, q_idx, kv_idx)[:, None, None]
+
+
+def _varying(tree, *refs):
+  """`tree` typed as varying over every mesh axis that any of `refs` varies over.
+
+  Inside shard_map, scan carries and cond branches must agree on which manual mesh axes a value
+  varies over; initial carries made from constants vary over none. A no-op outside shard_map.
+  """
+  axes = frozenset().union(*(_vma(r) for r in jax.tree.leaves(refs)))
+  def cast(x):
+    missing = tuple(sorted(axes - _vma(x)))
+    return jax.lax.pcast(x, missing, to="varying") if missing else x
+  return jax.tree.map(cast, tree)
+
+
+def _vma(x) -> frozenset:
+  """The manual mesh axes `x` varies over (jax 0.10: `aval.mat.varying`; others: `aval.vma`)."""
+  aval = jax.typeof(x)
+  mat = getattr(aval, "mat", None)
+  return frozenset(mat.varying if mat is not None else getattr(aval, "vma", ()))
 
 
 def _scores(q, k):
@@ -75,8 +126,12 @@ def _scores(q, k):
   return s * (q.shape[-1] ** -0.5)
 
 
-def _forward(q, k, v, q_seg, kv_seg, q_idx, kv_idx):
-  """Returns out [nq, B, K, G, bq, H] and the log-sum-exp [nq, B, K, G, bq] (fp32)."""
+def flash_forward(q, q_seg, q_idx, k, v, kv_seg, kv_idx):
+  """Blocked attention: out [nq, B, K, G, bq, H] in fp32 and the log-sum-exp [nq, B, K, G, bq].
+
+  Rows that see no key (padding; or every key of this block masked, in ring attention) get
+  out = 0 and lse = +inf, so that the backward pass gives them p = 0.
+  """
 
   def one_q_block(args):
     qb, q_seg_b, q_idx_b = args
@@ -102,29 +157,22 @@ def _forward(q, k, v, q_seg, kv_seg, q_idx, kv_idx):
     stats_shape = qb.shape[:-1]
     init = (jnp.full(stats_shape, -jnp.inf, jnp.float32), jnp.zeros(stats_shape, jnp.float32),
             jnp.zeros(qb.shape, jnp.float32))
+    init = _varying(init, qb, q_seg_b, q_idx_b, k, v, kv_seg, kv_idx)
     (m, l, acc), _ = jax.lax.scan(kv_step, init, (k, v, kv_seg, kv_idx))
     seen = l > 0
     out = acc / jnp.where(seen, l, 1.0)[..., None]
-    # Rows that saw nothing (padding) get lse = +inf, so the backward pass gives them p = 0.
     lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), jnp.inf)
-    return out.astype(qb.dtype), lse
+    return out, lse
 
   return jax.lax.map(one_q_block, (q, q_seg, q_idx))
 
 
-@jax.custom_vjp
-def _flash(q, k, v, q_seg, kv_seg, q_idx, kv_idx):
-  return _forward(q, k, v, q_seg, kv_seg, q_idx, kv_idx)[0]
+def flash_backward(q, q_seg, q_idx, k, v, kv_seg, kv_idx, out, lse, d_out):
+  """(dq, dk, dv) in fp32 for the keys given, from the FINAL out and lse of each query row.
 
-
-def _flash_fwd(q, k, v, q_seg, kv_seg, q_idx, kv_idx):
-  out, lse = _forward(q, k, v, q_seg, kv_seg, q_idx, kv_idx)
-  return out, (q, k, v, q_seg, kv_seg, q_idx, kv_idx, out, lse)
-
-
-def _flash_bwd(residuals, d_out):
-  """Flash-attention backward: per key block, loop over query blocks and recompute p."""
-  q, k, v, q_seg, kv_seg, q_idx, kv_idx, out, lse = residuals
+  Because p is recomputed from the final lse, calling this on one key block at a time and
+  summing dq gives the full gradient (ring attention's backward pass).
+  """
   # delta = rowsum(dO * O) = rowsum(P * dP): the softmax Jacobian's correction term.
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1)
 
@@ -148,18 +196,85 @@ def _flash_bwd(residuals, d_out):
                              preferred_element_type=jnp.float32)
         return (dk, dv), dqb
 
-      skip = lambda c: (c, jnp.zeros(qb.shape, jnp.float32))
+      skip = lambda c: (c, _varying(jnp.zeros(qb.shape, jnp.float32), c, qb, kb, vb, dob))
       return jax.lax.cond(mask.any(), update, skip, carry)
 
-    zeros_kv = jnp.zeros(kb.shape, jnp.float32)
+    zeros_kv = _varying(jnp.zeros(kb.shape, jnp.float32), q, kb, vb, d_out, lse, q_seg,
+                        kv_seg_b, q_idx, kv_idx_b)
     (dk, dv), dq_blocks = jax.lax.scan(q_step, (zeros_kv, zeros_kv),
                                        (q, q_seg, q_idx, d_out, lse, delta))
     return dq + dq_blocks, (dk, dv)
 
-  dq, (dk, dv) = jax.lax.scan(one_kv_block, jnp.zeros(q.shape, jnp.float32),
+  dq = _varying(jnp.zeros(q.shape, jnp.float32), q, k, v, d_out, lse, q_seg, kv_seg)
+  dq, (dk, dv) = jax.lax.scan(one_kv_block, dq,
                               (k, v, kv_seg, kv_idx))
-  return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
-          None, None, None, None)
+  return dq, dk, dv
+
+
+def tie_ids(q, ids):
+  """`ids` passed through one optimization barrier with `q`, so that JAX sees them as depending
+  on q. Differentiating a scan over layers, JAX hoists work that depends only on loop-invariant
+  values (the segment ids and token indices are the same for every layer) out of the loop: it
+  would compute every (query block, key block) mask of the flash loops up front and keep them
+  all, O(T^2) memory. Tied to q, the masks stay inside the loops, block by block."""
+  return jax.lax.optimization_barrier((q, ids))[1]
+
+
+@jax.custom_vjp
+def _flash(q, q_seg, q_idx, k, v, kv_seg, kv_idx):
+  return flash_forward(q, q_seg, q_idx, k, v, kv_seg, kv_idx)[0].astype(q.dtype)
+
+
+def _flash_fwd(q, q_seg, q_idx, k, v, kv_seg, kv_idx):
+  q_seg, q_idx, kv_seg, kv_idx = tie_ids(q, (q_seg, q_idx, kv_seg, kv_idx))
+  out, lse = flash_forward(q, q_seg, q_idx, k, v, kv_seg, kv_idx)
+  out = out.astype(q.dtype)
+  return out, (q, q_seg, q_idx, k, v, kv_seg, kv_idx, out, lse)
+
+
+def _flash_bwd(residuals, d_out):
+  q, q_seg, q_idx, k, v, kv_seg, kv_idx, out, lse = residuals
+  dq, dk, dv = flash_backward(q, q_seg, q_idx, k, v, kv_seg, kv_idx, out, lse, d_out)
+  return (dq.astype(q.dtype), None, None, dk.astype(k.dtype), dv.astype(v.dtype), None, None)
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+# --- The model's entry point ----------------------------------------------------------------
+_KERNEL = contextvars.ContextVar("attention_kernel", default=None)
+
+
+@contextlib.contextmanager
+def kernel_scope(kernel):
+  """Within this scope (while a step traces), `self_attention` calls `kernel` instead.
+
+  `kernel(q_btnh, k_btkh, v_btkh, segment_bt, index_bt, config) -> out_btnh`. This is how a
+  parallelism strategy (context parallelism's shard_map) replaces the kernel without the model
+  knowing about meshes.
+  """
+  token = _KERNEL.set(kernel)
+  try:
+    yield
+  finally:
+    _KERNEL.reset(token)
+
+
+def self_attention(q_btnh, k_btkh, v_btkh, segment_bt, index_bt, config):
+  """Causal, document-masked self-attention with the kernel `config.attention` names."""
+  kernel = _KERNEL.get()
+  if kernel is not None:
+    return kernel(q_btnh, k_btkh, v_btkh, segment_bt, index_bt, config)
+  return local_attention(q_btnh, k_btkh, v_btkh, segment_bt, segment_bt, index_bt, index_bt,
+                         config)
+
+
+def local_attention(q_btnh, k_bskh, v_bskh, q_segment_bt, kv_segment_bs, q_index_bt,
+                    kv_index_bs, config):
+  """Queries against the keys given, with the kernel and block sizes of `config`."""
+  if config.attention == "blockwise":
+    return blockwise_attention(q_btnh, k_bskh, v_bskh, q_segment_bt, kv_segment_bs, q_index_bt,
+                               kv_index_bs, block_q=config.attention_block_q,
+                               block_kv=config.attention_block_kv)
+  return reference_attention(q_btnh, k_bskh, v_bskh, q_segment_bt, kv_segment_bs, q_index_bt,
+                             kv_index_bs)

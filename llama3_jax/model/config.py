@@ -120,3 +120,7 @@ SIZES: dict[str, ModelConfig] = {
     "debug": ModelConfig(vocab_size=512, d_model=160, n_layers=3, n_heads=8, n_kv_heads=4,
                          head_dim=24, ffn_dim=352, max_seq_len=1024),
 }
+# The debug model extended to long context the way Llama 3.1 was (8K -> 128K, RoPE factor 8),
+# at 1/16 scale: 512 -> 4,096 tokens (experiments/configs/llama3_long_context.py).
+SIZES["debug-long"] = SIZES["debug"].replace(
+    rope_scaling=RopeScaling(factor=8.0, original_max_position=512), max_seq_len=4096)

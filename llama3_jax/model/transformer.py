@@ -74,17 +74,25 @@ class Transformer(nnx.Module):
     if not config.tie_embeddings:
       self.lm_head_dv = param(rngs, init, (D, V), ("embed", "vocab"), dtype)
 
-  def __call__(self, tokens_bt, segment_ids=None, positions=None):
+  def __call__(self, tokens_bt, segment_ids=None, positions=None, indices=None):
     """tokens [B, T] int -> logits [B, T, V] fp32.
 
     segment_ids [B, T]: tokens attend only within their own segment (document); ids must be
     non-negative. positions [B, T]: RoPE positions; by default they restart at 0 in each
-    segment (0..T-1 without segment ids).
+    segment (0..T-1 without segment ids). indices [B, T]: each token's index in its packed row,
+    which the causal mask compares; by default 0..T-1. Pass them (and positions) when the
+    tokens come permuted, as in context parallelism's load-balanced order; the logits then come
+    in the same permuted order.
     """
     c = self.config
     dtype = jnp.dtype(c.dtype)
     B, T = tokens_bt.shape
-    index_bt = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    if indices is not None and positions is None and segment_ids is not None:
+      raise ValueError("Transformer got token indices (a permuted row) but no positions: "
+                       "positions cannot be derived from permuted segment ids; compute them "
+                       "with segment_positions before permuting")
+    index_bt = (jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T)) if indices is None
+                else jnp.asarray(indices, jnp.int32))
     segment_bt = (jnp.zeros((B, T), jnp.int32) if segment_ids is None
                   else jnp.asarray(segment_ids, jnp.int32))
     if positions is None:

@@ -128,3 +128,30 @@ def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
                                         jnp.arange(schedule.iterations))
   out = buffer_p[:M]
   return (out, busy) if with_stats else out
+
+
+def pipelined_blocks(stages: int, repeats: int, micro_batches: int, stage_axis: str = "stage"):
+  """A `run_blocks` for `Transformer`: its stacked blocks as a pipeline of `stages` stages.
+
+  The batch is cut into micro-batches by rows m, m + M, m + 2M, ... (every device keeps its
+  share of each); the embedding before and the norm, head and loss after run outside the
+  pipeline, on all devices.
+  """
+  from flax import nnx
+
+  def run(blocks, x_btd, rope, segment_bt, index_bt):
+    graphdef, weights = nnx.split(blocks)
+    B, M = x_btd.shape[0], micro_batches
+    split = lambda a: a.reshape(B // M, M, *a.shape[1:]).swapaxes(0, 1)
+    aux = {"rope": tuple(map(split, rope)), "segment": split(segment_bt),
+           "index": split(index_bt)}
+
+    def layer(layer_weights, x_btd, aux_one):
+      block = nnx.merge(graphdef, layer_weights)
+      return block(x_btd, aux_one["rope"], aux_one["segment"], aux_one["index"])
+
+    out_mbtd = pipeline(layer, weights, split(x_btd), aux, stages=stages, repeats=repeats,
+                        stage_axis=stage_axis)
+    return out_mbtd.swapaxes(0, 1).reshape(x_btd.shape)
+
+  return run

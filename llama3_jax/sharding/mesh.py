@@ -124,13 +124,23 @@ def validate(config: MeshConfig, model, *, n_devices: int, global_batch: int | N
   if global_batch is not None and global_batch % batch_shards:
     problems.append(f"global batch {global_batch} is not divisible by data*fsdp="
                     f"{batch_shards}; use a batch that is a multiple of {batch_shards}")
-  if seq_len is not None and seq_len % (2 * sizes["context"]):
-    problems.append(f"sequence length {seq_len} is not divisible by 2*context="
-                    f"{2 * sizes['context']} (context parallelism cuts it into 2*context "
-                    "chunks); pad or choose another context size")
+  if seq_len is not None and context_chunk_problem(seq_len, sizes["context"]):
+    problems.append(context_chunk_problem(seq_len, sizes["context"]))
   if problems:
     raise ValueError(f"Mesh {_fmt(sizes)} does not fit: " + "; ".join(problems))
   return sizes
+
+
+def context_chunk_problem(seq_len: int, context: int) -> str | None:
+  """Why `seq_len` cannot be split for context parallelism over `context` ranks, or None."""
+  chunks = 2 * context
+  if context == 1 or seq_len % chunks == 0:
+    return None
+  below, above = seq_len // chunks * chunks, (seq_len // chunks + 1) * chunks
+  return (f"sequence length {seq_len} is not divisible by 2*context={chunks} (context={context}; "
+          "context parallelism cuts each sequence into 2*context load-balanced chunks); use a "
+          f"sequence length that is a multiple of {chunks} (e.g. {below or above} or {above}), "
+          f"or a context size whose double divides {seq_len}")
 
 
 def _fmt(sizes: dict[str, int]) -> str:

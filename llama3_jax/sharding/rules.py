@@ -13,6 +13,9 @@ One table covers every strategy, because an axis of size 1 shards nothing:
     fsdp=2, tensor=4            + Megatron tensor parallelism of heads, FFN and vocabulary
     ... sequence_parallel=True  + norm/residual activations split over `tensor` along the
                                   sequence (reduce-scatter / all-gather instead of all-reduce)
+    fsdp=2, context=4           + context parallelism: each sequence split over `context`
+                                  (act_seq); attention runs under shard_map in
+                                  llama3_jax/parallel/context.py (Llama 3's all-gathered K/V)
 """
 
 import dataclasses
@@ -60,13 +63,19 @@ class ShardingConfig:
                weights gathered in forward are kept for backward (no second all-gather), at the
                cost of holding the gathered weights on every device.
   sequence_parallel: split the residual stream over `tensor` along the sequence.
+  context_schedule: how attention sees the keys of other `context` ranks (llama3_jax/parallel/
+    context.py): "all_gather" (Llama 3's: K/V all-gathered) or "ring" (K/V blocks passed round
+    a ring; O(local) memory when the gathered K/V do not fit). Both give the same result.
   """
   fsdp_mode: str = "zero3"
   sequence_parallel: bool = False
+  context_schedule: str = "all_gather"
 
   def __post_init__(self):
     if self.fsdp_mode not in ("zero3", "llama3"):
       raise ValueError(f"fsdp_mode={self.fsdp_mode!r}; use 'zero3' or 'llama3'")
+    if self.context_schedule not in ("all_gather", "ring"):
+      raise ValueError(f"context_schedule={self.context_schedule!r}; use 'all_gather' or 'ring'")
 
 
 def make_rules(model, sizes: dict[str, int], config: ShardingConfig = ShardingConfig()) -> Rules:

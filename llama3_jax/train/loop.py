@@ -173,7 +173,7 @@ def train(cfg, workdir) -> dict:
       stage_index = stage_at(plan.stages, tokens)
       stage = plan.stages[stage_index]
       if loader:
-        rows = process_rows(fns.batch_sharding, stage.batch_size)
+        rows = process_rows(fns.batch_sharding, stage.batch_size, stage.seq_len)
         batch = loader.next_batch(stage_index, stage, rows)
         batch = to_global(batch, fns.batch_sharding, stage.batch_size)
       else:

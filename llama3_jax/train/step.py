@@ -6,6 +6,11 @@
 A batch is a dict of [B, T] arrays: `inputs`, `targets`, and optionally `segment_ids`,
 `positions` and `loss_mask` (1 where a target counts). The loss is the mean cross-entropy over
 all unmasked targets of the whole batch, however it is split into micro-batches.
+
+With a context axis (context parallelism), the step permutes each batch once into the
+load-balanced chunk order, adding `indices` (each token's index in its row, for the causal mask)
+and `positions` if absent, and runs attention under shard_map (llama3_jax/parallel/context.py);
+the loss, a sum over tokens, needs no un-permuting.
 """
 
 import dataclasses
@@ -19,12 +24,14 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from llama3_jax.optim.optimizer import set_learning_rate
+from llama3_jax.parallel import context as context_parallel
 from llama3_jax.sharding.rules import ShardingConfig, batch_spec, gathered_over_fsdp
 
 
 def loss_sums(model, batch):
   """(sum of next-token cross-entropy over unmasked targets, number of unmasked targets)."""
-  logits_btv = model(batch["inputs"], batch.get("segment_ids"), batch.get("positions"))
+  logits_btv = model(batch["inputs"], batch.get("segment_ids"), batch.get("positions"),
+                     batch.get("indices"))
   ce_bt = optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch["targets"])
   mask_bt = batch.get("loss_mask", jnp.ones_like(ce_bt)).astype(jnp.float32)
   return (ce_bt * mask_bt).sum(), mask_bt.sum()
@@ -49,15 +56,22 @@ def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = Sha
   # keeps the gathered weights for backward (no second all-gather); gradients accumulate in the
   # gathered layout and are reduce-scattered to their FSDP shards once, in fp32.
   gathered = gathered_over_fsdp(param_shardings) if config.fsdp_mode == "llama3" else None
+  context = context_parallel.context_size(mesh, rules)
 
   def grads_of(state, batch):
+    if context > 1:   # once per batch, before micro-batches: load-balanced chunk order
+      batch = context_parallel.reorder_batch(batch, context)
+      batch = {name: jax.lax.with_sharding_constraint(x, batch_sharding) if x.ndim == 2 else x
+               for name, x in batch.items()}
     model_def, params = nnx.split(nnx.merge(graphdef, state).model)
     if gathered is not None:
       params = jax.lax.with_sharding_constraint(params, gathered)
 
     def micro_step(batch):
       sums = lambda p: loss_sums(nnx.merge(model_def, p), batch)
-      (ce_sum, tokens), grads = jax.value_and_grad(sums, has_aux=True)(params)
+      # With a context axis, every attention layer traced here runs under shard_map.
+      with context_parallel.attention_scope(mesh, rules, config.context_schedule):
+        (ce_sum, tokens), grads = jax.value_and_grad(sums, has_aux=True)(params)
       return ce_sum, tokens, grads
 
     if micro_batches == 1:

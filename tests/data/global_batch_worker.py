@@ -34,7 +34,8 @@ loader = Loader(data_dir, seed=0, streams=8, vocab_size=512)
 schedule = [(0, Stage(10, 16 * 32, 32))] * 2 + [(1, Stage(None, 32 * 64, 64))] * 2
 saved = {}
 for step, (index, stage) in enumerate(schedule):
-  local = loader.next_batch(index, stage, process_rows(sharding, stage.batch_size))
+  rows = process_rows(sharding, stage.batch_size, stage.seq_len)
+  local = loader.next_batch(index, stage, rows)
   batch = to_global(local, sharding, stage.batch_size)
   for key, value in batch.items():
     saved[f"{step}/{key}"] = np.asarray(multihost_utils.process_allgather(value, tiled=True))

@@ -76,3 +76,24 @@ def test_blockwise_jits_and_keeps_memory_below_dense():
   blockwise = temp_bytes(lambda *a: blockwise_attention(*a, block_q=128, block_kv=128))
   assert blockwise < dense_scores / 8
   assert temp_bytes(reference_attention) >= dense_scores
+
+
+def test_blockwise_in_a_scan_over_layers_keeps_memory_below_dense():
+  """Differentiating a scan over layers, JAX hoists loop-invariant work (the masks depend only
+  on segment ids and indices, the same in every layer) out of the loop; without `tie_ids` it
+  kept every block pair's mask and scores, more than the dense [T, S] matrix."""
+  B, T, N, K, H = 1, 1024, 2, 1, 16
+  seg = jnp.zeros((B, T), jnp.int32); idx = jnp.broadcast_to(jnp.arange(T), (B, T))
+  w_lhh = jnp.zeros((2, H, H)); x = jnp.zeros((B, T, N, H))
+
+  def layers(w_lhh, x):
+    def layer(x, w_hh):
+      q = x @ w_hh
+      out = blockwise_attention(q, q[:, :, :K], q[:, :, :K], seg, seg, idx, idx, block_q=128,
+                                block_kv=128)
+      return x + out, None
+    return jax.lax.scan(layer, x, w_lhh)[0].sum()
+
+  step = jax.jit(jax.grad(layers))
+  temp = step.lower(w_lhh, x).compile().memory_analysis().temp_size_in_bytes
+  assert temp < B * N * T * T * 4 / 2   # measured: 2.8 MB vs 8.4 MB dense (26.7 MB before)

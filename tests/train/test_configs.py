@@ -17,12 +17,14 @@ CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[2] / "experimen
 def test_config_loads(name):
   cfg = importlib.import_module(f"experiments.configs.{name}").get_config()
   model = model_config_from(cfg)
-  assert model in {size.replace(dtype=model.dtype, remat=model.remat) for size in SIZES.values()}
+  execution = {name: getattr(model, name) for name in (
+      "dtype", "remat", "attention", "attention_block_q", "attention_block_kv")}
+  assert model in {size.replace(**execution) for size in SIZES.values()}
   stages = [Stage(*s) for s in cfg.train.stages]
   validate_stages(stages)
   assert cfg.train.warmup_tokens + cfg.train.anneal_tokens < tokens_after(
       stages, cfg.train.steps)[-1]
 
 
-def test_config_names_are_the_three_sizes():
-  assert CONFIGS == ["llama3_405b", "llama3_8b", "llama3_debug"]
+def test_config_names_are_the_three_sizes_and_long_context():
+  assert CONFIGS == ["llama3_405b", "llama3_8b", "llama3_debug", "llama3_long_context"]
