@@ -3,27 +3,40 @@
 python -m experiments.pretrain                                   # tiny default, 8 CPU devices
 python -m experiments.pretrain --config experiments/configs/llama3_8b.py --workdir /ckpt/8b
 python -m experiments.pretrain --config.train.steps=100 --config.mesh.tensor=4 --workdir /tmp/r
+python -m launch.local --processes 2 --devices-per-process 4 -- \
+    python -m experiments.pretrain --workdir /tmp/r2              # 2 JAX processes, one job
 
 Run again with the same --workdir and it resumes from the newest checkpoint (or says the run is
 complete). SIGTERM / SIGINT save a checkpoint and exit 0. Writes WORKDIR/metrics.jsonl,
-TensorBoard events in WORKDIR/tensorboard, WORKDIR/loss_lr.png and checkpoints.
+TensorBoard events in WORKDIR/tensorboard, WORKDIR/loss_lr.png, checkpoints, the goodput
+timeline WORKDIR/goodput.jsonl and one log per process in WORKDIR/logs. Several processes (on
+SLURM, Kubernetes or launch.local) join one job from the environment
+(llama3_jax/runtime/distributed.py). Exit codes: 0 done or stopped, 2 bad config or data,
+3 diverged (rollbacks did not help), 75 hung (the watchdog; the launcher restarts the job).
 """
 
-import logging
-import pathlib
-import sys
+import time
 
-from absl import app
-from absl import flags
-from ml_collections import config_flags
+STARTED_AT = time.time()   # before the heavy imports: start-up counts against goodput
+
+import logging  # noqa: E402
+import os  # noqa: E402
+import pathlib  # noqa: E402
+import sys  # noqa: E402
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 _DEFAULT = str(pathlib.Path(__file__).parent / "configs" / "llama3_debug.py")
+EXIT_CONFIG, EXIT_DIVERGED = 2, 3
 
 
 def _bad_command_line(error):
-  message = " ".join(str(error).replace("\\'", "'").replace("\\n", " ").replace("\n", " ").strip("'\"").split())
+  message = " ".join(str(error).replace("\\'", "'").replace("\\n", " ").replace("\n", " ")
+                     .strip("'\"").split())
   print(f"error: bad command line: {message}", file=sys.stderr)
-  sys.exit(2)
+  sys.exit(EXIT_CONFIG)
 
 
 try:   # ml_collections applies --config.* overrides as the flag is defined
@@ -38,17 +51,25 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cfg = _CONFIG.value
   import jax   # configured before its backend starts
-  if cfg.runtime.cpu_devices:
+  # A launcher's JAX_NUM_CPU_DEVICES (launch.local --devices-per-process) wins over the config.
+  if cfg.runtime.cpu_devices and "JAX_NUM_CPU_DEVICES" not in os.environ:
     jax.config.update("jax_num_cpu_devices", cfg.runtime.cpu_devices)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
-  from llama3_jax.train.loop import train
+  from llama3_jax.runtime import distributed
+  from llama3_jax.runtime.goodput import report
+  from llama3_jax.runtime.guard import Diverged
   try:
-    summary = train(cfg, _WORKDIR.value)
+    distributed.initialize()
+    from llama3_jax.train.loop import train
+    summary = train(cfg, _WORKDIR.value, started_at=STARTED_AT)
   except (ValueError, FileNotFoundError) as error:   # bad config or data: one line, exit 2
     print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
-  if summary.get("complete"):
+    sys.exit(EXIT_CONFIG)
+  except Diverged as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(EXIT_DIVERGED)
+  if summary.get("complete") or jax.process_index() != 0:
     return
   print(f"done: {summary['steps']} steps"
         + (f" (stopped by {summary['stopped_by']}, checkpoint saved)"
@@ -57,6 +78,8 @@ def main(argv):
            f"{summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.1%} "
            f"(peak: {summary['peak_source']})" if "loss" in summary else "")
         + f", {summary['wall_s']:.0f} s; outputs in {_WORKDIR.value}")
+  if summary.get("goodput"):
+    print(report(summary["goodput"]))
 
 
 def parse_flags(argv):

@@ -38,7 +38,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.log = dict(every_steps=5)
   c.mfu = dict(peak_flops=0.0)          # per-device peak FLOP/s; 0 = known table / measured
   c.profile = dict(steps="")            # "a,b": write a JAX profiler trace of steps a..b
-  c.runtime = dict(cpu_devices=8)       # fake CPU devices (ignored on GPU/TPU)
+  # cpu_devices: fake CPU devices per process (ignored on GPU/TPU; launch.local's
+  # --devices-per-process wins). The hang watchdog: no step done in watchdog_s seconds (NCCL's
+  # default collective timeout is 10 minutes) -> stack dump, exit 75; steps that compile get
+  # watchdog_compile_s. 0 turns it off.
+  c.runtime = dict(cpu_devices=8, watchdog_s=600.0, watchdog_compile_s=1800.0)
+  # What to do about bad steps (llama3_jax/runtime/guard.py): refuse non-finite updates in the
+  # step; after max_bad_steps in a row roll back and skip that data; a loss above
+  # (1 + spike_margin) x the mean of the last spike_window good steps is a spike ("log", or
+  # "skip": roll back and skip its batch; margin 0 = off); steps slower than straggler_factor x
+  # the median are reported with the process to blame.
+  c.resilience = dict(skip_nonfinite=True, max_bad_steps=3, max_rollbacks=3, spike_margin=0.5,
+                      spike_window=20, spike_action="log", straggler_factor=3.0)
+  # Injected failures for tests and drills (llama3_jax/runtime/faults.py); empty = none.
+  c.faults = dict(nan_batches="", kill="", sleep="")
   return ml_collections.ConfigDict(c)
 
 

@@ -2,9 +2,12 @@
 
 Each checkpoint step holds `state` (parameters, optimizer state, step counters), `meta` (JSON:
 tokens seen, RNG seed, the config), `data` (the data loader's per-stream state, when training
-reads real data) and, during annealing, `average` (the Polyak average of the parameters). Orbax writes a step into a temporary directory and renames it when
-complete, so a save killed midway never looks like a checkpoint; one that is unreadable anyway
-is skipped with a warning and the previous one is used.
+reads real data) and, during annealing, `average` (the Polyak average of the parameters).
+Orbax writes a step into a temporary directory and renames it when complete, so a save killed
+midway never looks like a checkpoint; one that is unreadable anyway is skipped with a warning
+and the previous one is used. With several JAX processes every process calls every method
+(Orbax synchronises them), and they agree on whether a checkpoint could be read, since each
+reads only its own shards.
 """
 
 import logging
@@ -13,6 +16,7 @@ import pathlib
 import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from llama3_jax.checkpoint.data_state import DataStateRestore, DataStateSave
@@ -38,13 +42,17 @@ class Checkpointer:
       items["data"] = DataStateSave(data)
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
-  def restore_latest(self, abstract_state, abstract_average=None, data_streams=()):
+  def restore_latest(self, abstract_state, abstract_average=None, data_streams=(),
+                     at_most: int | None = None):
     """(step, state, meta, average, data) of the newest readable checkpoint, or None.
 
     `abstract_*` are ShapeDtypeStructs carrying the shardings wanted now: Orbax reshards, so a
     run saved on one mesh resumes on another. `data` holds the states of `data_streams`.
+    `at_most`: only checkpoints of that step or earlier (a rollback).
     """
-    for step in sorted(self.manager.all_steps(), reverse=True):
+    steps = [s for s in self.manager.all_steps() if at_most is None or s <= at_most]
+    for step in sorted(steps, reverse=True):
+      error = None
       try:
         meta = self.manager.restore(step, args=ocp.args.Composite(
             meta=ocp.args.JsonRestore()))["meta"]
@@ -54,18 +62,29 @@ class Checkpointer:
         if meta.get("has_data") and data_streams:
           items["data"] = DataStateRestore(list(data_streams))
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-      except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is skipped
-        # Set aside, never deleted: the run will write this step again, and someone may want
-        # to look at what went wrong.
-        aside = self.directory / f"{step}.corrupt-{int(time.time())}"
-        log.warning("checkpoint at step %d is incomplete or corrupt (%s: %s); moved to %s, "
-                    "trying the previous one", step, type(error).__name__,
-                    str(error).split("\n")[0][:200], aside)
+      except Exception as caught:  # noqa: BLE001 - any unreadable checkpoint is skipped
+        error = caught
+      if _all_processes(error is None):
+        return step, restored["state"], meta, restored.get("average"), restored.get("data")
+      # Set aside, never deleted: the run will write this step again, and someone may want
+      # to look at what went wrong.
+      aside = self.directory / f"{step}.corrupt-{int(time.time())}"
+      first_line = (str(error).splitlines() or [""])[0][:200]
+      reason = (f"{type(error).__name__}: {first_line}" if error
+                else "unreadable on another process")
+      log.warning("checkpoint at step %d is incomplete or corrupt (%s); moved to %s, trying "
+                  "the previous one", step, reason, aside)
+      if jax.process_index() == 0:
         os.replace(self.directory / str(step), aside)
-        self.manager.reload()
-        continue
-      return step, restored["state"], meta, restored.get("average"), restored.get("data")
+      _barrier(f"checkpoint_set_aside_{step}")
+      self.manager.reload()
     return None
+
+  def delete_after(self, step: int) -> None:
+    """Deletes the checkpoints of steps after `step` (a rollback makes them another history)."""
+    self.manager.wait_until_finished()
+    for later in sorted(s for s in self.manager.all_steps() if s > step):
+      self.manager.delete(later)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -73,6 +92,20 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _all_processes(ok: bool) -> bool:
+  """True where every JAX process says True."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def abstract_like(tree, shardings):

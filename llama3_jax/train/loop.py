@@ -1,14 +1,17 @@
 """The pre-training loop: mesh, state (restored or new), stages, steps, metrics, checkpoints.
 
 Run through `python -m experiments.pretrain`; `train(config, workdir)` is the library entry.
+Every JAX process runs it alike (llama3_jax/runtime/distributed.py); process 0 alone writes the
+job-wide files (metrics.jsonl, TensorBoard, plots, goodput.jsonl, stragglers.jsonl), each
+process its own log (WORKDIR/logs). Around the steps: a non-finite update is refused inside
+the compiled step and K in a row roll the run back (runtime/guard.py), a hang watchdog, a
+straggler report and the goodput timeline (runtime/); faults can be injected for tests.
 """
 
 import dataclasses
 import json
 import logging
 import pathlib
-import signal
-import sys
 import time
 
 import jax
@@ -21,11 +24,17 @@ from llama3_jax.data import corpus
 from llama3_jax.data.loader import Loader, process_rows, to_global
 from llama3_jax.data.synthetic import synthetic_batch
 from llama3_jax.model import ModelConfig, RopeScaling, Transformer
-from llama3_jax.optim.optimizer import build_optimizer
+from llama3_jax.optim.optimizer import build_optimizer, nonfinite_counts
 from llama3_jax.optim.schedules import (Stage, lr_schedule, stage_at, tokens_after,
                                         validate_stages)
 from llama3_jax.sharding import (MeshConfig, ShardingConfig, make_mesh, make_rules,
                                  state_shardings, validate)
+from llama3_jax.runtime import logs, stragglers
+from llama3_jax.runtime.faults import Faults
+from llama3_jax.runtime.goodput import Goodput, report as goodput_report
+from llama3_jax.runtime.guard import Guard, GuardConfig
+from llama3_jax.runtime.signals import StopRequest
+from llama3_jax.runtime.watchdog import Watchdog
 from llama3_jax.train import metrics as metrics_lib
 from llama3_jax.train.state import TrainState
 from llama3_jax.train.step import make_step_fns
@@ -89,161 +98,299 @@ def make_plan(cfg) -> Plan:
               anneal_from)
 
 
-class _StopRequest:
-  """SIGTERM / SIGINT ask the loop to checkpoint and exit cleanly at the next step boundary."""
+def train(cfg, workdir, started_at: float | None = None) -> dict:
+  """Runs (or resumes) the configured pre-training; returns a summary dict.
 
-  def __init__(self):
-    self.signal = None
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    self.signal = signal.Signals(signum).name
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
-def train(cfg, workdir) -> dict:
-  """Runs (or resumes) the configured pre-training; returns a summary dict."""
+  `started_at`: when this process started (time.time()), for the goodput's start-up share.
+  """
+  started_at = time.time() if started_at is None else started_at
   workdir = pathlib.Path(workdir).resolve()   # Orbax needs absolute paths
   workdir.mkdir(parents=True, exist_ok=True)
-  plan = make_plan(cfg)
-  mesh = make_mesh(plan.mesh)
-  rules = make_rules(plan.model, dict(mesh.shape), plan.sharding)
-  tx = build_optimizer(weight_decay=cfg.train.weight_decay, b1=cfg.train.b1, b2=cfg.train.b2,
-                       clip_norm=cfg.train.clip_norm)
-  schedule = lr_schedule(cfg.train.peak_lr, cfg.train.warmup_tokens, plan.tokens[-1],
-                         cfg.train.anneal_tokens, cfg.train.floor_ratio)
+  with logs.process_log(workdir) as log_file:
+    return _Run(cfg, workdir, started_at, log_file).run()
 
-  def build():
-    return TrainState(Transformer(plan.model, rngs=nnx.Rngs(cfg.train.seed)), tx)
 
-  graphdef, abstract_state = nnx.split(nnx.eval_shape(build))
-  shardings = state_shardings(abstract_state, mesh, rules)
-  param_shardings = shardings["model"]
-  checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=cfg.checkpoint.max_to_keep,
-                              keep_period=cfg.checkpoint.keep_period or None,
-                              async_save=cfg.checkpoint.async_save)
-  config_json = json.loads(cfg.to_json_best_effort())
-  loader = None
-  if not cfg.data.synthetic:
-    data_dir = cfg.data.path or corpus.embedded_corpus()
-    loader = Loader(data_dir, seed=cfg.train.seed, streams=cfg.data.streams,
-                    vocab_size=plan.model.vocab_size)
-  restored = checkpointer.restore_latest(
-      abstract_like(abstract_state, shardings),
-      abstract_like(abstract_state["model"], param_shardings),
-      data_streams=range(cfg.data.streams) if loader else ())
-  if restored is None:
-    start, average, averaged = 0, None, 0
-    state = jax.jit(lambda: nnx.split(build())[1], out_shardings=shardings)()
-  else:
-    start, state, meta, average, data_state = restored
-    if loader:
-      loader.set_state(data_state or {}, plan.stages)
-    averaged = meta.get("averaged", 0)
-    if meta["config"]["model"] != config_json["model"]:
-      raise ValueError(f"{workdir} holds a run of another model ({meta['config']['model']}); "
-                       "use a new --workdir or the same model config")
-    log.info("resumed from step %d (%d tokens)", start, meta["tokens"])
-  if start >= plan.steps:
-    print(f"run complete: {workdir} already has step {start} of {plan.steps}")
-    checkpointer.close()
-    return {"steps": start, "complete": True}
+class _Run:
+  """One attempt at the run: the recipe in `run`, one method per job it does."""
 
-  fns = make_step_fns(graphdef, shardings, mesh, rules, plan.sharding, cfg.train.micro_batches)
-  peak, peak_source = metrics_lib.peak_flops(cfg.mfu.peak_flops)
-  writer = metrics_lib.MetricsWriter(workdir, start) if jax.process_index() == 0 else None
-  profile = [int(s) for s in str(cfg.profile.steps).split(",") if s.strip()]
-  progress = _Progress(plan.steps, start)
-  last_log_time, last_log_step, stopped = time.perf_counter(), start, None
-  run_start = time.perf_counter()
+  def __init__(self, cfg, workdir: pathlib.Path, started_at: float, log_file):
+    self.cfg, self.workdir, self.log_file = cfg, workdir, log_file
+    self.in_flight = self.current = None
+    self.primary = jax.process_index() == 0
+    self.goodput = Goodput(workdir, started_at, enabled=self.primary)
+    self.faults = Faults(cfg.get("faults", {}), jax.process_index())
+    resilience = dict(cfg.get("resilience", {}))
+    self.skip_nonfinite = resilience.pop("skip_nonfinite", True)
+    self.straggler_factor = resilience.pop("straggler_factor", 3.0)
+    self.guard_config = GuardConfig(**resilience)
+    self.plan = plan = make_plan(cfg)
+    self.mesh = make_mesh(plan.mesh)
+    self.rules = make_rules(plan.model, dict(self.mesh.shape), plan.sharding)
+    tx = build_optimizer(weight_decay=cfg.train.weight_decay, b1=cfg.train.b1, b2=cfg.train.b2,
+                         clip_norm=cfg.train.clip_norm, skip_nonfinite=self.skip_nonfinite)
+    self.schedule = lr_schedule(cfg.train.peak_lr, cfg.train.warmup_tokens, plan.tokens[-1],
+                                cfg.train.anneal_tokens, cfg.train.floor_ratio)
+    self.build = lambda: TrainState(Transformer(plan.model, rngs=nnx.Rngs(cfg.train.seed)), tx)
+    self.graphdef, abstract_state = nnx.split(nnx.eval_shape(self.build))
+    self.shardings = state_shardings(abstract_state, self.mesh, self.rules)
+    self.abstract = (abstract_like(abstract_state, self.shardings),
+                     abstract_like(abstract_state["model"], self.shardings["model"]))
+    self.checkpointer = Checkpointer(
+        workdir / "checkpoints", max_to_keep=cfg.checkpoint.max_to_keep,
+        keep_period=cfg.checkpoint.keep_period or None, async_save=cfg.checkpoint.async_save)
+    self.config_json = json.loads(cfg.to_json_best_effort())
+    self.loader = None
+    if not cfg.data.synthetic:
+      self.loader = Loader(cfg.data.path or corpus.embedded_corpus(), seed=cfg.train.seed,
+                           streams=cfg.data.streams, vocab_size=plan.model.vocab_size)
 
-  with _StopRequest() as stop:
-    for step in range(start, plan.steps):
-      if profile and step == profile[0]:
-        jax.profiler.start_trace(str(workdir / "profile"))
-      tokens = plan.tokens[step]
-      stage_index = stage_at(plan.stages, tokens)
-      stage = plan.stages[stage_index]
-      if loader:
-        rows = process_rows(fns.batch_sharding, stage.batch_size, stage.seq_len)
-        batch = loader.next_batch(stage_index, stage, rows)
-        batch = to_global(batch, fns.batch_sharding, stage.batch_size)
-      else:
-        batch = synthetic_batch(cfg.train.seed, step, stage.batch_size, stage.seq_len,
-                                plan.model.vocab_size)
-        batch = jax.device_put(batch, fns.batch_sharding)
-      state, step_metrics = fns.train(state, batch, np.float32(schedule(tokens)))
-      done = step + 1
-      if profile and done == profile[-1]:
-        jax.profiler.stop_trace()
+  # ---- state: restored, new, or rolled back -------------------------------------------------
 
-      if done % cfg.log.every_steps == 0 or done == plan.steps:
-        step_metrics = jax.device_get(step_metrics)
-        now = time.perf_counter()
-        step_time = (now - last_log_time) / (done - last_log_step)
-        tokens_per_s = stage.batch_tokens / step_time
-        row = {"step": done, "loss": float(step_metrics["loss"]),
-               "lr": float(schedule(tokens)), "grad_norm": float(step_metrics["grad_norm"]),
-               "tokens": plan.tokens[done], "tokens_per_s": tokens_per_s,
-               "step_time_s": step_time, "seq_len": stage.seq_len,
-               "batch_tokens": stage.batch_tokens,
-               "mfu": metrics_lib.flops_per_token(plan.model, stage.seq_len) * tokens_per_s
-               / peak if peak else 0.0}
-        if loader:
-          row.update({f"data/{name}_tokens": count
-                      for name, count in _global_tokens(loader).items()})
-        memory = jax.local_devices()[0].memory_stats()   # None where the backend has none
-        if memory and "peak_bytes_in_use" in memory:
-          row["device_peak_memory_gib"] = memory["peak_bytes_in_use"] / 2**30
-        if writer:
-          writer.write(row)
-        progress.update(done, row)
-        last_log_time, last_log_step = now, done
+  def restore(self, at_most: int | None = None, data: bool = True) -> int:
+    """Loads the newest readable checkpoint (at most `at_most`), or a new state; the step."""
+    streams = range(self.cfg.data.streams) if self.loader and data else ()
+    restored = self.checkpointer.restore_latest(*self.abstract, data_streams=streams,
+                                                at_most=at_most)
+    if restored is None:
+      self.state = jax.jit(lambda: nnx.split(self.build())[1], out_shardings=self.shardings)()
+      self.average, self.meta = None, {}
+      if self.loader and data:
+        self.loader.set_state({}, self.plan.stages)
+      return 0
+    step, self.state, self.meta, self.average, data_state = restored
+    if self.loader and data:
+      self.loader.set_state(data_state or {}, self.plan.stages)
+    if self.meta["config"]["model"] != self.config_json["model"]:
+      raise ValueError(f"{self.workdir} holds a run of another model "
+                       f"({self.meta['config']['model']}); use a new --workdir or the same "
+                       "model config")
+    return step
 
-      stopped = stop.signal
-      if done % cfg.checkpoint.every_steps == 0 or done == plan.steps or stopped:
-        if cfg.train.anneal_tokens and plan.tokens[done] > plan.anneal_from:
-          averaged += 1   # Polyak average over the annealing phase's checkpoints
-          # (a fresh array even for the first: `state` is donated to the next step)
-          average = polyak_update(state["model"] if average is None else average,
-                                  state["model"], averaged)
-        meta = {"step": done, "tokens": plan.tokens[done], "seed": cfg.train.seed,
-                "averaged": averaged, "has_average": average is not None,
-                "has_data": loader is not None, "config": config_json}
-        checkpointer.save(done, state, meta, average, loader.get_state() if loader else None)
-      if stopped:
-        break
+  def rollback(self, before: int, done: int) -> int:
+    """Back to the newest checkpoint at or before step `before`; the data since is skipped.
 
-  checkpointer.close()
-  progress.close()
-  if writer:
-    writer.close()
-  summary = {"steps": done, "stopped_by": stopped, "wall_s": time.perf_counter() - run_start,
-             "peak_flops": peak, "peak_source": peak_source,
-             "compilations": fns.train.jitted._cache_size()}
-  rows = metrics_lib.read_metrics(workdir)
-  if rows:
-    summary.update(loss=rows[-1]["loss"], tokens=rows[-1]["tokens"],
-                   tokens_per_s=float(np.median([r["tokens_per_s"] for r in rows[1:] or rows])),
-                   mfu=float(np.median([r["mfu"] for r in rows[1:] or rows])))
-    if jax.process_index() == 0:
-      metrics_lib.plot(rows, workdir / "loss_lr.png")
-  if average is not None and done == plan.steps and jax.process_index() == 0:
-    # The released model of Llama 3 is this average of the annealing checkpoints.
-    import orbax.checkpoint as ocp
-    exporter = ocp.StandardCheckpointer()
-    exporter.save((workdir / "averaged_params").resolve(), average, force=True)
-    exporter.wait_until_finished()
-    summary["averaged_checkpoints"] = averaged
-  return summary
+    Batches are numbered by their place in the data: step s (1-based) reads batch
+    s + data_skip. The loader keeps its place, so the steps after the checkpoint read new data.
+    """
+    self.checkpointer.wait()
+    step = self.restore(at_most=before, data=False)
+    self.checkpointer.delete_after(step)
+    log.warning("rolled back to step %d; batches %d..%d are skipped", step,
+                step + 1 + self.data_skip, done + self.data_skip)
+    self.data_skip += done - step
+    self.averaged = self.meta.get("averaged", 0)
+    if self.writer:
+      self.writer.truncate(step)
+    self.goodput.lap("restore")
+    self.goodput.resume(step, "rollback")
+    return step
+
+  # ---- one step ------------------------------------------------------------------------------
+
+  def batch(self, step: int, stage_index: int, stage):
+    if self.loader:
+      rows = process_rows(self.fns.batch_sharding, stage.batch_size, stage.seq_len)
+      batch = self.loader.next_batch(stage_index, stage, rows)
+      batch = self.faults.poison(batch, step + 1 + self.data_skip)
+      return to_global(batch, self.fns.batch_sharding, stage.batch_size)
+    batch = synthetic_batch(self.cfg.train.seed, step + self.data_skip, stage.batch_size,
+                            stage.seq_len, self.plan.model.vocab_size)
+    batch = self.faults.poison(batch, step + 1 + self.data_skip)
+    return {key: jax.make_array_from_callback(value.shape, self.fns.batch_sharding,
+                                              lambda index, v=value: v[index])
+            for key, value in batch.items()}
+
+  def step(self, step: int, stage_index: int, stage) -> tuple[dict, bool, float, float]:
+    """Runs step `step` (0-based); (its metrics as numbers, compiled?, step_s, host_s)."""
+    start = time.perf_counter()
+    self.faults.sleep(step + 1)
+    batch = self.batch(step, stage_index, stage)
+    compiled_before = self.fns.train.jitted._cache_size()
+    lr = np.float32(self.schedule(self.plan.tokens[step]))
+    self.state, metrics = self.fns.train(self.state, batch, lr)
+    host_s = time.perf_counter() - start
+    self.in_flight = metrics["loss"]
+    counts = nonfinite_counts(self.state) or {}
+    values = {key: np.asarray(value) for key, value in {**metrics, **counts}.items()}
+    compiled = self.fns.train.jitted._cache_size() > compiled_before
+    return values, compiled, time.perf_counter() - start, host_s
+
+  # ---- outputs -------------------------------------------------------------------------------
+
+  def log_row(self, done: int, stage, values: dict) -> None:
+    now = time.perf_counter()
+    step_time = (now - self.last_log[0]) / (done - self.last_log[1])
+    tokens_per_s = stage.batch_tokens / step_time
+    lr = float(self.schedule(self.plan.tokens[done - 1]))
+    row = {"step": done, "loss": float(values["loss"]), "lr": lr,
+           "grad_norm": float(values["grad_norm"]), "tokens": self.plan.tokens[done],
+           "tokens_per_s": tokens_per_s, "step_time_s": step_time, "seq_len": stage.seq_len,
+           "batch_tokens": stage.batch_tokens,
+           "mfu": metrics_lib.flops_per_token(self.plan.model, stage.seq_len) * tokens_per_s
+           / self.peak if self.peak else 0.0}
+    if "finite" in values:
+      row.update(skipped=int(not values["finite"]),
+                 skipped_total=int(values["skipped_total"]))
+    row.update(rollbacks=self.guard.rollbacks, loss_spikes=self.guard.spikes)
+    if self.loader:
+      row.update({f"data/{name}_tokens": count
+                  for name, count in _global_tokens(self.loader).items()})
+    memory = jax.local_devices()[0].memory_stats()   # None where the backend has none
+    if memory and "peak_bytes_in_use" in memory:
+      row["device_peak_memory_gib"] = memory["peak_bytes_in_use"] / 2**30
+    flags = self.step_times.report(self.straggler_factor)   # all processes together
+    row["straggler_steps"] = self.stragglers = self.stragglers + len(flags)
+    if self.primary:
+      for flag in flags:
+        log.warning(stragglers.describe(flag))
+      if flags:
+        with open(self.workdir / "stragglers.jsonl", "a") as out:
+          out.writelines(json.dumps(flag) + "\n" for flag in flags)
+      goodput = self.goodput.summary()
+      row["goodput"] = goodput.get("goodput", 0.0)
+      self.writer.write(row)
+      self.progress.update(done, row)
+    self.last_log = (now, done)
+
+  def save(self, done: int) -> None:
+    cfg, plan = self.cfg, self.plan
+    if cfg.train.anneal_tokens and plan.tokens[done] > plan.anneal_from:
+      self.averaged += 1   # Polyak average over the annealing phase's checkpoints
+      # (a fresh array even for the first: `state` is donated to the next step)
+      self.average = polyak_update(self.state["model"] if self.average is None
+                                   else self.average, self.state["model"], self.averaged)
+    meta = {"step": done, "tokens": plan.tokens[done], "seed": cfg.train.seed,
+            "averaged": self.averaged, "has_average": self.average is not None,
+            "has_data": self.loader is not None, "data_skip": self.data_skip,
+            "rollbacks": self.guard.rollbacks, "config": self.config_json}
+    self.checkpointer.save(done, self.state, meta, self.average,
+                           self.loader.get_state() if self.loader else None)
+    self.faults.kill(done, "during", self.checkpointer.directory)
+    self.faults.kill(done, "after", self.checkpointer.directory)
+
+  def describe(self) -> dict:
+    """What the hang watchdog writes beside the stacks: where this process and its devices
+    stand. A step dispatched but not done on the device points at a collective (a peer that
+    never joined it); a step never dispatched, at this host."""
+    ready = getattr(self.in_flight, "is_ready", None)
+    return {"process": jax.process_index(), "processes": jax.process_count(),
+            "mesh": dict(self.mesh.shape), "step_in_progress": self.current,
+            "step_dispatched": self.in_flight is not None,
+            "step_done_on_device": ready() if ready else None,
+            "live_arrays": len(jax.live_arrays()),
+            "devices": {str(d): d.memory_stats() for d in jax.local_devices()}}
+
+  # ---- the recipe ----------------------------------------------------------------------------
+
+  def run(self) -> dict:
+    cfg, plan = self.cfg, self.plan
+    runtime = cfg.runtime
+    watchdog = Watchdog(runtime.get("watchdog_s", 0), self.log_file, self.describe)
+    with watchdog as dog:
+      dog.arm(runtime.get("watchdog_compile_s", 0))   # restore and the first compile
+      self.goodput.lap("startup")
+      start = self.restore()
+      self.goodput.lap("restore" if start else "startup")
+      self.goodput.resume(start)
+      if start:
+        log.info("resumed from step %d (%d tokens)", start, self.meta["tokens"])
+      if start >= plan.steps:
+        print(f"run complete: {self.workdir} already has step {start} of {plan.steps}")
+        self.checkpointer.close()
+        self.goodput.close()
+        return {"steps": start, "complete": True}
+      return self.loop(start, dog)
+
+  def loop(self, start: int, dog) -> dict:
+    cfg, plan = self.cfg, self.plan
+    self.averaged = self.meta.get("averaged", 0)
+    self.data_skip = self.meta.get("data_skip", 0)
+    self.guard = Guard(self.guard_config, rollbacks=self.meta.get("rollbacks", 0))
+    self.fns = make_step_fns(self.graphdef, self.shardings, self.mesh, self.rules,
+                             plan.sharding, cfg.train.micro_batches)
+    self.peak, peak_source = metrics_lib.peak_flops(cfg.mfu.peak_flops)
+    self.writer = metrics_lib.MetricsWriter(self.workdir, start) if self.primary else None
+    self.progress = metrics_lib.Progress(plan.steps, start) if self.primary else None
+    self.step_times, self.stragglers = stragglers.StepTimes(), 0
+    profile = [int(s) for s in str(cfg.profile.steps).split(",") if s.strip()]
+    compiled_stages, stopped, step, done = set(), None, start, start
+    self.last_log = (time.perf_counter(), start)
+    run_start = time.perf_counter()
+    self.goodput.lap("startup")
+    log.info("process %d of %d: %d of %d devices, mesh %s, from step %d",
+             jax.process_index(), jax.process_count(), jax.local_device_count(),
+             jax.device_count(), dict(self.mesh.shape), start)
+
+    with StopRequest() as stop:
+      while step < plan.steps:
+        if profile and step == profile[0]:
+          jax.profiler.start_trace(str(self.workdir / "profile"))
+        stage_index = stage_at(plan.stages, plan.tokens[step])
+        stage = plan.stages[stage_index]
+        if stage_index not in compiled_stages:   # a new batch shape compiles: more time
+          dog.arm(cfg.runtime.get("watchdog_compile_s", 0))
+          compiled_stages.add(stage_index)
+        self.current, self.in_flight = step + 1, None
+        values, compiled, step_s, host_s = self.step(step, stage_index, stage)
+        done = step + 1
+        dog.beat(done)
+        log.debug("step %d: loss %.6f, %.3f s (host %.3f s)%s", done, values["loss"], step_s,
+                  host_s, ", compiled" if compiled else "")
+        if profile and done == profile[-1]:
+          jax.profiler.stop_trace()
+        skipped = "finite" in values and not values["finite"]
+        self.goodput.lap("compile" if compiled else "skipped" if skipped else "step", step=done)
+        verdict = self.guard.check(done, float(values["loss"]), bool(skipped))
+        if verdict.rollback:
+          step = self.rollback(verdict.before, done)
+          self.last_log = (time.perf_counter(), step)
+          continue
+        if not compiled:
+          self.step_times.add(done, step_s, host_s)
+        if done % cfg.log.every_steps == 0 or done == plan.steps:
+          self.log_row(done, stage, values)
+        stopped = stop.requested(done)
+        self.faults.kill(done, "before")   # the step done, its checkpoint (if any) not begun
+        if done % cfg.checkpoint.every_steps == 0 or done == plan.steps or stopped:
+          self.save(done)
+          self.goodput.lap("checkpoint")
+        step = done
+        if stopped:
+          break
+
+    dog.pause()
+    self.checkpointer.close()
+    self.goodput.lap("checkpoint")
+    if self.progress:
+      self.progress.close()
+    if self.writer:
+      self.writer.close()
+    summary = {"steps": done, "stopped_by": stopped, "wall_s": time.perf_counter() - run_start,
+               "peak_flops": self.peak, "peak_source": peak_source,
+               "compilations": self.fns.train.jitted._cache_size(),
+               "rollbacks": self.guard.rollbacks, "loss_spikes": self.guard.spikes,
+               "straggler_steps": self.stragglers}
+    rows = metrics_lib.read_metrics(self.workdir)
+    if rows:
+      summary.update(loss=rows[-1]["loss"], tokens=rows[-1]["tokens"],
+                     tokens_per_s=float(np.median([r["tokens_per_s"] for r in rows[1:] or rows])),
+                     mfu=float(np.median([r["mfu"] for r in rows[1:] or rows])))
+      if self.primary:
+        metrics_lib.plot(rows, self.workdir / "loss_lr.png")
+    if self.average is not None and done == plan.steps:
+      # The released model of Llama 3 is this average of the annealing checkpoints. Every
+      # process writes its shards.
+      import orbax.checkpoint as ocp
+      exporter = ocp.StandardCheckpointer()
+      exporter.save((self.workdir / "averaged_params").resolve(), self.average, force=True)
+      exporter.wait_until_finished()
+      summary["averaged_checkpoints"] = self.averaged
+    self.goodput.lap("other")
+    if self.primary:
+      summary["goodput"] = self.goodput.summary()
+      log.info(goodput_report(summary["goodput"]))
+    self.goodput.close()
+    return summary
 
 
 def _global_tokens(loader) -> dict[str, int]:
@@ -254,29 +401,3 @@ def _global_tokens(loader) -> dict[str, int]:
   from jax.experimental import multihost_utils
   counts = multihost_utils.process_allgather(np.array(list(local.values()), np.int64))
   return dict(zip(local, counts.reshape(-1, len(local)).sum(0).tolist()))
-
-
-class _Progress:
-  """A rich progress bar with ETA on a terminal; plain log lines otherwise."""
-
-  def __init__(self, total: int, start: int):
-    self.bar = None
-    if sys.stdout.isatty():
-      from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                 TimeRemainingColumn)
-      self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                          TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-      self.bar.start()
-      self.task = self.bar.add_task("train", total=total, completed=start, info="")
-
-  def update(self, step: int, row: dict) -> None:
-    info = (f"loss {row['loss']:.4f}  lr {row['lr']:.2e}  {row['tokens_per_s']:,.0f} tok/s  "
-            f"mfu {row['mfu']:.1%}")
-    if self.bar:
-      self.bar.update(self.task, completed=step, info=info)
-    else:
-      print(f"step {step}: {info}", flush=True)
-
-  def close(self) -> None:
-    if self.bar:
-      self.bar.stop()

@@ -1,4 +1,4 @@
-"""Training metrics: model FLOPs, MFU, and the writers (metrics.jsonl, TensorBoard).
+"""Training metrics: model FLOPs, MFU, the writers (metrics.jsonl, TensorBoard), the progress bar.
 
 MFU = model FLOPs per second / peak FLOP/s. Model FLOPs per token are 6N (forward + backward
 of every matmul weight; the input embedding is a lookup and not counted) plus attention,
@@ -9,6 +9,7 @@ accelerators (override with `peak_flops`); on CPU it is measured once by a large
 import json
 import math
 import pathlib
+import sys
 import time
 
 import jax
@@ -59,18 +60,27 @@ def peak_flops(override: float = 0.0) -> tuple[float, str]:
 
 
 class MetricsWriter:
-  """Appends one JSON object per logged step to metrics.jsonl and mirrors it to TensorBoard."""
+  """Appends one JSON object per logged step to metrics.jsonl and mirrors it to TensorBoard.
+
+  Written by JAX process 0 only: every process sees the same global metrics.
+  """
 
   def __init__(self, workdir: pathlib.Path, resume_step: int):
     self.path = workdir / "metrics.jsonl"
-    # Drop rows past the checkpoint we resume from: those steps are about to be redone.
-    if self.path.exists():
-      rows = [line for line in self.path.read_text().splitlines()
-              if line and json.loads(line)["step"] <= resume_step]
-      self.path.write_text("".join(row + "\n" for row in rows))
-    self.file = self.path.open("a")
+    self.file = None
+    self.truncate(resume_step)
     from tensorboardX import SummaryWriter   # imported late: only the launcher needs it
     self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+
+  def truncate(self, step: int) -> None:
+    """Drops rows past `step` (a resume or rollback point): those steps are about to be redone."""
+    if self.file:
+      self.file.close()
+    if self.path.exists():
+      rows = [line for line in self.path.read_text().splitlines()
+              if line and json.loads(line)["step"] <= step]
+      self.path.write_text("".join(row + "\n" for row in rows))
+    self.file = self.path.open("a")
 
   def write(self, row: dict) -> None:
     self.file.write(json.dumps(row) + "\n")
@@ -107,3 +117,29 @@ def plot(rows: list[dict], path) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
+
+
+class Progress:
+  """A rich progress bar with ETA on a terminal; plain log lines otherwise."""
+
+  def __init__(self, total: int, start: int):
+    self.bar = None
+    if sys.stdout.isatty():
+      from rich import progress as rich
+      self.bar = rich.Progress(rich.TextColumn("train"), rich.BarColumn(),
+                               rich.MofNCompleteColumn(), rich.TimeRemainingColumn(),
+                               rich.TextColumn("{task.fields[info]}"))
+      self.bar.start()
+      self.task = self.bar.add_task("train", total=total, completed=start, info="")
+
+  def update(self, step: int, row: dict) -> None:
+    info = (f"loss {row['loss']:.4f}  lr {row['lr']:.2e}  {row['tokens_per_s']:,.0f} tok/s  "
+            f"mfu {row['mfu']:.1%}")
+    if self.bar:
+      self.bar.update(self.task, completed=step, info=info)
+    else:
+      print(f"step {step}: {info}", flush=True)
+
+  def close(self) -> None:
+    if self.bar:
+      self.bar.stop()

@@ -1,0 +1,1 @@
+"""Running as a job: multi-process start-up, logs, signals, watchdog, bad-step guard, goodput."""

@@ -1,0 +1,106 @@
+"""Fault injection for tests and drills: the failures a 16K-GPU job meets, on demand.
+
+Set in the config's `faults` section (all empty by default, so a normal run never sees them):
+
+    faults.nan_batches = "3,4"          # batches 3 and 4 (1-based) poison the loss with NaN
+    faults.kill = "4:during:p1"         # SIGKILL process 1 while step 4's checkpoint is written
+    faults.sleep = "5:30:p0"            # process 0 sleeps 30 s before step 5 (a hang, a straggler)
+
+`kill` and `sleep` items are STEP:WHAT[:pPROCESS][:aATTEMPT], comma-separated. STEP is the step
+as counted in metrics and checkpoints (1 = the first); PROCESS defaults to every process and
+ATTEMPT to 0, the first run of the job (`launch.local` numbers its restarts in LLAMA3_ATTEMPT),
+so a restarted job does not die again at the same place. `kill` moments: `before` (step done,
+its checkpoint, if it has one, not started), `during` (its asynchronous checkpoint write under
+way) and `after` (written); the last two need a step that checkpoints.
+
+NaN reaches the compiled step honestly: the batch's `loss_mask` is multiplied by NaN, so the
+loss and every gradient are NaN, as with bad data or an overflow; nothing in the step knows.
+A poisoned batch is named by its position in the data, so a batch skipped after a rollback is
+not poisoned again.
+"""
+
+import dataclasses
+import os
+import pathlib
+import signal
+import time
+
+import numpy as np
+
+MOMENTS = ("before", "during", "after")
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+  step: int
+  what: str                   # a kill moment, or seconds to sleep
+  process: int | None = None  # None: every process
+  attempt: int = 0
+
+
+def _parse(spec: str, name: str) -> list[Fault]:
+  faults = []
+  for item in filter(None, (s.strip() for s in str(spec or "").split(","))):
+    parts = item.split(":")
+    try:
+      step, what, extra = int(parts[0]), parts[1], parts[2:]
+      process = next((int(p[1:]) for p in extra if p.startswith("p")), None)
+      attempt = next((int(p[1:]) for p in extra if p.startswith("a")), 0)
+      if any(p[:1] not in ("p", "a") for p in extra):
+        raise ValueError
+    except (ValueError, IndexError):
+      raise ValueError(f"faults.{name} item {item!r} is not STEP:WHAT[:pPROCESS][:aATTEMPT], "
+                       "e.g. 4:during:p1") from None
+    faults.append(Fault(step, what, process, attempt))
+  return faults
+
+
+class Faults:
+  """The faults of a config that concern this process in this attempt of the job."""
+
+  def __init__(self, cfg, process: int, attempt: int | None = None):
+    attempt = int(os.environ.get("LLAMA3_ATTEMPT", 0)) if attempt is None else attempt
+    mine = lambda f: f.attempt == attempt and f.process in (None, process)
+    self.kills = [f for f in _parse(cfg.get("kill", ""), "kill") if mine(f)]
+    self.sleeps = [f for f in _parse(cfg.get("sleep", ""), "sleep") if mine(f)]
+    for f in self.kills:
+      if f.what not in MOMENTS:
+        raise ValueError(f"faults.kill moment {f.what!r} is not one of {', '.join(MOMENTS)}")
+    for f in self.sleeps:
+      try:
+        float(f.what)
+      except ValueError:
+        raise ValueError(f"faults.sleep {f.what!r} is not a number of seconds") from None
+    self.nan_batches = {int(b) for b in str(cfg.get("nan_batches", "")).split(",") if b.strip()}
+
+  def poison(self, batch: dict, batch_number: int) -> dict:
+    """The batch, with a NaN loss mask if `batch_number` (1-based) is to be poisoned."""
+    if batch_number not in self.nan_batches:
+      return batch
+    mask = batch.get("loss_mask", np.ones(batch["targets"].shape, np.float32))
+    return {**batch, "loss_mask": mask * np.float32("nan")}
+
+  def sleep(self, step: int) -> None:
+    for f in self.sleeps:
+      if f.step == step:
+        time.sleep(float(f.what))
+
+  def kill(self, step: int, moment: str, checkpoints: pathlib.Path | None = None) -> None:
+    """SIGKILLs this process if a `kill` fault names this step and moment.
+
+    `checkpoints`: the checkpoint directory, watched so that `during` strikes while Orbax's
+    temporary directory of the step exists and `after` once the step's final directory does
+    (with several processes, process 0 renames it when all have written).
+    """
+    if not any(f.step == step and f.what == moment for f in self.kills):
+      return
+    if checkpoints is not None and moment in ("during", "after"):
+      def seen():
+        names = [p.name for p in checkpoints.iterdir()]
+        if moment == "after":
+          return str(step) in names
+        return any(n.startswith(f"{step}.") and "tmp" in n for n in names)
+      deadline = time.monotonic() + 60
+      while not seen() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    os.kill(os.getpid(), signal.SIGKILL)
