@@ -21,7 +21,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = dataclasses.asdict(SIZES["debug"])
   c.mesh = dict(data=1, fsdp=-1, stage=1, context=1, tensor=1, dcn_data=1, dcn_fsdp=1,
                 dcn_stage=1, dcn_context=1, dcn_tensor=1)
-  c.sharding = dict(fsdp_mode="zero3", sequence_parallel=False)
+  # context_schedule: "all_gather" | "ring"; pipeline_repeats: layer chunks per pipeline stage
+  # (1 = GPipe, 2+ = interleaved); with mesh.stage > 1, train.micro_batches are the pipeline's.
+  c.sharding = dict(fsdp_mode="zero3", sequence_parallel=False, context_schedule="all_gather",
+                    pipeline_repeats=1)
   c.train = dict(
       steps=60, schedule_steps=0, seed=0, micro_batches=1,   # schedule_steps 0: = steps
       # (until_tokens, batch_tokens, seq_len[, mixture]): the batch/sequence ramp; None = to

@@ -74,7 +74,8 @@ class Transformer(nnx.Module):
     if not config.tie_embeddings:
       self.lm_head_dv = param(rngs, init, (D, V), ("embed", "vocab"), dtype)
 
-  def __call__(self, tokens_bt, segment_ids=None, positions=None, indices=None):
+  def __call__(self, tokens_bt, segment_ids=None, positions=None, indices=None, *,
+               run_blocks=None):
     """tokens [B, T] int -> logits [B, T, V] fp32.
 
     segment_ids [B, T]: tokens attend only within their own segment (document); ids must be
@@ -103,7 +104,10 @@ class Transformer(nnx.Module):
     # its backward scatter-add lands in that layout and is then reduce-scattered like any weight.
     embed_vd = constrain(self.embed_vd[...], ("act_vocab", "act_embed"))
     x_btd = constrain(jnp.take(embed_vd, tokens_bt, axis=0).astype(dtype), _RESIDUAL)
-    x_btd = self._run_blocks(x_btd, rope, segment_bt, index_bt)
+    if run_blocks is None:
+      x_btd = self._run_blocks(x_btd, rope, segment_bt, index_bt)
+    else:   # e.g. a pipeline over the stacked blocks (llama3_jax/parallel/pipeline.py)
+      x_btd = run_blocks(self.blocks, x_btd, rope, segment_bt, index_bt)
     x_btd = self.final_norm(x_btd)
     if c.tie_embeddings:
       logits_btv = jnp.einsum("btd,vd->btv", x_btd, self.embed_vd[...].astype(dtype),

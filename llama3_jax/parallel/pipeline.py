@@ -134,24 +134,43 @@ def pipelined_blocks(stages: int, repeats: int, micro_batches: int, stage_axis: 
   """A `run_blocks` for `Transformer`: its stacked blocks as a pipeline of `stages` stages.
 
   The batch is cut into micro-batches by rows m, m + M, m + 2M, ... (every device keeps its
-  share of each); the embedding before and the norm, head and loss after run outside the
-  pipeline, on all devices.
+  share of each). The embedding before and the norm, head and loss after run outside the
+  pipeline with the rows split over every device, `stage` included (the rules' `act_batch`);
+  inside, rows are split over the other axes and the stages hold the work items.
   """
-  from flax import nnx
+  from flax import linen, nnx
+
+  from llama3_jax.model.layers import constrain
 
   def run(blocks, x_btd, rope, segment_bt, index_bt):
     graphdef, weights = nnx.split(blocks)
     B, M = x_btd.shape[0], micro_batches
-    split = lambda a: a.reshape(B // M, M, *a.shape[1:]).swapaxes(0, 1)
-    aux = {"rope": tuple(map(split, rope)), "segment": split(segment_bt),
-           "index": split(index_bt)}
+    validate(jax.tree.leaves(weights)[0].shape[0], stages, repeats, M, B)
+    inner = tuple((name, _without(axes, stage_axis)) for name, axes in
+                  linen.get_logical_axis_rules())
 
-    def layer(layer_weights, x_btd, aux_one):
-      block = nnx.merge(graphdef, layer_weights)
-      return block(x_btd, aux_one["rope"], aux_one["segment"], aux_one["index"])
+    def split(a, names):
+      a = a.reshape(B // M, M, *a.shape[1:]).swapaxes(0, 1)
+      return constrain(a, (None, *names))
 
-    out_mbtd = pipeline(layer, weights, split(x_btd), aux, stages=stages, repeats=repeats,
-                        stage_axis=stage_axis)
+    with linen.logical_axis_rules(inner):
+      rows = ("act_batch", "act_seq")
+      aux = {"rope": tuple(split(a, rows + (None,)) for a in rope),
+             "segment": split(segment_bt, rows), "index": split(index_bt, rows)}
+
+      def layer(layer_weights, x_btd, aux_one):
+        block = nnx.merge(graphdef, layer_weights)
+        return block(x_btd, aux_one["rope"], aux_one["segment"], aux_one["index"])
+
+      out_mbtd = pipeline(layer, weights, split(x_btd, rows + ("act_embed",)), aux,
+                          stages=stages, repeats=repeats, stage_axis=stage_axis)
     return out_mbtd.swapaxes(0, 1).reshape(x_btd.shape)
 
   return run
+
+
+def _without(axes, axis):
+  if isinstance(axes, (tuple, list)):
+    kept = tuple(a for a in axes if a != axis)
+    return kept if len(kept) > 1 else (kept[0] if kept else None)
+  return None if axes == axis else axes

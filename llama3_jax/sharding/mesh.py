@@ -120,9 +120,10 @@ def validate(config: MeshConfig, model, *, n_devices: int, global_batch: int | N
   if model.n_layers % sizes["stage"]:
     problems.append(f"n_layers={model.n_layers} is not divisible by stage={sizes['stage']}; "
                     f"choose stage among {_divisors(model.n_layers, limit=n_devices)}")
-  batch_shards = sizes["data"] * sizes["fsdp"]
+  # Rows split over data x fsdp, and over stage too outside the pipelined blocks.
+  batch_shards = sizes["data"] * sizes["fsdp"] * sizes["stage"]
   if global_batch is not None and global_batch % batch_shards:
-    problems.append(f"global batch {global_batch} is not divisible by data*fsdp="
+    problems.append(f"global batch {global_batch} is not divisible by data*fsdp*stage="
                     f"{batch_shards}; use a batch that is a multiple of {batch_shards}")
   if seq_len is not None and context_chunk_problem(seq_len, sizes["context"]):
     problems.append(context_chunk_problem(seq_len, sizes["context"]))

@@ -41,7 +41,9 @@ PARAM_RULES: Rules = (
 
 # Activations (names passed to `constrain` in the model).
 ACTIVATION_RULES: Rules = (
-    ("act_batch", ("data", "fsdp")),
+    # Rows: over stage too, so that the embedding, head and loss outside the pipelined blocks
+    # are split over every device (llama3_jax/parallel/pipeline.py drops it inside).
+    ("act_batch", ("data", "fsdp", "stage")),
     ("act_seq", "context"),
     ("act_res_seq", "context"),   # the residual stream; ("context", "tensor") with SP
     ("act_embed", None),
@@ -66,14 +68,20 @@ class ShardingConfig:
   context_schedule: how attention sees the keys of other `context` ranks (llama3_jax/parallel/
     context.py): "all_gather" (Llama 3's: K/V all-gathered) or "ring" (K/V blocks passed round
     a ring; O(local) memory when the gathered K/V do not fit). Both give the same result.
+  pipeline_repeats: with a `stage` axis, the layer chunks each pipeline stage holds (V): 1 is
+    GPipe, more is the interleaved schedule, bubble (stages - 1) / (V x micro-batches).
   """
   fsdp_mode: str = "zero3"
   sequence_parallel: bool = False
   context_schedule: str = "all_gather"
+  pipeline_repeats: int = 1
 
   def __post_init__(self):
     if self.fsdp_mode not in ("zero3", "llama3"):
       raise ValueError(f"fsdp_mode={self.fsdp_mode!r}; use 'zero3' or 'llama3'")
+    if self.pipeline_repeats < 1:
+      raise ValueError(f"pipeline_repeats={self.pipeline_repeats}; use 1 (GPipe) or more "
+                       "(interleaved: layer chunks per pipeline stage)")
     if self.context_schedule not in ("all_gather", "ring"):
       raise ValueError(f"context_schedule={self.context_schedule!r}; use 'all_gather' or 'ring'")
 

@@ -24,6 +24,7 @@ from llama3_jax.data import corpus
 from llama3_jax.data.loader import Loader, process_rows, to_global
 from llama3_jax.data.synthetic import synthetic_batch
 from llama3_jax.model import ModelConfig, RopeScaling, Transformer
+from llama3_jax.parallel.pipeline import Schedule
 from llama3_jax.optim.optimizer import build_optimizer, nonfinite_counts
 from llama3_jax.optim.schedules import (Stage, lr_schedule, stage_at, tokens_after,
                                         validate_stages)
@@ -232,6 +233,10 @@ class _Run:
       row.update(skipped=int(not values["finite"]),
                  skipped_total=int(values["skipped_total"]))
     row.update(rollbacks=self.guard.rollbacks, loss_spikes=self.guard.spikes)
+    if self.mesh.shape["stage"] > 1:   # idle / busy stage-iterations of the pipeline schedule
+      row["pipeline_bubble"] = Schedule(self.mesh.shape["stage"],
+                                        self.plan.sharding.pipeline_repeats,
+                                        self.cfg.train.micro_batches).bubble
     if self.loader:
       row.update({f"data/{name}_tokens": count
                   for name, count in _global_tokens(self.loader).items()})

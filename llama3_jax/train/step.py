@@ -25,13 +25,14 @@ from jax.sharding import NamedSharding
 
 from llama3_jax.optim.optimizer import set_learning_rate
 from llama3_jax.parallel import context as context_parallel
+from llama3_jax.parallel import pipeline
 from llama3_jax.sharding.rules import ShardingConfig, batch_spec, gathered_over_fsdp
 
 
-def loss_sums(model, batch):
+def loss_sums(model, batch, run_blocks=None):
   """(sum of next-token cross-entropy over unmasked targets, number of unmasked targets)."""
   logits_btv = model(batch["inputs"], batch.get("segment_ids"), batch.get("positions"),
-                     batch.get("indices"))
+                     batch.get("indices"), run_blocks=run_blocks)
   ce_bt = optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch["targets"])
   mask_bt = batch.get("loss_mask", jnp.ones_like(ce_bt)).astype(jnp.float32)
   return (ce_bt * mask_bt).sum(), mask_bt.sum()
@@ -46,10 +47,20 @@ class StepFns:
 
 def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = ShardingConfig(),
                   micro_batches: int = 1) -> StepFns:
-  """Jitted step functions with the state's shardings in and out."""
+  """Jitted step functions with the state's shardings in and out.
+
+  With a `stage` axis the blocks run as a pipeline (llama3_jax/parallel/pipeline.py) of
+  `micro_batches` micro-batches, instead of accumulating gradients over them one by one.
+  """
+  run_blocks = None
+  if mesh.shape["stage"] > 1 and mesh.shape["context"] > 1:
+    raise ValueError(f"The mesh has stage={mesh.shape['stage']} and context="
+                     f"{mesh.shape['context']}: pipeline and context parallelism do not compose "
+                     "yet; use one of them (put the other devices on fsdp or data)")
   if mesh.shape["stage"] > 1:
-    raise ValueError(f"The mesh has stage={mesh.shape['stage']}, but pipeline parallelism is "
-                     "not implemented yet; put those devices on fsdp or data instead")
+    run_blocks = pipeline.pipelined_blocks(mesh.shape["stage"], config.pipeline_repeats,
+                                           micro_batches)
+    micro_batches = 1
   param_shardings = nnx.state(nnx.merge(graphdef, shardings, copy=True).model, nnx.Param)
   batch_sharding = NamedSharding(mesh, batch_spec(rules))
   # Llama 3 FSDP mode: gather every weight once per step, before the first micro-batch. Autodiff
@@ -68,7 +79,7 @@ def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = Sha
       params = jax.lax.with_sharding_constraint(params, gathered)
 
     def micro_step(batch):
-      sums = lambda p: loss_sums(nnx.merge(model_def, p), batch)
+      sums = lambda p: loss_sums(nnx.merge(model_def, p), batch, run_blocks)
       # With a context axis, every attention layer traced here runs under shard_map.
       with context_parallel.attention_scope(mesh, rules, config.context_schedule):
         (ce_sum, tokens), grads = jax.value_and_grad(sums, has_aux=True)(params)
