@@ -1,0 +1,97 @@
+"""Pipeline schedules compared: GPipe vs interleaved (V = 2), and where the head's time goes.
+
+    python -m benchmarks.pipeline            # 8 fake CPU devices: stage=4 x fsdp=2
+
+1. Per device: the compiled train step's memory (XLA memory analysis: arguments, temporaries),
+   the bubble of the schedule, and the measured step time, for GPipe and interleaved at the same
+   model, batch and micro-batch count.
+2. Per-stage balance: on one device, the time of one transformer layer (forward + backward) vs
+   the embedding + final norm + head + loss, from loss-and-gradient steps of models with 8 and
+   4 layers. It justifies computing the head outside the pipeline, split over every device.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import dataclasses  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import linen  # noqa: E402
+
+from llama3_jax.model import ModelConfig  # noqa: E402
+from llama3_jax.optim.optimizer import build_optimizer  # noqa: E402
+from llama3_jax.parallel.pipeline import Schedule  # noqa: E402
+from llama3_jax.sharding import MeshConfig, ShardingConfig, make_mesh, make_rules  # noqa: E402
+from llama3_jax.train.state import init_train_state  # noqa: E402
+from llama3_jax.train.step import make_step_fns  # noqa: E402
+
+MODEL = ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=8, n_kv_heads=4,
+                    head_dim=32, ffn_dim=704)
+BATCH, SEQ, MICRO = 16, 256, 8
+
+
+def batch_for(fns, model):
+  tokens = np.random.RandomState(0).randint(0, model.vocab_size, (BATCH, SEQ + 1))
+  return jax.device_put({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]},
+                        fns.batch_sharding)
+
+
+def timed(fn, *args, steps=3):
+  out = fn(*args)
+  jax.block_until_ready(out)
+  start = time.perf_counter()
+  for _ in range(steps):
+    out = fn(*args)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / steps
+
+
+def schedule_row(repeats):
+  mesh_config = MeshConfig(stage=4, fsdp=2)
+  sharding = ShardingConfig(pipeline_repeats=repeats)
+  mesh = make_mesh(mesh_config)
+  rules = make_rules(MODEL, mesh_config.sizes(8), sharding)
+  graphdef, state, shardings = init_train_state(MODEL, build_optimizer(), mesh, rules)
+  fns = make_step_fns(graphdef, shardings, mesh, rules, sharding, MICRO)
+  batch = batch_for(fns, MODEL)
+  with jax.set_mesh(mesh), linen.logical_axis_rules(rules):
+    memory = fns.loss_and_grads.jitted.lower(state, batch).compile().memory_analysis()
+  return {"args": memory.argument_size_in_bytes, "temp": memory.temp_size_in_bytes,
+          "bubble": Schedule(4, repeats, MICRO).bubble,
+          "step_s": timed(fns.loss_and_grads, state, batch)}
+
+
+def one_device_step_s(n_layers):
+  model = dataclasses.replace(MODEL, n_layers=n_layers)
+  mesh_config = MeshConfig(fsdp=1)
+  devices = jax.devices()[:1]
+  mesh = make_mesh(mesh_config, devices)
+  rules = make_rules(model, mesh_config.sizes(1))
+  graphdef, state, shardings = init_train_state(model, build_optimizer(), mesh, rules)
+  fns = make_step_fns(graphdef, shardings, mesh, rules)
+  return timed(fns.loss_and_grads, state, batch_for(fns, model))
+
+
+def main():
+  mib = lambda b: f"{b / 2**20:.1f}"
+  print(f"model d={MODEL.d_model} L={MODEL.n_layers} F={MODEL.ffn_dim} V={MODEL.vocab_size}, "
+        f"batch {BATCH}x{SEQ}, {MICRO} micro-batches, mesh stage=4 x fsdp=2, "
+        f"loss-and-gradients step")
+  print("| schedule | bubble (idle/busy) | arguments MiB/dev | temporaries MiB/dev | step s |")
+  print("|---|---|---|---|---|")
+  for name, repeats in (("GPipe (V=1)", 1), ("interleaved (V=2)", 2)):
+    r = schedule_row(repeats)
+    print(f"| {name} | {r['bubble']:.3f} | {mib(r['args'])} | {mib(r['temp'])} | "
+          f"{r['step_s']:.3f} |")
+  t8, t4 = one_device_step_s(8), one_device_step_s(4)
+  layer = (t8 - t4) / 4
+  rest = t4 - 4 * layer
+  print(f"\none device, batch {BATCH}x{SEQ}: one layer {layer * 1e3:.1f} ms, embedding + norm + "
+        f"head + loss {rest * 1e3:.1f} ms ({rest / layer:.1f} layers)")
+
+
+if __name__ == "__main__":
+  main()
