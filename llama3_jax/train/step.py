@@ -53,10 +53,6 @@ def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = Sha
   `micro_batches` micro-batches, instead of accumulating gradients over them one by one.
   """
   run_blocks = None
-  if mesh.shape["stage"] > 1 and mesh.shape["context"] > 1:
-    raise ValueError(f"The mesh has stage={mesh.shape['stage']} and context="
-                     f"{mesh.shape['context']}: pipeline and context parallelism do not compose "
-                     "yet; use one of them (put the other devices on fsdp or data)")
   if mesh.shape["stage"] > 1:
     run_blocks = pipeline.pipelined_blocks(mesh.shape["stage"], config.pipeline_repeats,
                                            micro_batches)

@@ -46,11 +46,13 @@ def test_pipeline_equals_sequential_layers(inputs, stages, repeats, micro_batche
   loss = lambda out: (out ** 2 * jnp.arange(1, D + 1)).sum()
 
   def run(weights, x):
-    return pipeline(layer, weights, x, aux, stages=stages, repeats=repeats, with_stats=True)
+    out, busy = pipeline(layer, weights, x, aux, stages=stages, repeats=repeats,
+                         with_stats=True)
+    return loss(out), (out, busy)
 
   with jax.set_mesh(make_mesh(MeshConfig(stage=stages, fsdp=-1))):
-    (out, busy) = jax.jit(run)(weights, x)
-    grads = jax.jit(jax.grad(lambda w, x: loss(run(w, x)[0]), argnums=(0, 1)))(weights, x)
+    (_, (out, busy)), grads = jax.jit(jax.value_and_grad(run, argnums=(0, 1), has_aux=True))(
+        weights, x)
   want = sequential(weights, x, aux)
   want_grads = jax.grad(lambda w, x: loss(sequential(w, x, aux)), argnums=(0, 1))(weights, x)
   np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)

@@ -1,11 +1,16 @@
 """The Llama 3 model pipelined over `stage` equals it without a pipeline: loss, gradients and
-parameters after 3 AdamW steps, alone and composed with data, fsdp and tensor.
+parameters after 3 AdamW steps, alone and composed with data, fsdp, tensor and context, and
+the full 4D mesh (fsdp 2 x tensor 2 x context 2 x stage 2) on 16 devices in a subprocess.
 
 Same tolerance and optimizer settings as tests/sharding/test_sharded_step.py (fp32, 1e-5
 relative; Adam eps 1e-3 so reduction-order noise is not amplified into the parameters).
 """
 
 import functools
+import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -64,8 +69,9 @@ def assert_trees_close(a, b):
     (MeshConfig(stage=4, fsdp=2), 1, 4),             # 4 stages
     (MeshConfig(stage=4, data=2), 1, 8),             # 4 stages, M = 8
     (MeshConfig(stage=2, fsdp=2, tensor=2), 2, 3),   # stage x fsdp x tensor
+    (MeshConfig(stage=2, context=2, fsdp=2), 1, 2),  # stage x context x fsdp
 ], ids=["gpipe_s2_m3_data4", "interleaved_s2_m1_fsdp4", "gpipe_s4_m4_fsdp2",
-        "gpipe_s4_m8_data2", "interleaved_s2_m3_fsdp2_tensor2"])
+        "gpipe_s4_m8_data2", "interleaved_s2_m3_fsdp2_tensor2", "gpipe_s2_context2_fsdp2"])
 def test_pipeline_equals_one_device(mesh, repeats, micro_batches):
   loss, grads, losses, params = run(mesh, ShardingConfig(pipeline_repeats=repeats),
                                     micro_batches)
@@ -79,5 +85,33 @@ def test_pipeline_equals_one_device(mesh, repeats, micro_batches):
 def test_bad_pipeline_layouts_are_clear_errors():
   with pytest.raises(ValueError, match="n_layers=4 cannot be cut into stage=4 x repeats=2"):
     run(MeshConfig(stage=4, fsdp=2), ShardingConfig(pipeline_repeats=2), 4, steps=0)
-  with pytest.raises(ValueError, match="pipeline and context parallelism do not compose yet"):
-    run(MeshConfig(stage=2, context=2, fsdp=2), micro_batches=2, steps=0)
+
+
+FOUR_D = """
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=16"
+os.environ["JAX_PLATFORMS"] = "cpu"
+import jax
+jax.config.update("jax_default_matmul_precision", "highest")
+import numpy as np
+import test_pipeline_model as t
+loss, grads, losses, params = t.run(t.MeshConfig(fsdp=2, tensor=2, context=2, stage=2),
+                                    t.ShardingConfig(pipeline_repeats=2), micro_batches=2)
+ref_loss, ref_grads, ref_losses, ref_params = t.run(t.MeshConfig(fsdp=1),
+                                                    devices=jax.devices()[:1])
+np.testing.assert_allclose(loss, ref_loss, rtol=t.RTOL)
+t.assert_trees_close(grads, ref_grads)
+np.testing.assert_allclose(losses, ref_losses, rtol=t.RTOL)
+t.assert_trees_close(params, ref_params)
+print("4D OK", loss, ref_loss)
+"""
+
+
+def test_full_4d_mesh_on_16_devices():
+  here = pathlib.Path(__file__).resolve().parent
+  env = {**os.environ, "PYTHONPATH": f"{here}{os.pathsep}{here.parents[1]}"}
+  env.pop("XLA_FLAGS", None)
+  done = subprocess.run([sys.executable, "-c", FOUR_D], env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "4D OK" in done.stdout
