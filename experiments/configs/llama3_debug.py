@@ -23,8 +23,10 @@ def base_config() -> ml_collections.ConfigDict:
                 dcn_stage=1, dcn_context=1, dcn_tensor=1)
   # context_schedule: "all_gather" | "ring"; pipeline_repeats: layer chunks per pipeline stage
   # (1 = GPipe, 2+ = interleaved); with mesh.stage > 1, train.micro_batches are the pipeline's.
+  # vocab_over_fsdp: embedding and LM head split by vocabulary (see ShardingConfig); "auto" takes
+  # it while an fsdp group holds fewer tokens than the vocabulary has entries.
   c.sharding = dict(fsdp_mode="zero3", sequence_parallel=False, context_schedule="all_gather",
-                    pipeline_repeats=1)
+                    pipeline_repeats=1, vocab_over_fsdp="auto")
   c.train = dict(
       steps=60, schedule_steps=0, seed=0, micro_batches=1,   # schedule_steps 0: = steps
       # (until_tokens, batch_tokens, seq_len[, mixture]): the batch/sequence ramp; None = to

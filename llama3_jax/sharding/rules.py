@@ -70,11 +70,20 @@ class ShardingConfig:
     a ring; O(local) memory when the gathered K/V do not fit). Both give the same result.
   pipeline_repeats: with a `stage` axis, the layer chunks each pipeline stage holds (V): 1 is
     GPipe, more is the interleaved schedule, bubble (stages - 1) / (V x micro-batches).
+  vocab_over_fsdp: split the embedding table and the LM head by vocabulary over `fsdp` too
+    (Megatron's vocab-parallel layers, on tensor x fsdp) instead of by d_model. Their weights
+    then stay in place; the lookup's partial rows are reduce-scattered and the head all-gathers
+    the fsdp group's activations, computing logits for its vocabulary slice. That moves
+    tokens-per-fsdp-group x d_model activations instead of vocab x d_model weights (twice, and
+    an all-reduce of their gradient): the better trade while the group holds fewer tokens than
+    the vocabulary has entries (small models, short batches), the worse one at scale. "auto"
+    (the launcher's default) picks by that comparison, see `vocab_over_fsdp_pays`.
   """
   fsdp_mode: str = "zero3"
   sequence_parallel: bool = False
   context_schedule: str = "all_gather"
   pipeline_repeats: int = 1
+  vocab_over_fsdp: bool = False
 
   def __post_init__(self):
     if self.fsdp_mode not in ("zero3", "llama3"):
@@ -82,8 +91,25 @@ class ShardingConfig:
     if self.pipeline_repeats < 1:
       raise ValueError(f"pipeline_repeats={self.pipeline_repeats}; use 1 (GPipe) or more "
                        "(interleaved: layer chunks per pipeline stage)")
+    if not isinstance(self.vocab_over_fsdp, bool):
+      raise ValueError(f"vocab_over_fsdp={self.vocab_over_fsdp!r}; use True, False (or 'auto' in "
+                       "the launcher's config)")
     if self.context_schedule not in ("all_gather", "ring"):
       raise ValueError(f"context_schedule={self.context_schedule!r}; use 'all_gather' or 'ring'")
+
+
+def vocab_over_fsdp_pays(vocab_size: int, batch_tokens: int, sizes: dict[str, int]) -> bool:
+  """Whether splitting the vocabulary tables over fsdp moves fewer bytes than gathering them.
+
+  Per device, the vocab-parallel head gathers the activations of its fsdp group (tokens /
+  (data x stage x context) rows of d_model); the default layout gathers the tables
+  (vocab / tensor rows of d_model). Both scale with d_model, so rows are compared.
+  """
+  if sizes.get("fsdp", 1) == 1:
+    return False
+  gathered_tokens = batch_tokens // (sizes.get("data", 1) * sizes.get("stage", 1)
+                                     * sizes.get("context", 1))
+  return gathered_tokens < vocab_size // sizes.get("tensor", 1)
 
 
 def make_rules(model, sizes: dict[str, int], config: ShardingConfig = ShardingConfig()) -> Rules:
@@ -98,8 +124,15 @@ def make_rules(model, sizes: dict[str, int], config: ShardingConfig = ShardingCo
       warnings.warn("sequence_parallel with tensor > n_kv_heads: XLA's partitioner falls back to "
                     "replicating attention tensors in backward (correct, but slower); prefer "
                     "tensor <= n_kv_heads with sequence parallelism", stacklevel=2)
-  return tuple((name, overrides.get(name, axes)) for name, axes in
-               PARAM_RULES + ACTIVATION_RULES)
+  rules = tuple((name, overrides.get(name, axes)) for name, axes in
+                PARAM_RULES + ACTIVATION_RULES)
+  if config.vocab_over_fsdp:
+    # The first rule whose mesh axes are still free wins (flax's logical_to_mesh_axes): these
+    # come first, so `embed` of the vocabulary tables and `act_batch` of the logits find fsdp
+    # taken and fall through to the next rule (replicated, and data x stage).
+    rules = (("vocab", ("tensor", "fsdp")), ("act_vocab", ("tensor", "fsdp"))) + rules + (
+        ("act_batch", ("data", "stage")),)
+  return rules
 
 
 def logical_to_spec(names, rules: Rules) -> PartitionSpec:

@@ -30,6 +30,7 @@ from llama3_jax.optim.schedules import (Stage, lr_schedule, stage_at, tokens_aft
                                         validate_stages)
 from llama3_jax.sharding import (MeshConfig, ShardingConfig, make_mesh, make_rules,
                                  state_shardings, validate)
+from llama3_jax.sharding.rules import vocab_over_fsdp_pays
 from llama3_jax.runtime import logs, stragglers
 from llama3_jax.runtime.faults import Faults
 from llama3_jax.runtime.goodput import Goodput, report as goodput_report
@@ -95,7 +96,11 @@ def make_plan(cfg) -> Plan:
                      f"{cfg.train.steps}; make it at least as long")
   tokens = tokens_after(stages, horizon)
   anneal_from = tokens[-1] - cfg.train.anneal_tokens
-  return Plan(model, mesh, ShardingConfig(**cfg.sharding), stages, cfg.train.steps, tokens,
+  sharding = dict(cfg.sharding)
+  if sharding.get("vocab_over_fsdp") == "auto":   # decided by the largest batch of the run
+    sharding["vocab_over_fsdp"] = vocab_over_fsdp_pays(
+        model.vocab_size, max(stage.batch_tokens for stage in stages), sizes)
+  return Plan(model, mesh, ShardingConfig(**sharding), stages, cfg.train.steps, tokens,
               anneal_from)
 
 

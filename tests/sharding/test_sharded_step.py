@@ -17,6 +17,7 @@ from llama3_jax.optim.optimizer import build_optimizer
 from llama3_jax.sharding import MeshConfig, ShardingConfig, make_mesh, make_rules
 from llama3_jax.sharding.hlo import axis_groups, collectives, traffic
 from llama3_jax.sharding.inspect import sharding_report
+from llama3_jax.sharding.rules import vocab_over_fsdp_pays
 from llama3_jax.train.state import init_train_state
 from llama3_jax.train.step import make_step_fns
 
@@ -101,6 +102,45 @@ def test_sequence_parallel_equals_single_device(mesh, capfd):
   assert REMAT_WARNING not in capfd.readouterr().err
 
 
+@pytest.mark.parametrize("mesh", ["fsdp8", "data2_fsdp2_tensor2"])
+def test_vocab_over_fsdp_equals_single_device(mesh, capfd):
+  loss, grads, losses, params = run(MESHES[mesh], ShardingConfig(vocab_over_fsdp=True))
+  ref_loss, ref_grads, ref_losses, ref_params = single_device()
+  np.testing.assert_allclose(loss, ref_loss, rtol=RTOL)
+  assert_trees_close(grads, ref_grads)
+  np.testing.assert_allclose(losses, ref_losses, rtol=RTOL)
+  assert_trees_close(params, ref_params)
+  assert REMAT_WARNING not in capfd.readouterr().err
+
+
+def test_vocab_over_fsdp_keeps_the_vocabulary_tables_in_place():
+  """Split by vocabulary, the embedding and the LM head are neither gathered nor all-reduced:
+  with more vocabulary entries (1024) than tokens in the batch (128), the fsdp collectives move
+  both tables less (gathered, gradients reduced); a few batch-sized activations move instead."""
+  model = MODEL.replace(vocab_size=1024)
+  tables = 2 * model.vocab_size * model.d_model * 4
+  activations = 8 * 16 * model.d_model * 4   # the batch's rows of d_model, gathered once
+  moved = {}
+  for vocab_over_fsdp in (False, True):
+    mesh, state, _, hlo = compiled_train_step(
+        MeshConfig(fsdp=8), ShardingConfig(vocab_over_fsdp=vocab_over_fsdp), model)
+    per_op = traffic(hlo, MODEL.n_layers, groups=axis_groups(mesh, "fsdp"))
+    moved[vocab_over_fsdp] = {op: size for op, (_, size) in per_op.items()}
+    embed = state["model"]["embed_vd"][...]
+    assert ("fsdp" in embed.sharding.spec[0]) == vocab_over_fsdp   # rows: vocab, cols: embed
+  assert moved[False]["all-gather"] - moved[True]["all-gather"] >= tables - 3 * activations
+  assert moved[False]["all-reduce"] - moved[True]["all-reduce"] >= tables - 3 * activations
+
+
+def test_vocab_over_fsdp_pays_while_the_group_holds_fewer_tokens_than_the_vocabulary():
+  assert vocab_over_fsdp_pays(32000, 8 * 256, {"fsdp": 8})          # the peers' tiny config
+  assert not vocab_over_fsdp_pays(512, 16 * 256, {"fsdp": 4, "tensor": 2})
+  assert not vocab_over_fsdp_pays(128256, 4096 * 1024, {"fsdp": 64, "tensor": 8})   # 8B
+  assert not vocab_over_fsdp_pays(32000, 2048, {"data": 8})         # no fsdp axis
+  with pytest.raises(ValueError, match="vocab_over_fsdp"):
+    ShardingConfig(vocab_over_fsdp="auto")
+
+
 def test_replicated_kv_heads_equal_single_device():
   """tensor=4 > 2 KV heads: each KV head is replicated on two tensor ranks."""
   model = MODEL.replace(n_kv_heads=2)
@@ -111,10 +151,10 @@ def test_replicated_kv_heads_equal_single_device():
   assert_trees_close(params, ref_params)
 
 
-def compiled_train_step(mesh_config, sharding=ShardingConfig()):
+def compiled_train_step(mesh_config, sharding=ShardingConfig(), model=MODEL):
   mesh = make_mesh(mesh_config)
-  rules = make_rules(MODEL, mesh_config.sizes(8), sharding)
-  graphdef, state, shardings = init_train_state(MODEL, OPTIMIZER, mesh, rules)
+  rules = make_rules(model, mesh_config.sizes(8), sharding)
+  graphdef, state, shardings = init_train_state(model, OPTIMIZER, mesh, rules)
   fns = make_step_fns(graphdef, shardings, mesh, rules, sharding)
   batch = jax.device_put(make_batch(), fns.batch_sharding)
   with jax.set_mesh(mesh), linen.logical_axis_rules(rules):
