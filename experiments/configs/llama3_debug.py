@@ -46,8 +46,11 @@ def base_config() -> ml_collections.ConfigDict:
   # cpu_devices: fake CPU devices per process (ignored on GPU/TPU; launch.local's
   # --devices-per-process wins). The hang watchdog: no step done in watchdog_s seconds (NCCL's
   # default collective timeout is 10 minutes) -> stack dump, exit 75; steps that compile get
-  # watchdog_compile_s. 0 turns it off.
-  c.runtime = dict(cpu_devices=8, watchdog_s=600.0, watchdog_compile_s=1800.0)
+  # watchdog_compile_s. 0 turns it off. compilation_cache: JAX's persistent compilation cache in
+  # ~/.cache/llama3_jax/xla (or $LLAMA3_JAX_CACHE/xla; $JAX_COMPILATION_CACHE_DIR wins), so that
+  # relaunches skip compiling.
+  c.runtime = dict(cpu_devices=8, watchdog_s=600.0, watchdog_compile_s=1800.0,
+                   compilation_cache=True)
   # What to do about bad steps (llama3_jax/runtime/guard.py): refuse non-finite updates in the
   # step; after max_bad_steps in a row roll back and skip that data; a loss above
   # (1 + spike_margin) x the mean of the last spike_window good steps is a spike ("log", or

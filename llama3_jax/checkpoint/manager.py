@@ -80,6 +80,10 @@ class Checkpointer:
       self.manager.reload()
     return None
 
+  def latest_step(self) -> int | None:
+    """The newest checkpoint's step (not checked for readability), or None."""
+    return self.manager.latest_step()
+
   def delete_after(self, step: int) -> None:
     """Deletes the checkpoints of steps after `step` (a rollback makes them another history)."""
     self.manager.wait_until_finished()

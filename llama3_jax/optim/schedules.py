@@ -8,6 +8,7 @@ the schedule is a function of tokens seen, it stays right when a stage changes t
 
 import dataclasses
 
+import jax
 import optax
 
 
@@ -78,6 +79,7 @@ def lr_schedule(peak_lr: float, warmup_tokens: int, total_tokens: int, anneal_to
   schedules = [optax.linear_schedule(0.0, peak_lr, float(max(warmup_tokens, 1))),
                optax.cosine_decay_schedule(peak_lr, decay_tokens, alpha=floor_ratio),
                optax.linear_schedule(floor, 0.0, float(max(anneal_tokens, 1)))]
-  schedule = optax.join_schedules(
-      schedules, [float(warmup_tokens), float(total_tokens - anneal_tokens)])
+  # Compiled once: run op by op, its first call compiles every jnp op in it (~1 s on CPU).
+  schedule = jax.jit(optax.join_schedules(
+      schedules, [float(warmup_tokens), float(total_tokens - anneal_tokens)]))
   return lambda tokens: schedule(float(tokens))

@@ -8,6 +8,7 @@ the compiled step and K in a row roll the run back (runtime/guard.py), a hang wa
 straggler report and the goodput timeline (runtime/); faults can be injected for tests.
 """
 
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -16,6 +17,7 @@ import time
 
 import jax
 import numpy as np
+from flax import linen
 from flax import nnx
 
 from llama3_jax.checkpoint.averaging import polyak_update
@@ -97,9 +99,16 @@ def make_plan(cfg) -> Plan:
   tokens = tokens_after(stages, horizon)
   anneal_from = tokens[-1] - cfg.train.anneal_tokens
   sharding = dict(cfg.sharding)
-  if sharding.get("vocab_over_fsdp") == "auto":   # decided by the largest batch of the run
-    sharding["vocab_over_fsdp"] = vocab_over_fsdp_pays(
-        model.vocab_size, max(stage.batch_tokens for stage in stages), sizes)
+  # A string field on the command line: "auto" (decided by the run's largest batch), or a bool.
+  choice = {"auto": "auto", "true": True, "false": False}.get(
+      str(sharding.get("vocab_over_fsdp", False)).lower())
+  if choice is None:
+    raise ValueError(f"sharding.vocab_over_fsdp={sharding['vocab_over_fsdp']!r}; use auto, "
+                     "True or False")
+  if choice == "auto":
+    choice = vocab_over_fsdp_pays(model.vocab_size,
+                                  max(stage.batch_tokens for stage in stages), sizes)
+  sharding["vocab_over_fsdp"] = choice
   return Plan(model, mesh, ShardingConfig(**sharding), stages, cfg.train.steps, tokens,
               anneal_from)
 
@@ -215,6 +224,8 @@ class _Run:
     lr = np.float32(self.schedule(self.plan.tokens[step]))
     self.state, metrics = self.fns.train(self.state, batch, lr)
     host_s = time.perf_counter() - start
+    if self.writer:
+      self.writer.open_tensorboard()   # while the devices work
     self.in_flight = metrics["loss"]
     counts = nonfinite_counts(self.state) or {}
     values = {key: np.asarray(value) for key, value in {**metrics, **counts}.items()}
@@ -299,6 +310,9 @@ class _Run:
     with watchdog as dog:
       dog.arm(runtime.get("watchdog_compile_s", 0))   # restore and the first compile
       self.goodput.lap("startup")
+      self.fns = make_step_fns(self.graphdef, self.shardings, self.mesh, self.rules,
+                               plan.sharding, cfg.train.micro_batches)
+      compiling = self.compile_ahead(self.checkpointer.latest_step() or 0)
       start = self.restore()
       self.goodput.lap("restore" if start else "startup")
       self.goodput.resume(start)
@@ -309,16 +323,44 @@ class _Run:
         self.checkpointer.close()
         self.goodput.close()
         return {"steps": start, "complete": True}
+      if compiling is not None:
+        compiling.result()
       return self.loop(start, dog)
+
+  def compile_ahead(self, step: int):
+    """Compiles the train step for `step`'s stage in a background thread while the state is
+    restored or initialised (XLA compiles with the GIL released, so the two overlap); a future,
+    or None where there is nothing to run. The first step then finds the executable in jit's
+    caches, which ahead-of-time lowering shares. A failure only costs the head start: the
+    step compiles when first called, as without this."""
+    plan = self.plan
+    if step >= plan.steps:
+      return None
+    stage = plan.stages[stage_at(plan.stages, plan.tokens[step])]
+    shape = (stage.batch_size, stage.seq_len)
+    dtypes = dict(inputs=np.int32, targets=np.int32, segment_ids=np.int32, loss_mask=np.float32)
+    if self.loader:
+      dtypes["positions"] = np.int32
+    batch = {key: jax.ShapeDtypeStruct(shape, dtype, sharding=self.fns.batch_sharding)
+             for key, dtype in dtypes.items()}
+
+    def compile_step():
+      try:
+        with jax.set_mesh(self.mesh), linen.logical_axis_rules(self.rules):
+          self.fns.train.jitted.lower(self.abstract[0], batch, np.float32(0)).compile()
+      except Exception as error:  # noqa: BLE001 - the first call compiles it instead
+        log.warning("compiling ahead failed (%s); the first step compiles", error)
+      self.schedule(plan.tokens[step])   # the learning-rate schedule's compile, too
+
+    return concurrent.futures.ThreadPoolExecutor(1).submit(compile_step)
 
   def loop(self, start: int, dog) -> dict:
     cfg, plan = self.cfg, self.plan
     self.averaged = self.meta.get("averaged", 0)
     self.data_skip = self.meta.get("data_skip", 0)
     self.guard = Guard(self.guard_config, rollbacks=self.meta.get("rollbacks", 0))
-    self.fns = make_step_fns(self.graphdef, self.shardings, self.mesh, self.rules,
-                             plan.sharding, cfg.train.micro_batches)
-    self.peak, peak_source = metrics_lib.peak_flops(cfg.mfu.peak_flops)
+    self.peak_cache = corpus.cache_dir() / "peak_flops.json"
+    self.peak, peak_source = metrics_lib.peak_flops(cfg.mfu.peak_flops, self.peak_cache)
     self.writer = metrics_lib.MetricsWriter(self.workdir, start) if self.primary else None
     self.progress = metrics_lib.Progress(plan.steps, start) if self.primary else None
     self.step_times, self.stragglers = stragglers.StepTimes(), 0
@@ -380,6 +422,8 @@ class _Run:
                "compilations": self.fns.train.jitted._cache_size(),
                "rollbacks": self.guard.rollbacks, "loss_spikes": self.guard.spikes,
                "straggler_steps": self.stragglers}
+    if jax.devices()[0].platform == "cpu" and not cfg.mfu.peak_flops and self.primary:
+      metrics_lib.measured_cpu_peak(self.peak_cache, remeasure=True)   # for the next launch
     rows = metrics_lib.read_metrics(self.workdir)
     if rows:
       summary.update(loss=rows[-1]["loss"], tokens=rows[-1]["tokens"],

@@ -3,12 +3,16 @@
 MFU = model FLOPs per second / peak FLOP/s. Model FLOPs per token are 6N (forward + backward
 of every matmul weight; the input embedding is a lookup and not counted) plus attention,
 12 * L * T * N_heads * H, halved for the causal mask. The peak is the bf16 dense peak of known
-accelerators (override with `peak_flops`); on CPU it is measured once by a large fp32 matmul.
+accelerators (override with `peak_flops`); on CPU it is measured once by a large fp32 matmul
+(and kept in the cache directory, keyed by processor, core count and JAX version).
 """
 
+import concurrent.futures
 import json
 import math
+import os
 import pathlib
+import platform
 import sys
 import time
 
@@ -45,14 +49,47 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
   return 2 * n**3 / best
 
 
-def peak_flops(override: float = 0.0) -> tuple[float, str]:
-  """(peak FLOP/s of the whole job, how it was found)."""
+def _cpu_name() -> str:
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def measured_cpu_peak(cache: pathlib.Path | None, remeasure: bool = False) -> float:
+  """This machine's fp32 matmul peak, kept in `cache` (a JSON file keyed by processor, core
+  count and JAX version) so that a launch does not spend a second measuring it before its first
+  step. Other jobs on the machine only ever lower a measurement, so the cache keeps the highest
+  one seen; `remeasure` (done at the end of a run, off the critical path) measures again."""
+  key = f"{_cpu_name()} x{os.cpu_count()} jax {jax.__version__}"
+  known = {}
+  if cache is not None and cache.exists():
+    try:
+      known = json.loads(cache.read_text())
+    except ValueError:
+      known = {}
+  if remeasure or key not in known:
+    known[key] = max(known.get(key, 0.0), measure_matmul_peak())
+    if cache is not None:
+      cache.parent.mkdir(parents=True, exist_ok=True)
+      temporary = cache.with_suffix(f".{os.getpid()}.tmp")
+      temporary.write_text(json.dumps(known, indent=1))
+      temporary.replace(cache)
+  return known[key]
+
+
+def peak_flops(override: float = 0.0, cache: pathlib.Path | None = None) -> tuple[float, str]:
+  """(peak FLOP/s of the whole job, how it was found); `cache`: where a measured CPU peak is
+  kept between launches (None: measure now)."""
   if override:
     return override * jax.device_count(), "from config"
   device = jax.devices()[0]
   if device.platform == "cpu":
     # Fake CPU devices share the same cores: the machine's peak is one matmul's.
-    return measure_matmul_peak(), "measured fp32 matmul"
+    return measured_cpu_peak(cache), "measured fp32 matmul"
   for name, flops in PEAK_BF16_FLOPS.items():
     if name.lower() in device.device_kind.lower():
       return flops * jax.device_count(), f"{name} bf16 data sheet"
@@ -69,8 +106,21 @@ class MetricsWriter:
     self.path = workdir / "metrics.jsonl"
     self.file = None
     self.truncate(resume_step)
-    from tensorboardX import SummaryWriter   # imported late: only the launcher needs it
-    self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+    self.tensorboard_dir = workdir / "tensorboard"
+    self._tensorboard = None
+
+  def open_tensorboard(self) -> None:
+    """Starts opening the TensorBoard writer in a background thread. tensorboardX imports torch
+    where it is installed (~2.5 s of Python, holding the GIL): the loop calls this once a step
+    runs on the devices and the main thread only waits; the first write waits for it."""
+    if self._tensorboard is None:
+      self._tensorboard = concurrent.futures.ThreadPoolExecutor(1).submit(
+          _summary_writer, self.tensorboard_dir)
+
+  @property
+  def tensorboard(self):
+    self.open_tensorboard()
+    return self._tensorboard.result()
 
   def truncate(self, step: int) -> None:
     """Drops rows past `step` (a resume or rollback point): those steps are about to be redone."""
@@ -92,6 +142,11 @@ class MetricsWriter:
   def close(self) -> None:
     self.file.close()
     self.tensorboard.close()
+
+
+def _summary_writer(directory: pathlib.Path):
+  from tensorboardX import SummaryWriter   # imported late: only the launcher needs it
+  return SummaryWriter(str(directory))
 
 
 def read_metrics(workdir) -> list[dict]:
