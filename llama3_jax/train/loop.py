@@ -229,6 +229,8 @@ class _Run:
     self.in_flight = metrics["loss"]
     counts = nonfinite_counts(self.state) or {}
     values = {key: np.asarray(value) for key, value in {**metrics, **counts}.items()}
+    if self.writer:   # open before the step counts as done: the hang watchdog times the next
+      self.writer.wait_for_tensorboard()
     compiled = self.fns.train.jitted._cache_size() > compiled_before
     return values, compiled, time.perf_counter() - start, host_s
 
@@ -328,11 +330,13 @@ class _Run:
       return self.loop(start, dog)
 
   def compile_ahead(self, step: int):
-    """Compiles the train step for `step`'s stage in a background thread while the state is
-    restored or initialised (XLA compiles with the GIL released, so the two overlap); a future,
-    or None where there is nothing to run. The first step then finds the executable in jit's
-    caches, which ahead-of-time lowering shares. A failure only costs the head start: the
-    step compiles when first called, as without this."""
+    """Traces and compiles the train step for `step`'s stage in a background thread while the
+    state is restored or initialised; a future, or None where there is nothing to run. The
+    first step then finds the executable in jit's caches, which ahead-of-time lowering shares.
+    It pays where compiling is a load from the persistent cache (a relaunch): tracing the step
+    overlaps restoring the state. Two real compiles at once are no faster on a small CPU (XLA
+    already uses every core). A failure only costs the head start: the step compiles when first
+    called, as without this."""
     plan = self.plan
     if step >= plan.steps:
       return None
@@ -422,8 +426,9 @@ class _Run:
                "compilations": self.fns.train.jitted._cache_size(),
                "rollbacks": self.guard.rollbacks, "loss_spikes": self.guard.spikes,
                "straggler_steps": self.stragglers}
-    if jax.devices()[0].platform == "cpu" and not cfg.mfu.peak_flops and self.primary:
-      metrics_lib.measured_cpu_peak(self.peak_cache, remeasure=True)   # for the next launch
+    if (jax.devices()[0].platform == "cpu" and not cfg.mfu.peak_flops and self.primary
+        and not stopped):   # measured again for the next launch, off this one's critical path
+      metrics_lib.measured_cpu_peak(self.peak_cache, remeasure=True)
     rows = metrics_lib.read_metrics(self.workdir)
     if rows:
       summary.update(loss=rows[-1]["loss"], tokens=rows[-1]["tokens"],

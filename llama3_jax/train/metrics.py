@@ -122,6 +122,9 @@ class MetricsWriter:
     self.open_tensorboard()
     return self._tensorboard.result()
 
+  def wait_for_tensorboard(self) -> None:
+    self.tensorboard   # noqa: B018 - waits for the writer to open
+
   def truncate(self, step: int) -> None:
     """Drops rows past `step` (a resume or rollback point): those steps are about to be redone."""
     if self.file:
