@@ -71,6 +71,16 @@ def assert_trees_close(a, b, rtol=RTOL):
     assert np.abs(x - y).max() <= rtol * np.abs(y).max(), np.abs(x - y).max()
 
 
+def assert_like_single_device(result, model=MODEL):
+  """Loss and gradients of one batch, losses and parameters after 3 AdamW steps."""
+  loss, grads, losses, params = result
+  ref_loss, ref_grads, ref_losses, ref_params = single_device(model)
+  np.testing.assert_allclose(loss, ref_loss, rtol=RTOL)
+  assert_trees_close(grads, ref_grads)
+  np.testing.assert_allclose(losses, ref_losses, rtol=RTOL)
+  assert_trees_close(params, ref_params)
+
+
 MESHES = {
     "data8": MeshConfig(data=8, fsdp=1),
     "fsdp8": MeshConfig(fsdp=8),
@@ -83,33 +93,19 @@ MESHES = {
 @pytest.mark.parametrize("fsdp_mode", ["zero3", "llama3"])
 @pytest.mark.parametrize("mesh", MESHES)
 def test_sharded_equals_single_device(mesh, fsdp_mode, capfd):
-  loss, grads, losses, params = run(MESHES[mesh], ShardingConfig(fsdp_mode))
-  ref_loss, ref_grads, ref_losses, ref_params = single_device()
-  np.testing.assert_allclose(loss, ref_loss, rtol=RTOL)
-  assert_trees_close(grads, ref_grads)
-  np.testing.assert_allclose(losses, ref_losses, rtol=RTOL)
-  assert_trees_close(params, ref_params)
+  assert_like_single_device(run(MESHES[mesh], ShardingConfig(fsdp_mode)))
   assert REMAT_WARNING not in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("mesh", ["fsdp2_tensor4", "data2_fsdp2_tensor2"])
 def test_sequence_parallel_equals_single_device(mesh, capfd):
-  loss, grads, losses, params = run(MESHES[mesh], ShardingConfig(sequence_parallel=True))
-  ref_loss, ref_grads, ref_losses, ref_params = single_device()
-  np.testing.assert_allclose(loss, ref_loss, rtol=RTOL)
-  assert_trees_close(grads, ref_grads)
-  assert_trees_close(params, ref_params)
+  assert_like_single_device(run(MESHES[mesh], ShardingConfig(sequence_parallel=True)))
   assert REMAT_WARNING not in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("mesh", ["fsdp8", "data2_fsdp2_tensor2"])
 def test_vocab_over_fsdp_equals_single_device(mesh, capfd):
-  loss, grads, losses, params = run(MESHES[mesh], ShardingConfig(vocab_over_fsdp=True))
-  ref_loss, ref_grads, ref_losses, ref_params = single_device()
-  np.testing.assert_allclose(loss, ref_loss, rtol=RTOL)
-  assert_trees_close(grads, ref_grads)
-  np.testing.assert_allclose(losses, ref_losses, rtol=RTOL)
-  assert_trees_close(params, ref_params)
+  assert_like_single_device(run(MESHES[mesh], ShardingConfig(vocab_over_fsdp=True)))
   assert REMAT_WARNING not in capfd.readouterr().err
 
 
