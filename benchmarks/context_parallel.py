@@ -29,11 +29,9 @@ from flax import linen  # noqa: E402
 
 from llama3_jax.model import ModelConfig  # noqa: E402
 from llama3_jax.model.attention_ops import local_attention  # noqa: E402
-from llama3_jax.optim.optimizer import build_optimizer  # noqa: E402
 from llama3_jax.parallel import context as context_parallel  # noqa: E402
 from llama3_jax.sharding import MeshConfig, ShardingConfig, make_mesh, make_rules  # noqa: E402
-from llama3_jax.train.state import init_train_state  # noqa: E402
-from llama3_jax.train.step import make_step_fns  # noqa: E402
+from llama3_jax.train.setup import setup  # noqa: E402
 
 MODEL = ModelConfig(vocab_size=256, d_model=64, n_layers=1, n_heads=2, n_kv_heads=1,
                     head_dim=32, ffn_dim=160, attention="blockwise", attention_block_q=512,
@@ -69,13 +67,10 @@ def peak_bytes(compiled) -> int:
 
 def step_measure(layout: str, T: int, min_time_s: float) -> dict:
   mesh_config, schedule, B = LAYOUTS[layout]
-  sharding = ShardingConfig(context_schedule=schedule)
-  mesh = make_mesh(mesh_config)
-  rules = make_rules(MODEL, mesh_config.sizes(8), sharding)
-  graphdef, state, shardings = init_train_state(MODEL, build_optimizer(), mesh, rules)
-  fns = make_step_fns(graphdef, shardings, mesh, rules, sharding)
+  s = setup(MODEL, mesh_config, sharding=ShardingConfig(context_schedule=schedule))
+  state, fns = s.init_state(), s.fns
   batch = jax.device_put(packed_batch(B, T), fns.batch_sharding)
-  with jax.set_mesh(mesh), linen.logical_axis_rules(rules):
+  with jax.set_mesh(s.mesh), linen.logical_axis_rules(s.rules):
     compiled = fns.loss_and_grads.jitted.lower(state, batch).compile()
   times = []   # already compiled: the first call is a fair sample unless it is short
   while len(times) < 4 and sum(times) < min_time_s:

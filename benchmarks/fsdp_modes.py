@@ -18,11 +18,9 @@ import numpy as np  # noqa: E402
 from flax import linen  # noqa: E402
 
 from llama3_jax.model import ModelConfig  # noqa: E402
-from llama3_jax.optim.optimizer import build_optimizer  # noqa: E402
-from llama3_jax.sharding import MeshConfig, ShardingConfig, make_mesh, make_rules  # noqa: E402
+from llama3_jax.sharding import MeshConfig, ShardingConfig  # noqa: E402
 from llama3_jax.sharding.hlo import traffic  # noqa: E402
-from llama3_jax.train.state import init_train_state  # noqa: E402
-from llama3_jax.train.step import make_step_fns  # noqa: E402
+from llama3_jax.train.setup import setup  # noqa: E402
 
 MODEL = ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=8, n_kv_heads=4,
                     head_dim=32, ffn_dim=704)
@@ -30,12 +28,8 @@ BATCH, SEQ = 16, 256
 
 
 def measure(fsdp_mode: str) -> dict:
-  mesh_config = MeshConfig(fsdp=8)
-  sharding = ShardingConfig(fsdp_mode=fsdp_mode)
-  mesh = make_mesh(mesh_config)
-  rules = make_rules(MODEL, mesh_config.sizes(8), sharding)
-  graphdef, state, shardings = init_train_state(MODEL, build_optimizer(), mesh, rules)
-  fns = make_step_fns(graphdef, shardings, mesh, rules, sharding)
+  s = setup(MODEL, MeshConfig(fsdp=8), sharding=ShardingConfig(fsdp_mode=fsdp_mode))
+  state, fns, mesh, rules = s.init_state(), s.fns, s.mesh, s.rules
   tokens = np.random.RandomState(0).randint(0, MODEL.vocab_size, (BATCH, SEQ + 1))
   batch = jax.device_put({"inputs": tokens[:, :-1], "targets": tokens[:, 1:]},
                          fns.batch_sharding)

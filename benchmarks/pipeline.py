@@ -22,11 +22,9 @@ import numpy as np  # noqa: E402
 from flax import linen  # noqa: E402
 
 from llama3_jax.model import ModelConfig  # noqa: E402
-from llama3_jax.optim.optimizer import build_optimizer  # noqa: E402
 from llama3_jax.parallel.pipeline import Schedule  # noqa: E402
-from llama3_jax.sharding import MeshConfig, ShardingConfig, make_mesh, make_rules  # noqa: E402
-from llama3_jax.train.state import init_train_state  # noqa: E402
-from llama3_jax.train.step import make_step_fns  # noqa: E402
+from llama3_jax.sharding import MeshConfig, ShardingConfig  # noqa: E402
+from llama3_jax.train.setup import setup  # noqa: E402
 
 MODEL = ModelConfig(vocab_size=4096, d_model=256, n_layers=8, n_heads=8, n_kv_heads=4,
                     head_dim=32, ffn_dim=704)
@@ -50,14 +48,11 @@ def timed(fn, *args, steps=3):
 
 
 def schedule_row(repeats):
-  mesh_config = MeshConfig(stage=4, fsdp=2)
-  sharding = ShardingConfig(pipeline_repeats=repeats)
-  mesh = make_mesh(mesh_config)
-  rules = make_rules(MODEL, mesh_config.sizes(8), sharding)
-  graphdef, state, shardings = init_train_state(MODEL, build_optimizer(), mesh, rules)
-  fns = make_step_fns(graphdef, shardings, mesh, rules, sharding, MICRO)
+  s = setup(MODEL, MeshConfig(stage=4, fsdp=2), sharding=ShardingConfig(pipeline_repeats=repeats),
+            micro_batches=MICRO)
+  state, fns = s.init_state(), s.fns
   batch = batch_for(fns, MODEL)
-  with jax.set_mesh(mesh), linen.logical_axis_rules(rules):
+  with jax.set_mesh(s.mesh), linen.logical_axis_rules(s.rules):
     memory = fns.loss_and_grads.jitted.lower(state, batch).compile().memory_analysis()
   return {"args": memory.argument_size_in_bytes, "temp": memory.temp_size_in_bytes,
           "bubble": Schedule(4, repeats, MICRO).bubble,
@@ -66,13 +61,8 @@ def schedule_row(repeats):
 
 def one_device_step_s(n_layers):
   model = dataclasses.replace(MODEL, n_layers=n_layers)
-  mesh_config = MeshConfig(fsdp=1)
-  devices = jax.devices()[:1]
-  mesh = make_mesh(mesh_config, devices)
-  rules = make_rules(model, mesh_config.sizes(1))
-  graphdef, state, shardings = init_train_state(model, build_optimizer(), mesh, rules)
-  fns = make_step_fns(graphdef, shardings, mesh, rules)
-  return timed(fns.loss_and_grads, state, batch_for(fns, model))
+  s = setup(model, MeshConfig(fsdp=1), devices=jax.devices()[:1])
+  return timed(s.fns.loss_and_grads, s.init_state(), batch_for(s.fns, model))
 
 
 def main():

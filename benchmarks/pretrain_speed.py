@@ -30,7 +30,8 @@ OVERRIDES = [
     "--config.model.d_model=256", "--config.model.n_layers=4", "--config.model.n_heads=4",
     "--config.model.n_kv_heads=2", "--config.model.head_dim=64", "--config.model.ffn_dim=512",
     "--config.model.vocab_size=32000", "--config.mesh.fsdp=8", "--config.mesh.tensor=1",
-    "--config.train.stages=((None, 2048, 256),)", "--config.train.warmup_tokens=2048",
+    "--config.train.stages=({'until_tokens': None, 'batch_tokens': 2048, 'seq_len': 256},)",
+    "--config.train.warmup_tokens=2048",
     "--config.train.anneal_tokens=0", "--config.log.every_steps=1",
     "--config.checkpoint.every_steps=100000", "--config.data.synthetic=True", *sys.argv[1:],
 ]

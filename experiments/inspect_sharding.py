@@ -12,12 +12,11 @@ import argparse
 import math
 
 import optax
-from flax import nnx
 
-from llama3_jax.model import SIZES, Transformer
+from llama3_jax.model import SIZES
 from llama3_jax.sharding import AXES, MeshConfig, ShardingConfig, abstract_mesh, make_rules
 from llama3_jax.sharding.inspect import sharding_report
-from llama3_jax.train.state import TrainState
+from llama3_jax.train.setup import abstract_train_state
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -54,8 +53,7 @@ def main(argv=None):
           "below are for the stage with the most layers.")
   sharding = ShardingConfig(args.fsdp_mode, args.sequence_parallel)
   rules = make_rules(model_config, sizes, sharding)
-  state = nnx.state(nnx.eval_shape(
-      lambda: TrainState(Transformer(model_config, rngs=nnx.Rngs(0)), optax.adamw(1e-4))))
+  _, state, _ = abstract_train_state(model_config, optax.adamw(1e-4))
   report = sharding_report(state, abstract_mesh(sizes), rules, fsdp_mode=args.fsdp_mode)
   print(f"{args.size}\n{report}")
 

@@ -7,21 +7,21 @@ the train step refuses until it lands. Plan the layout today with
 `python -m experiments.inspect_sharding --size llama3-405b --mesh tensor=8,stage=16,fsdp=128`.
 """
 
-import dataclasses
+from llama3_jax.train.config import default_config
 
-from experiments.configs.llama3_debug import base_config
-from llama3_jax.model import SIZES
+M = 1024 * 1024
 
 
 def get_config(arg: str | None = None):
-  c = base_config()
-  c.model = dataclasses.asdict(SIZES["llama3-405b"].replace(dtype="bfloat16"))
+  c = default_config()
+  c.model.update(size="llama3-405b", dtype="bfloat16")
   c.mesh.update(data=1, fsdp=128, stage=16, tensor=8, dcn_fsdp=128, dcn_stage=16)
   c.sharding.fsdp_mode = "llama3"
-  M = 1024 * 1024
   c.train.steps = 1_200_000
   # 4M tokens of 4,096 -> 8M of 8,192 after 252M tokens -> 16M after 2.87T tokens.
-  c.train.stages = ((252 * M, 4 * M, 4096), (2_870_000 * M, 8 * M, 8192), (None, 16 * M, 8192))
+  c.train.stages = (dict(until_tokens=252 * M, batch_tokens=4 * M, seq_len=4096),
+                    dict(until_tokens=2_870_000 * M, batch_tokens=8 * M, seq_len=8192),
+                    dict(until_tokens=None, batch_tokens=16 * M, seq_len=8192))
   c.train.peak_lr = 8e-5
   c.train.warmup_tokens = 8000 * 4 * M
   c.train.anneal_tokens = 40 * M

@@ -4,20 +4,19 @@ python -m experiments.pretrain --config experiments/configs/llama3_8b.py \
     --workdir /ckpt/llama3_8b --config.train.steps=1000
 """
 
-import dataclasses
+from llama3_jax.train.config import default_config
 
-from experiments.configs.llama3_debug import base_config
-from llama3_jax.model import SIZES
+M = 1024 * 1024
 
 
 def get_config(arg: str | None = None):
-  c = base_config()
-  c.model = dataclasses.asdict(SIZES["llama3-8b"].replace(dtype="bfloat16", remat="full"))
+  c = default_config()
+  c.model.update(size="llama3-8b", dtype="bfloat16", remat="full")
   c.mesh.fsdp, c.mesh.tensor = -1, 1
   c.sharding.fsdp_mode = "llama3"
-  M = 1024 * 1024
   c.train.steps = 1_200_000
-  c.train.stages = ((252 * 1000 * M, 4 * M, 4096), (None, 8 * M, 8192))
+  c.train.stages = (dict(until_tokens=252 * 1000 * M, batch_tokens=4 * M, seq_len=4096),
+                    dict(until_tokens=None, batch_tokens=8 * M, seq_len=8192))
   c.train.peak_lr = 3e-4
   c.train.warmup_tokens = 8000 * 4 * M
   c.train.anneal_tokens = 40 * 1000 * M

@@ -21,26 +21,24 @@ same --workdir with the next stages. On more devices, put the rest on fsdp (`con
 tensor=2 and fills fsdp).
 """
 
-import dataclasses
-
-from experiments.configs.llama3_debug import base_config
-from llama3_jax.model import SIZES
+from llama3_jax.train.config import default_config
 
 TOKENS_PER_BATCH = 4096
 STAGES = ((512, 3), (1024, 2), (2048, 2), (4096, 3))   # (sequence length, steps at it)
 
 
 def get_config(arg: str | None = None):
-  c = base_config()
-  c.model = dataclasses.asdict(SIZES["debug-long"].replace(
-      attention="blockwise", attention_block_q=256, attention_block_kv=256))
+  c = default_config()
+  c.model.update(size="debug-long", attention="blockwise", attention_block_q=256,
+                 attention_block_kv=256)
   c.mesh.fsdp, c.mesh.context, c.mesh.tensor = -1, 4, 2
   c.sharding.context_schedule = "all_gather"
   c.data.streams = 1   # must divide every stage's rows: one row of 4,096 tokens at the end
   stages, seen = [], 0
   for i, (seq_len, steps) in enumerate(STAGES):
     seen += steps * TOKENS_PER_BATCH
-    stages.append((None if i == len(STAGES) - 1 else seen, TOKENS_PER_BATCH, seq_len))
+    stages.append(dict(until_tokens=None if i == len(STAGES) - 1 else seen,
+                       batch_tokens=TOKENS_PER_BATCH, seq_len=seq_len))
   c.train.stages = tuple(stages)
   c.train.steps = sum(steps for _, steps in STAGES)
   c.train.peak_lr, c.train.warmup_tokens = 3e-3, 2 * TOKENS_PER_BATCH

@@ -43,25 +43,33 @@ class Checkpointer:
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
   def restore_latest(self, abstract_state, abstract_average=None, data_streams=(),
-                     at_most: int | None = None):
+                     at_most: int | None = None, check=None):
     """(step, state, meta, average, data) of the newest readable checkpoint, or None.
 
     `abstract_*` are ShapeDtypeStructs carrying the shardings wanted now: Orbax reshards, so a
     run saved on one mesh resumes on another. `data` holds the states of `data_streams`.
-    `at_most`: only checkpoints of that step or earlier (a rollback).
+    `at_most`: only checkpoints of that step or earlier (a rollback). `check(meta)` runs on
+    each checkpoint's meta before its arrays are read; what it raises (say, a checkpoint of
+    another model) propagates, and nothing is set aside.
     """
     steps = [s for s in self.manager.all_steps() if at_most is None or s <= at_most]
     for step in sorted(steps, reverse=True):
-      error = None
+      error = meta = None
       try:
         meta = self.manager.restore(step, args=ocp.args.Composite(
             meta=ocp.args.JsonRestore()))["meta"]
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
-        if meta.get("has_average") and abstract_average is not None:
-          items["average"] = ocp.args.StandardRestore(abstract_average)
-        if meta.get("has_data") and data_streams:
-          items["data"] = DataStateRestore(list(data_streams))
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+      except Exception as caught:  # noqa: BLE001 - any unreadable checkpoint is skipped
+        error = caught
+      if meta is not None and check is not None:
+        check(meta)
+      try:
+        if error is None:
+          items = {"state": ocp.args.StandardRestore(abstract_state)}
+          if meta.get("has_average") and abstract_average is not None:
+            items["average"] = ocp.args.StandardRestore(abstract_average)
+          if meta.get("has_data") and data_streams:
+            items["data"] = DataStateRestore(list(data_streams))
+          restored = self.manager.restore(step, args=ocp.args.Composite(**items))
       except Exception as caught:  # noqa: BLE001 - any unreadable checkpoint is skipped
         error = caught
       if _all_processes(error is None):

@@ -2,7 +2,9 @@
 
     loader = Loader(data_dir, seed=0, streams=8, vocab_size=512)
     batch = loader.next_batch(stage_index, stage)     # numpy [rows, seq_len] arrays
-    state = loader.get_state(); loader.set_state(state)
+    state = loader.get_state(); loader.set_state(state, stages)
+
+A batch source of llama3_jax/data/batches.py: `Batches` reads it through `read`.
 
 The global batch is cut into `streams` fixed slices of rows. Stream i reads documents
 i, i + streams, ... of every source (Grain's `ShardOptions` over streams, not over processes),
@@ -13,9 +15,7 @@ with the stage's weights (Grain's `mix`, deterministic). Because rows, not docum
 the weights are fractions of tokens.
 
 Row r of the batch of a step comes from stream r // (rows / streams), whatever the mesh or the
-number of JAX processes: a process builds only the streams whose rows its devices hold
-(`process_rows`), and `to_global` assembles the global array with
-`jax.make_array_from_process_local_data`. The state of each stream (the Grain iterator's state,
+number of JAX processes: a process builds only the streams whose rows its devices hold. The state of each stream (the Grain iterator's state,
 the stage it packs for, the document offsets where that stage began, tokens per source) is
 saved per stream, so a checkpoint resumes on any number of processes. When the stage changes,
 each source continues after the last document the previous stage used.
@@ -25,7 +25,6 @@ import dataclasses
 import pathlib
 
 import grain
-import jax
 import numpy as np
 from grain import experimental as grain_experimental
 
@@ -75,6 +74,7 @@ class _Stream:
 
 
 class Loader:
+  fields = ("inputs", "targets", "segment_ids", "positions", "loss_mask", "source")
 
   def __init__(self, data_dir, *, seed: int, streams: int, vocab_size: int,
                shuffle_window: int = 32):
@@ -180,6 +180,15 @@ class Loader:
     check_token_ids(batch["targets"], self.vocab_size, "the training data")
     return batch
 
+  @property
+  def state_streams(self) -> range:
+    """The streams whose states a checkpoint holds."""
+    return range(self.num_streams)
+
+  def read(self, number: int, stage_index: int, stage, rows: tuple[int, int]) -> dict:
+    """Rows [start, stop) of the next batch (the loader keeps its place: `number` is unused)."""
+    return self.next_batch(stage_index, stage, rows)
+
   def tokens_per_source(self) -> dict[str, int]:
     """Loss tokens delivered so far by this process's streams, per source."""
     totals = dict.fromkeys(self.sources, 0)
@@ -212,31 +221,3 @@ class Loader:
       stream.iterator = self._pipeline(stream, stream.stage, self._stages[stream.stage])
       stream.iterator.set_state(_tuples_in(state["grain"]))
     return stream
-
-
-def _span(sharding, shape, dim: int) -> tuple[int, int]:
-  """The [start, stop) of dimension `dim` that this process's devices hold."""
-  spans = [index[dim] for index in sharding.addressable_devices_indices_map(shape).values()]
-  return (min(s.start or 0 for s in spans),
-          max(shape[dim] if s.stop is None else s.stop for s in spans))
-
-
-def process_rows(sharding, batch_size: int, seq_len: int) -> tuple[int, int]:
-  """The rows [start, stop) of a global [batch_size, seq_len] batch that this process holds."""
-  return _span(sharding, (batch_size, seq_len), 0)
-
-
-def to_global(local_batch: dict, sharding, batch_size: int) -> dict:
-  """Global jax.Arrays from this process's rows (all processes call it together).
-
-  Where the sequence is split over processes too (context parallelism across hosts), each
-  process passes on only its columns.
-  """
-  out = {}
-  for key, value in local_batch.items():
-    if key == "source":
-      continue
-    shape = (batch_size,) + value.shape[1:]
-    start, stop = _span(sharding, shape, 1)
-    out[key] = jax.make_array_from_process_local_data(sharding, value[:, start:stop], shape)
-  return out

@@ -14,6 +14,7 @@ def synthetic_batch(seed: int, step: int, batch_size: int, seq_len: int,
   rng = np.random.default_rng([seed, step])
   tokens = np.empty((batch_size, seq_len + 1), np.int32)
   segments = np.empty((batch_size, seq_len + 1), np.int32)
+  positions = np.empty((batch_size, seq_len + 1), np.int32)
   for row in range(batch_size):
     start = 0
     doc = 1
@@ -23,9 +24,11 @@ def synthetic_batch(seed: int, step: int, batch_size: int, seq_len: int,
       end = min(start + length, seq_len + 1)
       tokens[row, start:end] = (first + stride * np.arange(end - start)) % vocab_size
       segments[row, start:end] = doc
+      positions[row, start:end] = np.arange(end - start)
       start, doc = end, doc + 1
   # Targets are the next token within the same document; the last token of a document has no
   # target in it, so its loss is masked.
   same_doc = segments[:, 1:] == segments[:, :-1]
   return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-          "segment_ids": segments[:, :-1], "loss_mask": same_doc.astype(np.float32)}
+          "segment_ids": segments[:, :-1], "positions": positions[:, :-1],
+          "loss_mask": same_doc.astype(np.float32)}

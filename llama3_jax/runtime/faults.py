@@ -31,6 +31,14 @@ MOMENTS = ("before", "during", "after")
 
 
 @dataclasses.dataclass(frozen=True)
+class FaultsConfig:
+  """The launcher config's `faults` section; empty strings: no faults."""
+  nan_batches: str = ""
+  kill: str = ""
+  sleep: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Fault:
   step: int
   what: str                   # a kill moment, or seconds to sleep
@@ -58,11 +66,12 @@ def _parse(spec: str, name: str) -> list[Fault]:
 class Faults:
   """The faults of a config that concern this process in this attempt of the job."""
 
-  def __init__(self, cfg, process: int, attempt: int | None = None):
+  def __init__(self, cfg: FaultsConfig | dict, process: int, attempt: int | None = None):
+    cfg = cfg if isinstance(cfg, FaultsConfig) else FaultsConfig(**cfg)
     attempt = int(os.environ.get("LLAMA3_ATTEMPT", 0)) if attempt is None else attempt
     mine = lambda f: f.attempt == attempt and f.process in (None, process)
-    self.kills = [f for f in _parse(cfg.get("kill", ""), "kill") if mine(f)]
-    self.sleeps = [f for f in _parse(cfg.get("sleep", ""), "sleep") if mine(f)]
+    self.kills = [f for f in _parse(cfg.kill, "kill") if mine(f)]
+    self.sleeps = [f for f in _parse(cfg.sleep, "sleep") if mine(f)]
     for f in self.kills:
       if f.what not in MOMENTS:
         raise ValueError(f"faults.kill moment {f.what!r} is not one of {', '.join(MOMENTS)}")
@@ -71,14 +80,11 @@ class Faults:
         float(f.what)
       except ValueError:
         raise ValueError(f"faults.sleep {f.what!r} is not a number of seconds") from None
-    self.nan_batches = {int(b) for b in str(cfg.get("nan_batches", "")).split(",") if b.strip()}
+    self.nan_batches = {int(b) for b in str(cfg.nan_batches).split(",") if b.strip()}
 
-  def poison(self, batch: dict, batch_number: int) -> dict:
-    """The batch, with a NaN loss mask if `batch_number` (1-based) is to be poisoned."""
-    if batch_number not in self.nan_batches:
-      return batch
-    mask = batch.get("loss_mask", np.ones(batch["targets"].shape, np.float32))
-    return {**batch, "loss_mask": mask * np.float32("nan")}
+  def wrap(self, source):
+    """`source` (llama3_jax/data/batches.py), its batches poisoned where `nan_batches` says."""
+    return _Poisoned(source, self.nan_batches) if self.nan_batches else source
 
   def sleep(self, step: int) -> None:
     for f in self.sleeps:
@@ -104,3 +110,19 @@ class Faults:
       while not seen() and time.monotonic() < deadline:
         time.sleep(0.001)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Poisoned:
+  """A batch source whose batches numbered in `numbers` (1-based) carry a NaN loss mask."""
+
+  def __init__(self, source, numbers: set[int]):
+    self.source, self.numbers = source, numbers
+
+  def __getattr__(self, name):
+    return getattr(self.source, name)
+
+  def read(self, number: int, stage_index: int, stage, rows: tuple[int, int]) -> dict:
+    batch = self.source.read(number, stage_index, stage, rows)
+    if number in self.numbers:
+      batch = {**batch, "loss_mask": batch["loss_mask"] * np.float32("nan")}
+    return batch

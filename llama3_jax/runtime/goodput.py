@@ -27,6 +27,8 @@ import pathlib
 import sys
 import time
 
+from llama3_jax.runtime.hooks import Hook
+
 CATEGORIES = ("startup", "restore", "compile", "productive", "checkpoint", "lost", "skipped",
               "restart", "other")
 
@@ -91,8 +93,12 @@ class Timeline:
     return out
 
 
-class Goodput:
-  """Records this attempt's laps (process 0 only: elsewhere `enabled` is False, a no-op)."""
+class Goodput(Hook):
+  """Records this attempt's laps (process 0 only: elsewhere `enabled` is False, a no-op).
+
+  As a hook of the training loop it laps each step (compile, skipped or productive), each
+  checkpoint save and each rollback; the loop laps start-up and restore itself.
+  """
 
   def __init__(self, workdir, started_at: float, enabled: bool = True):
     self.path = pathlib.Path(workdir) / "goodput.jsonl"
@@ -113,6 +119,20 @@ class Goodput:
 
   def summary(self) -> dict:
     return self.timeline.summary()
+
+  def after_step(self, result) -> None:
+    self.lap("compile" if result.compiled else "skipped" if result.skipped else "step",
+             step=result.step)
+
+  def log_fields(self, result) -> dict:
+    return {"goodput": self.summary().get("goodput", 0.0)} if self.enabled else {}
+
+  def after_save(self, step: int) -> None:
+    self.lap("checkpoint")
+
+  def after_rollback(self, step: int) -> None:
+    self.lap("restore")
+    self.resume(step, "rollback")
 
   def close(self) -> None:
     if self._file:

@@ -19,16 +19,21 @@ import dataclasses
 import logging
 import math
 
+from llama3_jax.runtime.hooks import Hook
+
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class GuardConfig:
+  """What the loop does about bad steps (the launcher config's `resilience` section)."""
+  skip_nonfinite: bool = True   # the compiled step refuses non-finite updates
   max_bad_steps: int = 3        # K consecutive non-finite steps -> rollback
   max_rollbacks: int = 3        # more than this many rollbacks in one run -> give up
-  spike_margin: float = 0.0     # loss > (1 + margin) * running mean is a spike; 0 = off
+  spike_margin: float = 0.5     # loss > (1 + margin) * running mean is a spike; 0 = off
   spike_window: int = 20        # good steps in the running mean (and before spikes count)
   spike_action: str = "log"     # "log", or "skip": roll back and skip the spike's batches
+  straggler_factor: float = 3.0  # steps slower than this x the median are reported
 
   def __post_init__(self):
     if self.spike_action not in ("log", "skip"):
@@ -48,7 +53,8 @@ class Diverged(RuntimeError):
   """Rollbacks did not help: a person should look (Llama 3 needed three such interventions)."""
 
 
-class Guard:
+class Guard(Hook):
+  """Reaches a verdict on every step (`check`); reports its counts in the metrics rows."""
 
   def __init__(self, config: GuardConfig, rollbacks: int = 0):
     self.config = config
@@ -78,6 +84,9 @@ class Guard:
       return Verdict(spike=True)
     self._recent.append(loss)
     return Verdict()
+
+  def log_fields(self, result) -> dict:
+    return {"rollbacks": self.rollbacks, "loss_spikes": self.spikes}
 
   def _rollback(self, before: int, why: str) -> Verdict:
     self._bad.clear()

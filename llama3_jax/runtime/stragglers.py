@@ -14,7 +14,37 @@ whose own host time was also abnormal, or on none ("device or network") when no 
 Llama 3 built the same kind of tool to find the few slow GPUs among 16K (report §3.3.4).
 """
 
+import json
+import logging
+
 import numpy as np
+
+from llama3_jax.runtime.hooks import Hook
+
+log = logging.getLogger(__name__)
+
+
+class Stragglers(Hook):
+  """The training loop's straggler report: step times of steps that did not compile, flagged
+  at logging steps (a collective); process 0 warns and appends to WORKDIR/stragglers.jsonl."""
+
+  def __init__(self, factor: float, workdir, primary: bool):
+    self.factor, self.path, self.primary = factor, workdir / "stragglers.jsonl", primary
+    self.times, self.count = StepTimes(), 0
+
+  def after_step(self, result) -> None:
+    if not result.compiled:
+      self.times.add(result.step, result.step_s, result.host_s)
+
+  def log_fields(self, result) -> dict:
+    flags = self.times.report(self.factor)   # all processes together
+    self.count += len(flags)
+    if self.primary and flags:
+      for flag_ in flags:
+        log.warning(describe(flag_))
+      with open(self.path, "a") as out:
+        out.writelines(json.dumps(flag_) + "\n" for flag_ in flags)
+    return {"straggler_steps": self.count}
 
 
 class StepTimes:

@@ -77,13 +77,14 @@ class ShardingConfig:
     tokens-per-fsdp-group x d_model activations instead of vocab x d_model weights (twice, and
     an all-reduce of their gradient): the better trade while the group holds fewer tokens than
     the vocabulary has entries (small models, short batches), the worse one at scale. "auto"
-    (the launcher's default) picks by that comparison, see `vocab_over_fsdp_pays`.
+    (the launcher's default) picks by that comparison: `resolve` turns it into True or False
+    for a run's largest batch, before `make_rules`.
   """
   fsdp_mode: str = "zero3"
   sequence_parallel: bool = False
   context_schedule: str = "all_gather"
   pipeline_repeats: int = 1
-  vocab_over_fsdp: bool = False
+  vocab_over_fsdp: bool | str = False   # True, False or "auto" (see `resolve`)
 
   def __post_init__(self):
     if self.fsdp_mode not in ("zero3", "llama3"):
@@ -91,11 +92,17 @@ class ShardingConfig:
     if self.pipeline_repeats < 1:
       raise ValueError(f"pipeline_repeats={self.pipeline_repeats}; use 1 (GPipe) or more "
                        "(interleaved: layer chunks per pipeline stage)")
-    if not isinstance(self.vocab_over_fsdp, bool):
-      raise ValueError(f"vocab_over_fsdp={self.vocab_over_fsdp!r}; use True, False (or 'auto' in "
-                       "the launcher's config)")
+    if not isinstance(self.vocab_over_fsdp, bool) and self.vocab_over_fsdp != "auto":
+      raise ValueError(f"vocab_over_fsdp={self.vocab_over_fsdp!r}; use True, False or 'auto'")
     if self.context_schedule not in ("all_gather", "ring"):
       raise ValueError(f"context_schedule={self.context_schedule!r}; use 'all_gather' or 'ring'")
+
+  def resolve(self, vocab_size: int, batch_tokens: int, sizes: dict[str, int]) -> "ShardingConfig":
+    """This config with vocab_over_fsdp="auto" decided for `batch_tokens` on a mesh of `sizes`."""
+    if self.vocab_over_fsdp != "auto":
+      return self
+    return dataclasses.replace(
+        self, vocab_over_fsdp=vocab_over_fsdp_pays(vocab_size, batch_tokens, sizes))
 
 
 def vocab_over_fsdp_pays(vocab_size: int, batch_tokens: int, sizes: dict[str, int]) -> bool:
@@ -114,6 +121,9 @@ def vocab_over_fsdp_pays(vocab_size: int, batch_tokens: int, sizes: dict[str, in
 
 def make_rules(model, sizes: dict[str, int], config: ShardingConfig = ShardingConfig()) -> Rules:
   """The rule table for one model (ModelConfig) on one mesh (axis sizes)."""
+  if config.vocab_over_fsdp == "auto":
+    raise ValueError("sharding vocab_over_fsdp='auto' is undecided; call "
+                     "ShardingConfig.resolve(vocab_size, batch_tokens, sizes) first")
   replicate_kv = model.n_kv_heads % sizes.get("tensor", 1) != 0
   overrides = {}
   if replicate_kv:   # e.g. 8 KV heads on tensor=16: every tensor rank keeps whole KV heads

@@ -1,4 +1,5 @@
-"""Training metrics: model FLOPs, MFU, the writers (metrics.jsonl, TensorBoard), the progress bar.
+"""Training metrics: model FLOPs, MFU, the metrics rows and their writers (metrics.jsonl,
+TensorBoard), the progress bar.
 
 MFU = model FLOPs per second / peak FLOP/s. Model FLOPs per token are 6N (forward + backward
 of every matmul weight; the input embedding is a lookup and not counted) plus attention,
@@ -18,6 +19,9 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from llama3_jax.runtime.hooks import Hook
 
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets (SXM parts).
 PEAK_BF16_FLOPS = {
@@ -94,6 +98,87 @@ def peak_flops(override: float = 0.0, cache: pathlib.Path | None = None) -> tupl
     if name.lower() in device.device_kind.lower():
       return flops * jax.device_count(), f"{name} bf16 data sheet"
   return 0.0, f"unknown device {device.device_kind!r}: set mfu.peak_flops"
+
+
+# The train step's own values (the rest are the objective's metrics, logged under their names).
+_STEP_VALUES = ("loss", "grad_norm", "loss_tokens", "finite", "skipped_total")
+
+
+class MetricsLogger(Hook):
+  """The training loop's metrics rows: every `every` steps and at the last step, on every
+  process (other hooks' `log_fields` may be collectives); process 0 writes them.
+
+  A row: step, loss, lr, grad_norm, tokens, tokens_per_s and step_time_s (averaged since the
+  previous row), seq_len, batch_tokens, mfu, skipped counts, device peak memory where the
+  backend reports it, the objective's metrics, `constants` (e.g. the pipeline bubble) and the
+  `fields` hooks' fields.
+  """
+
+  def __init__(self, workdir, *, steps: int, start: int, every: int, tokens: list[int],
+               schedule, model_config, peak: float, fields=(), constants=None,
+               primary: bool = True):
+    self.workdir, self.steps, self.every, self.tokens = workdir, steps, every, tokens
+    self.schedule, self.model_config, self.peak = schedule, model_config, peak
+    self.fields, self.constants = list(fields), dict(constants or {})
+    self.writer = MetricsWriter(workdir, start) if primary else None
+    self.progress = Progress(steps, start) if primary else None
+    self.last = (time.perf_counter(), start)
+
+  def dispatched(self, output) -> None:
+    if self.writer:   # opens while the (first) step runs on the devices
+      self.writer.open_tensorboard()
+
+  def after_step(self, result) -> None:
+    if self.writer:
+      self.writer.wait_for_tensorboard()
+    done = result.step
+    if done % self.every and done != self.steps:
+      return
+    now = time.perf_counter()
+    step_time = (now - self.last[0]) / (done - self.last[1])
+    tokens_per_s = result.stage.batch_tokens / step_time
+    values = result.values
+    row = {"step": done, "loss": float(values["loss"]),
+           "lr": float(self.schedule(self.tokens[done - 1])),
+           "grad_norm": float(values["grad_norm"]), "tokens": self.tokens[done],
+           "tokens_per_s": tokens_per_s, "step_time_s": step_time,
+           "seq_len": result.stage.seq_len, "batch_tokens": result.stage.batch_tokens,
+           "mfu": flops_per_token(self.model_config, result.stage.seq_len) * tokens_per_s
+           / self.peak if self.peak else 0.0}
+    if "finite" in values:
+      row.update(skipped=int(not values["finite"]), skipped_total=int(values["skipped_total"]))
+    row.update({name: float(value) for name, value in values.items()   # the objective's own
+                if name not in _STEP_VALUES and np.ndim(value) == 0})
+    row.update(self.constants)
+    memory = jax.local_devices()[0].memory_stats()   # None where the backend has none
+    if memory and "peak_bytes_in_use" in memory:
+      row["device_peak_memory_gib"] = memory["peak_bytes_in_use"] / 2**30
+    for hook in self.fields:
+      row.update(hook.log_fields(result))
+    if self.writer:
+      self.writer.write(row)
+      self.progress.update(done, row)
+    self.last = (now, done)
+
+  def after_rollback(self, step: int) -> None:
+    if self.writer:
+      self.writer.truncate(step)
+    self.last = (time.perf_counter(), step)
+
+  def close(self) -> dict:
+    """Closes the writers; the run's summary from its rows (medians of the rates past the first
+    row), and the loss/LR plot, on process 0."""
+    if not self.writer:
+      return {}
+    self.progress.close()
+    self.writer.close()
+    rows = read_metrics(self.workdir)
+    if not rows:
+      return {}
+    plot(rows, self.workdir / "loss_lr.png")
+    return {"loss": rows[-1]["loss"], "tokens": rows[-1]["tokens"],
+            "tokens_per_s": float(np.median([r["tokens_per_s"] for r in rows[1:] or rows])),
+            "mfu": float(np.median([r["mfu"] for r in rows[1:] or rows]))}
 
 
 class MetricsWriter:

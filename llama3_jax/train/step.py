@@ -1,11 +1,14 @@
-"""The sharded train step: loss, fp32 gradients (accumulated over micro-batches) and AdamW.
+"""The sharded train step: an objective's loss, fp32 gradients (accumulated over micro-batches)
+and AdamW.
 
     fns = make_step_fns(graphdef, shardings, mesh, rules, ShardingConfig(), micro_batches=4)
     state, metrics = fns.train(state, batch, lr)
 
-A batch is a dict of [B, T] arrays: `inputs`, `targets`, and optionally `segment_ids`,
-`positions` and `loss_mask` (1 where a target counts). The loss is the mean cross-entropy over
-all unmasked targets of the whole batch, however it is split into micro-batches.
+Built by `llama3_jax.train.setup.setup` (mesh, rules, state and these functions in one call).
+A batch is a dict of [B, T] arrays in the objective's format (llama3_jax/train/objectives.py;
+pre-training: `inputs`, `targets`, `segment_ids`, `positions`, `loss_mask`). The loss is the
+objective's loss sum over the whole batch divided by its weight sum over the whole batch
+(for cross-entropy: the mean over all unmasked targets), however it is split into micro-batches.
 
 With a context axis (context parallelism), the step permutes each batch once into the
 load-balanced chunk order, adding `indices` (each token's index in its row, for the causal mask)
@@ -27,15 +30,7 @@ from llama3_jax.optim.optimizer import set_learning_rate
 from llama3_jax.parallel import context as context_parallel
 from llama3_jax.parallel import pipeline
 from llama3_jax.sharding.rules import ShardingConfig, batch_spec, gathered_over_fsdp
-
-
-def loss_sums(model, batch, run_blocks=None):
-  """(sum of next-token cross-entropy over unmasked targets, number of unmasked targets)."""
-  logits_btv = model(batch["inputs"], batch.get("segment_ids"), batch.get("positions"),
-                     batch.get("indices"), run_blocks=run_blocks)
-  ce_bt = optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch["targets"])
-  mask_bt = batch.get("loss_mask", jnp.ones_like(ce_bt)).astype(jnp.float32)
-  return (ce_bt * mask_bt).sum(), mask_bt.sum()
+from llama3_jax.train.objectives import NEXT_TOKEN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +41,7 @@ class StepFns:
 
 
 def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = ShardingConfig(),
-                  micro_batches: int = 1) -> StepFns:
+                  micro_batches: int = 1, objective=NEXT_TOKEN) -> StepFns:
   """Jitted step functions with the state's shardings in and out.
 
   With a `stage` axis the blocks run as a pipeline (llama3_jax/parallel/pipeline.py) of
@@ -75,14 +70,17 @@ def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = Sha
       params = jax.lax.with_sharding_constraint(params, gathered)
 
     def micro_step(batch):
-      sums = lambda p: loss_sums(nnx.merge(model_def, p), batch, run_blocks)
+      def sums(p):
+        loss_sum, weight_sum, metrics = objective.loss_sums(nnx.merge(model_def, p), batch,
+                                                            run_blocks)
+        return loss_sum, (weight_sum, metrics)
       # With a context axis, every attention layer traced here runs under shard_map.
       with context_parallel.attention_scope(mesh, rules, config.context_schedule):
-        (ce_sum, tokens), grads = jax.value_and_grad(sums, has_aux=True)(params)
-      return ce_sum, tokens, grads
+        (loss_sum, (weight_sum, metrics)), grads = jax.value_and_grad(sums, has_aux=True)(params)
+      return loss_sum, weight_sum, metrics, grads
 
     if micro_batches == 1:
-      ce_sum, tokens, grads = micro_step(batch)
+      loss_sum, weight_sum, metrics, grads = micro_step(batch)
     else:
       # Micro-batch m takes rows m, m + M, m + 2M, ...: every device keeps its share of rows.
       def split(x):
@@ -93,25 +91,29 @@ def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = Sha
       def accumulate(carry, micro_batch):
         return jax.tree.map(jnp.add, carry, micro_step(micro_batch)), None
 
-      zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
-      (ce_sum, tokens, grads), _ = jax.lax.scan(accumulate, zeros, jax.tree.map(split, batch))
+      batches = jax.tree.map(split, batch)
+      shapes = jax.eval_shape(micro_step, jax.tree.map(lambda x: x[0], batches))
+      zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+      (loss_sum, weight_sum, metrics, grads), _ = jax.lax.scan(accumulate, zeros, batches)
 
-    denominator = jnp.maximum(tokens, 1.0)
+    denominator = jnp.maximum(weight_sum, 1.0)
     grads = jax.tree.map(lambda g: g / denominator, grads)
     if gathered is not None:
       grads = jax.lax.with_sharding_constraint(grads, param_shardings)
-    return ce_sum / denominator, tokens, grads
+    metrics = {name: value / denominator for name, value in metrics.items()}
+    return loss_sum / denominator, weight_sum, metrics, grads
 
   def train(state, batch, lr):
-    loss, tokens, grads = grads_of(state, batch)
+    loss, weight, metrics, grads = grads_of(state, batch)
     train_state = nnx.merge(graphdef, state)
     set_learning_rate(train_state.optimizer, lr)
     train_state.optimizer.update(train_state.model, grads)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "loss_tokens": tokens}
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
+               "loss_tokens": weight}
     return nnx.state(train_state), metrics
 
   def loss_and_grads(state, batch):
-    loss, _, grads = grads_of(state, batch)
+    loss, _, _, grads = grads_of(state, batch)
     return loss, grads
 
   train_jit = jax.jit(train, in_shardings=(shardings, batch_sharding, None),

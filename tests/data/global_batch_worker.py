@@ -21,7 +21,8 @@ if processes > 1:
 
 from jax.experimental import multihost_utils  # noqa: E402
 
-from llama3_jax.data.loader import Loader, process_rows, to_global  # noqa: E402
+from llama3_jax.data.batches import Batches  # noqa: E402
+from llama3_jax.data.loader import Loader  # noqa: E402
 from llama3_jax.model import SIZES  # noqa: E402
 from llama3_jax.optim.schedules import Stage  # noqa: E402
 from llama3_jax.sharding import MeshConfig, make_mesh, make_rules  # noqa: E402
@@ -31,15 +32,14 @@ mesh = make_mesh(MeshConfig(**json.loads(mesh_json)))
 sharding = jax.sharding.NamedSharding(mesh, batch_spec(make_rules(SIZES["debug"],
                                                                   dict(mesh.shape))))
 loader = Loader(data_dir, seed=0, streams=8, vocab_size=512)
+batches = Batches(loader, sharding)
 schedule = [(0, Stage(10, 16 * 32, 32))] * 2 + [(1, Stage(None, 32 * 64, 64))] * 2
 saved = {}
 for step, (index, stage) in enumerate(schedule):
-  rows = process_rows(sharding, stage.batch_size, stage.seq_len)
-  local = loader.next_batch(index, stage, rows)
-  batch = to_global(local, sharding, stage.batch_size)
-  for key, value in batch.items():
+  batches.set_stage(index, stage)
+  for key, value in next(batches).items():
     saved[f"{step}/{key}"] = np.asarray(multihost_utils.process_allgather(value, tiled=True))
-tokens = multihost_utils.process_allgather(
-    np.array(list(loader.tokens_per_source().values())))
+tokens = batches.log_fields()   # summed over processes
 if process_id == 0:
-  np.savez(out, tokens=tokens.reshape(-1, len(loader.sources)).sum(0), **saved)
+  np.savez(out, tokens=np.array([tokens[f"data/{name}_tokens"] for name in loader.sources]),
+           **saved)

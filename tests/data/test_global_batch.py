@@ -11,6 +11,8 @@ import pytest
 
 from llama3_jax.data.corpus import embedded_corpus
 
+pytestmark = pytest.mark.slow   # subprocess jobs: outside the fast core
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 WORKER = pathlib.Path(__file__).with_name("global_batch_worker.py")
 

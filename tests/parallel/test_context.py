@@ -16,12 +16,11 @@ from flax import linen
 from llama3_jax.model import ModelConfig
 from llama3_jax.model.attention_ops import reference_attention
 from llama3_jax.model.transformer import segment_positions
-from llama3_jax.optim.optimizer import build_optimizer
 from llama3_jax.parallel import context
 from llama3_jax.sharding import MeshConfig, ShardingConfig, make_mesh, make_rules, validate
 from llama3_jax.sharding.hlo import axis_groups, collectives
-from llama3_jax.train.state import init_train_state
-from llama3_jax.train.step import make_step_fns
+from llama3_jax.train.setup import setup
+from tests.helpers import max_rel_error
 
 # Heads 4 and KV heads 2 split by tensor 2; tensor 4 replicates KV heads. Blockwise attention
 # with blocks (3, 5) that divide neither the chunks nor the local sequence: ragged blocks,
@@ -31,7 +30,14 @@ MODEL = ModelConfig(vocab_size=64, d_model=24, n_layers=2, n_heads=4, n_kv_heads
                     attention_block_kv=5)
 T = 32          # 2 * context divides it for context 2, 4, 8 (chunks of 8, 4, 2 tokens)
 RTOL = 1e-5
-MEASURED = {}   # max relative errors, printed at the end of the module (pytest -s)
+MEASURED = {}   # max relative errors, printed after the module's tests (pytest -s)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_measured_errors():
+  yield
+  for name, (loss, grads) in sorted(MEASURED.items()):
+    print(f"{name:36s} loss {loss:.1e}  grads {grads:.1e}")
 
 
 def make_batch(B=4, positions=False):
@@ -52,11 +58,8 @@ def make_batch(B=4, positions=False):
 
 
 def step_fns(mesh_config, sharding=ShardingConfig(), model=MODEL, devices=None):
-  devices = jax.devices() if devices is None else devices
-  mesh = make_mesh(mesh_config, devices)
-  rules = make_rules(model, mesh_config.sizes(len(devices)), sharding)
-  graphdef, state, shardings = init_train_state(model, build_optimizer(), mesh, rules)
-  return mesh, rules, state, make_step_fns(graphdef, shardings, mesh, rules, sharding)
+  s = setup(model, mesh_config, sharding=sharding, devices=devices)
+  return s.mesh, s.rules, s.init_state(), s.fns
 
 
 def loss_and_grads(mesh_config, sharding=ShardingConfig(), model=MODEL, devices=None,
@@ -69,12 +72,6 @@ def loss_and_grads(mesh_config, sharding=ShardingConfig(), model=MODEL, devices=
 @functools.cache
 def unsharded(model=MODEL):
   return loss_and_grads(MeshConfig(fsdp=1), model=model, devices=jax.devices()[:1])
-
-
-def max_rel_error(a, b) -> float:
-  errors = [np.abs(np.asarray(x) - np.asarray(y)).max() / np.abs(np.asarray(y)).max()
-            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)]
-  return max(errors)
 
 
 def assert_equal_runs(run, reference, name):
@@ -99,7 +96,9 @@ def context_run(mesh, schedule="all_gather"):
                         positions=mesh == "context8")
 
 
-@pytest.mark.parametrize("mesh", MESHES)
+@pytest.mark.parametrize("mesh", [
+    pytest.param("context2_fsdp4", marks=pytest.mark.slow),
+    pytest.param("context4_fsdp2", marks=pytest.mark.slow), "context8", "context2_tensor2_fsdp2"])
 def test_context_parallel_equals_unsharded(mesh):
   assert_equal_runs(context_run(mesh), unsharded(), f"all_gather {mesh}")
 
@@ -184,9 +183,3 @@ def test_kv_all_gathered_only_over_context():
   assert sum(c.op == "all-gather" and c.groups == groups and c.shape.startswith(kv_shape)
              for c in ops) == 2
   assert sum(c.op == "reduce-scatter" and c.groups == groups for c in ops) == 2
-
-
-def test_report_measured_errors():
-  """Runs last: prints the max relative errors measured above (visible with pytest -s)."""
-  for name, (loss, grads) in sorted(MEASURED.items()):
-    print(f"{name:36s} loss {loss:.1e}  grads {grads:.1e}")

@@ -111,8 +111,17 @@ def test_fault_specs():
   assert [(f.step, f.what) for f in faults.kills] == [(2, "before")]
   assert [(f.step, f.what) for f in faults.sleeps] == [(3, "0.5")]
   batch = {"targets": np.zeros((2, 4), np.int32), "loss_mask": np.ones((2, 4), np.float32)}
-  assert np.isnan(faults.poison(batch, 5)["loss_mask"]).all()
-  assert faults.poison(batch, 4) is batch
+
+  class Source:
+    fields = ("targets", "loss_mask")
+    def read(self, number, stage_index, stage, rows):
+      return batch
+
+  source = faults.wrap(Source())
+  assert np.isnan(source.read(5, 0, None, (0, 2))["loss_mask"]).all()
+  assert source.read(4, 0, None, (0, 2)) is batch
+  assert source.fields == Source.fields
+  assert Faults({}, process=0).wrap(batch) is batch   # no NaN batches: nothing wrapped
   with pytest.raises(ValueError, match="STEP:WHAT"):
     Faults({"kill": "soon"}, process=0, attempt=0)
   with pytest.raises(ValueError, match="moment 'later'"):

@@ -11,6 +11,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from llama3_jax.runtime.watchdog import EXIT_HANG
 from llama3_jax.train.loop import train
@@ -49,6 +50,7 @@ def test_nan_is_skipped_and_counted_and_k_in_a_row_roll_back(tmp_path):
   assert goodput["skipped_s"] > 0 and goodput["restore_s"] > 0
 
 
+@pytest.mark.slow
 def test_a_hung_step_dumps_stacks_and_exits_for_a_restart(job_env, tmp_path):
   command = [sys.executable, "-m", "experiments.pretrain", "--config=tests/runtime/tiny_config.py",
              f"--workdir={tmp_path}", "--config.runtime.watchdog_s=3",

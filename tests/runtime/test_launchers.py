@@ -57,6 +57,7 @@ def test_inconsistent_variables_fail_in_one_line(env, message):
   assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_pretrain_reports_bad_variables_in_one_line(tmp_path):
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "5",
          "JAX_COORDINATOR_ADDRESS": "127.0.0.1:1"}
@@ -109,6 +110,7 @@ def launch(*argv, **kwargs):
                         capture_output=True, text=True, timeout=120, **kwargs)
 
 
+@pytest.mark.slow
 def test_launcher_restarts_the_whole_job_until_it_succeeds():
   start = time.monotonic()
   result = launch("--processes", "2", "--devices-per-process", "1", "--restart-delay-s", "0",
@@ -122,6 +124,7 @@ def test_launcher_restarts_the_whole_job_until_it_succeeds():
   assert "process 1 exited with 7" in result.stderr
 
 
+@pytest.mark.slow
 def test_launcher_gives_up_and_keeps_config_errors():
   failing = launch("--processes", "1", "--devices-per-process", "1", "--max-restarts", "1",
                    "--restart-delay-s", "0", "--", sys.executable, "-c", "import sys; sys.exit(9)")
@@ -131,6 +134,7 @@ def test_launcher_gives_up_and_keeps_config_errors():
   assert config_error.returncode == 2 and "restart" not in config_error.stderr
 
 
+@pytest.mark.slow
 def test_launcher_forwards_sigterm():
   job = ("import signal, sys, time\n"
          "signal.signal(signal.SIGTERM, lambda *a: (print('saving', flush=True), sys.exit(0)))\n"
@@ -167,6 +171,7 @@ def recorded_env(tmp_path) -> dict:
   return dict(line.split("=", 1) for line in lines if "=" in line)
 
 
+@pytest.mark.slow
 def test_slurm_script_launches_pretrain_with_the_gpu_settings(tmp_path):
   script = ROOT / "launch" / "slurm" / "pretrain.sbatch"
   result = subprocess.run(["bash", str(script), "--workdir", "/shared/run"], capture_output=True,
@@ -190,6 +195,7 @@ def test_slurm_script_launches_pretrain_with_the_gpu_settings(tmp_path):
   assert check.returncode == 0, check.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_slurm_one_task_per_node_sees_all_gpus(tmp_path):
   script = ROOT / "launch" / "slurm" / "pretrain.sbatch"
   env = {**fake_srun(tmp_path), "SLURM_NTASKS_PER_NODE": "1", "SLURM_GPUS_ON_NODE": "8"}

@@ -28,6 +28,8 @@ import pytest
 from llama3_jax.runtime.goodput import CATEGORIES, Timeline
 from llama3_jax.train.metrics import read_metrics
 
+pytestmark = pytest.mark.slow   # subprocess jobs: outside the fast core
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = "tests/runtime/tiny_config.py"
 

@@ -5,10 +5,12 @@ import re
 
 import nbclient
 import nbformat
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_inspect_sharding_notebook_executes():
   notebook = nbformat.read(ROOT / "notebooks" / "inspect_sharding.ipynb", as_version=4)
   nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",

@@ -2,7 +2,7 @@
 
 fp32 on CPU: sharded runs differ from one device only in the order of reductions (psums of
 partial sums), ~1e-7 relative; 1e-5 relative leaves a wide margin and still catches any wrong
-layout (a mis-sharded weight gives O(1) differences).
+layout (a mis-sharded weight gives O(1) differences). Helpers: tests/helpers.py.
 """
 
 import functools
@@ -13,51 +13,22 @@ import pytest
 from flax import linen
 
 from llama3_jax.model import ModelConfig
-from llama3_jax.optim.optimizer import build_optimizer
-from llama3_jax.sharding import MeshConfig, ShardingConfig, make_mesh, make_rules
+from llama3_jax.sharding import MeshConfig, ShardingConfig, make_rules
 from llama3_jax.sharding.hlo import axis_groups, collectives, traffic
 from llama3_jax.sharding.inspect import sharding_report
 from llama3_jax.sharding.rules import vocab_over_fsdp_pays
-from llama3_jax.train.state import init_train_state
-from llama3_jax.train.step import make_step_fns
+from llama3_jax.train.setup import setup
+from tests.helpers import (LR, OPTIMIZER, assert_same_training, lm_batch,
+                           train_steps)
 
 # Heads, FFN and vocab split by tensor 2 and 4; d_model by fsdp 2, 4 and 8.
 MODEL = ModelConfig(vocab_size=96, d_model=40, n_layers=2, n_heads=8, n_kv_heads=4,
                     head_dim=6, ffn_dim=72, init_std=0.2)
-RTOL = 1e-5
-# Adam divides by sqrt(v) + eps: with the default eps=1e-8 a gradient element at the ~1e-8
-# reduction-order noise level moves its weight by a full `lr` in either direction, so parameters
-# after a few steps would differ by O(lr) for reasons that have nothing to do with sharding.
-# eps=1e-3 bounds that amplification (lr / eps = 10) while every moment is still sharded and
-# updated exactly as in training.
-OPTIMIZER = build_optimizer(eps=1e-3)
-LR = 1e-2
 REMAT_WARNING = "Involuntary full rematerialization"
 
 
-def make_batch(seed=0, B=8, T=16):
-  r = np.random.RandomState(seed)
-  tokens = r.randint(0, MODEL.vocab_size, (B, T + 1))
-  segments = np.repeat([[1, 2, 3]], [5, 7, T - 12], axis=1).repeat(B, axis=0)
-  mask = np.ones((B, T), np.float32)
-  mask[:, -3:] = 0   # padding at the end of each row
-  return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "segment_ids": segments,
-          "loss_mask": mask}
-
-
-def run(mesh_config, sharding=ShardingConfig(), model=MODEL, devices=None, steps=3):
-  devices = jax.devices() if devices is None else devices
-  mesh = make_mesh(mesh_config, devices)
-  rules = make_rules(model, mesh_config.sizes(len(devices)), sharding)
-  graphdef, state, shardings = init_train_state(model, OPTIMIZER, mesh, rules, seed=0)
-  fns = make_step_fns(graphdef, shardings, mesh, rules, sharding)
-  loss, grads = fns.loss_and_grads(state, make_batch())
-  losses = []
-  for i in range(steps):
-    state, metrics = fns.train(state, make_batch(seed=i), LR)
-    losses.append(float(metrics["loss"]))
-  params = jax.device_get(state["model"])
-  return float(loss), jax.device_get(grads), losses, params
+def run(mesh_config, sharding=ShardingConfig(), model=MODEL, devices=None):
+  return train_steps(model, mesh_config, sharding, devices=devices)
 
 
 @functools.cache
@@ -65,20 +36,9 @@ def single_device(model=MODEL):
   return run(MeshConfig(fsdp=1), model=model, devices=jax.devices()[:1])
 
 
-def assert_trees_close(a, b, rtol=RTOL):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    x, y = np.asarray(x), np.asarray(y)
-    assert np.abs(x - y).max() <= rtol * np.abs(y).max(), np.abs(x - y).max()
-
-
 def assert_like_single_device(result, model=MODEL):
   """Loss and gradients of one batch, losses and parameters after 3 AdamW steps."""
-  loss, grads, losses, params = result
-  ref_loss, ref_grads, ref_losses, ref_params = single_device(model)
-  np.testing.assert_allclose(loss, ref_loss, rtol=RTOL)
-  assert_trees_close(grads, ref_grads)
-  np.testing.assert_allclose(losses, ref_losses, rtol=RTOL)
-  assert_trees_close(params, ref_params)
+  assert_same_training(result, single_device(model))
 
 
 MESHES = {
@@ -90,20 +50,27 @@ MESHES = {
 }
 
 
-@pytest.mark.parametrize("fsdp_mode", ["zero3", "llama3"])
-@pytest.mark.parametrize("mesh", MESHES)
+# The fast core keeps two layouts that between them shard every axis in both FSDP modes.
+FAST = {("fsdp8", "zero3"), ("data2_fsdp2_tensor2", "llama3")}
+
+
+@pytest.mark.parametrize("mesh, fsdp_mode", [
+    pytest.param(mesh, mode, marks=() if (mesh, mode) in FAST else pytest.mark.slow)
+    for mode in ("zero3", "llama3") for mesh in MESHES])
 def test_sharded_equals_single_device(mesh, fsdp_mode, capfd):
   assert_like_single_device(run(MESHES[mesh], ShardingConfig(fsdp_mode)))
   assert REMAT_WARNING not in capfd.readouterr().err
 
 
-@pytest.mark.parametrize("mesh", ["fsdp2_tensor4", "data2_fsdp2_tensor2"])
+@pytest.mark.parametrize("mesh", [pytest.param("fsdp2_tensor4", marks=pytest.mark.slow),
+                                  "data2_fsdp2_tensor2"])
 def test_sequence_parallel_equals_single_device(mesh, capfd):
   assert_like_single_device(run(MESHES[mesh], ShardingConfig(sequence_parallel=True)))
   assert REMAT_WARNING not in capfd.readouterr().err
 
 
-@pytest.mark.parametrize("mesh", ["fsdp8", "data2_fsdp2_tensor2"])
+@pytest.mark.parametrize("mesh", [pytest.param("fsdp8", marks=pytest.mark.slow),
+                                  "data2_fsdp2_tensor2"])
 def test_vocab_over_fsdp_equals_single_device(mesh, capfd):
   assert_like_single_device(run(MESHES[mesh], ShardingConfig(vocab_over_fsdp=True)))
   assert REMAT_WARNING not in capfd.readouterr().err
@@ -133,29 +100,29 @@ def test_vocab_over_fsdp_pays_while_the_group_holds_fewer_tokens_than_the_vocabu
   assert not vocab_over_fsdp_pays(512, 16 * 256, {"fsdp": 4, "tensor": 2})
   assert not vocab_over_fsdp_pays(128256, 4096 * 1024, {"fsdp": 64, "tensor": 8})   # 8B
   assert not vocab_over_fsdp_pays(32000, 2048, {"data": 8})         # no fsdp axis
-  with pytest.raises(ValueError, match="vocab_over_fsdp"):
-    ShardingConfig(vocab_over_fsdp="auto")
+  auto = ShardingConfig(vocab_over_fsdp="auto")
+  assert auto.resolve(32000, 8 * 256, {"fsdp": 8}).vocab_over_fsdp is True
+  assert auto.resolve(512, 16 * 256, {"fsdp": 4, "tensor": 2}).vocab_over_fsdp is False
+  with pytest.raises(ValueError, match="undecided; call ShardingConfig.resolve"):
+    make_rules(MODEL, {"fsdp": 8}, auto)
+  with pytest.raises(ValueError, match="use True, False or 'auto'"):
+    ShardingConfig(vocab_over_fsdp="sometimes")
 
 
+@pytest.mark.slow   # the fast core checks replicated KV heads under context parallelism
 def test_replicated_kv_heads_equal_single_device():
   """tensor=4 > 2 KV heads: each KV head is replicated on two tensor ranks."""
   model = MODEL.replace(n_kv_heads=2)
-  loss, grads, _, params = run(MeshConfig(fsdp=2, tensor=4), model=model)
-  ref_loss, ref_grads, _, ref_params = single_device(model)
-  np.testing.assert_allclose(loss, ref_loss, rtol=RTOL)
-  assert_trees_close(grads, ref_grads)
-  assert_trees_close(params, ref_params)
+  assert_like_single_device(run(MeshConfig(fsdp=2, tensor=4), model=model), model)
 
 
 def compiled_train_step(mesh_config, sharding=ShardingConfig(), model=MODEL):
-  mesh = make_mesh(mesh_config)
-  rules = make_rules(model, mesh_config.sizes(8), sharding)
-  graphdef, state, shardings = init_train_state(model, OPTIMIZER, mesh, rules)
-  fns = make_step_fns(graphdef, shardings, mesh, rules, sharding)
-  batch = jax.device_put(make_batch(), fns.batch_sharding)
-  with jax.set_mesh(mesh), linen.logical_axis_rules(rules):
-    hlo = fns.train.jitted.lower(state, batch, LR).compile().as_text()
-  return mesh, state, rules, hlo
+  s = setup(model, mesh_config, sharding=sharding, optimizer=OPTIMIZER)
+  state = s.init_state()
+  batch = jax.device_put(lm_batch(model.vocab_size), s.fns.batch_sharding)
+  with jax.set_mesh(s.mesh), linen.logical_axis_rules(s.rules):
+    hlo = s.fns.train.jitted.lower(state, batch, LR).compile().as_text()
+  return s.mesh, state, s.rules, hlo
 
 
 def test_tensor_parallel_collectives():
@@ -187,7 +154,8 @@ def test_fsdp_modes_gather_weights_once_or_twice():
     assert reduced >= param_bytes
 
 
-@pytest.mark.parametrize("mesh", ["fsdp8", "data2_fsdp4", "fsdp2_tensor4"])
+@pytest.mark.parametrize("mesh", ["fsdp8", pytest.param("data2_fsdp4", marks=pytest.mark.slow),
+                                  pytest.param("fsdp2_tensor4", marks=pytest.mark.slow)])
 def test_bytes_per_device_match_the_arrays(mesh):
   """The inspection report's bytes per device equal the real shards, e.g. 1/8 under fsdp8."""
   mesh_obj, state, rules, _ = compiled_train_step(MESHES[mesh])

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from llama3_jax.model import ModelConfig
-from llama3_jax.optim.optimizer import build_optimizer
-from llama3_jax.sharding import MeshConfig, ShardingConfig, make_mesh, make_rules
-from llama3_jax.train.state import init_train_state
-from llama3_jax.train.step import make_step_fns
+from llama3_jax.sharding import MeshConfig, ShardingConfig
+from llama3_jax.train.setup import setup
+from tests.helpers import assert_trees_close
 
 MODEL = ModelConfig(vocab_size=64, d_model=24, n_layers=2, n_heads=4, n_kv_heads=2,
                     head_dim=6, ffn_dim=40, init_std=0.2)
@@ -30,15 +29,11 @@ def batch():
 
 @pytest.mark.parametrize("fsdp_mode", ["zero3", "llama3"])
 def test_four_micro_batches_equal_one_batch(fsdp_mode):
-  mesh_config, sharding = MeshConfig(fsdp=8), ShardingConfig(fsdp_mode)
-  mesh = make_mesh(mesh_config)
-  rules = make_rules(MODEL, mesh_config.sizes(8), sharding)
-  graphdef, state, shardings = init_train_state(MODEL, build_optimizer(), mesh, rules)
-  results = []
+  results, state = [], None
   for micro in (1, 4):
-    fns = make_step_fns(graphdef, shardings, mesh, rules, sharding, micro_batches=micro)
-    results.append(jax.device_get(fns.loss_and_grads(state, batch())))
+    s = setup(MODEL, MeshConfig(fsdp=8), sharding=ShardingConfig(fsdp_mode), micro_batches=micro)
+    state = s.init_state() if state is None else state   # the same parameters for both
+    results.append(jax.device_get(s.fns.loss_and_grads(state, batch())))
   (loss, grads), (loss4, grads4) = results
   np.testing.assert_allclose(loss4, loss, rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(grads4), jax.tree.leaves(grads), strict=True):
-    assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+  assert_trees_close(grads4, grads)

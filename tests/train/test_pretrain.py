@@ -4,7 +4,6 @@ In-process runs use the 8 fake devices of conftest.py; the signal and command-li
 `python -m experiments.pretrain` as a user would.
 """
 
-import json
 import os
 import pathlib
 import signal
@@ -17,26 +16,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from experiments.configs.llama3_debug import base_config
 from llama3_jax.checkpoint.averaging import average_checkpoints
 from llama3_jax.train.loop import train
 from llama3_jax.train.metrics import read_metrics
+from tests.helpers import tiny_run_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"   # jax.monitoring's name
 
 
-def tiny_config(steps=6, **mesh):
-  c = base_config()
-  c.model.update(vocab_size=512, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
-                 ffn_dim=48, max_seq_len=64)
-  c.mesh.update({"fsdp": -1, **mesh})
-  c.train.update(steps=steps, stages=((3 * 8 * 16, 8 * 16, 16), (None, 8 * 32, 32)),
-                 warmup_tokens=2 * 128, anneal_tokens=2 * 256, peak_lr=1e-2)
-  c.checkpoint.update(every_steps=1, max_to_keep=20, async_save=True)
-  c.log.every_steps = 1
-  c.mfu.peak_flops = 1e12
-  return c
+tiny_config = tiny_run_config
 
 
 def losses(workdir):
@@ -93,6 +82,7 @@ def test_resume_is_bit_identical(straight_run, tmp_path):
   assert train(tiny_config(steps=6), tmp_path)["complete"]
 
 
+@pytest.mark.slow
 def test_resume_on_another_mesh(straight_run, tmp_path):
   workdir, _ = straight_run
   first = tiny_config(steps=3)            # fsdp 8
@@ -103,6 +93,7 @@ def test_resume_on_another_mesh(straight_run, tmp_path):
     np.testing.assert_allclose([loss, norm], [ref_loss, ref_norm], rtol=1e-5, err_msg=step)
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_skipped(straight_run, tmp_path):
   workdir, _ = straight_run
   first = tiny_config(steps=4)
@@ -140,6 +131,7 @@ def launch(*args, cwd=ROOT):
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
   small = ["--config.model.n_layers=2", "--config.train.steps=400",
            "--config.log.every_steps=1", "--config.checkpoint.every_steps=1000",
@@ -173,3 +165,18 @@ def test_bad_config_fails_clearly(args, message, tmp_path):
   assert process.returncode != 0
   assert message in err
   assert "Traceback" not in err
+
+
+def test_resuming_another_model_is_a_clear_error_that_keeps_the_checkpoints(tmp_path):
+  first = tiny_config(steps=2)
+  first.train.schedule_steps = 6
+  train(first, tmp_path)
+  before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+  rows = (tmp_path / "metrics.jsonl").read_text()
+  other = tiny_config(steps=6)
+  other.model.n_layers = 3
+  with pytest.raises(ValueError, match=r"another model \(n_layers=2 \(now 3\)\); use a new "
+                                       "--workdir"):
+    train(other, tmp_path)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before   # none set aside
+  assert (tmp_path / "metrics.jsonl").read_text() == rows

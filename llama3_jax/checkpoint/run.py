@@ -1,0 +1,120 @@
+"""A training run's checkpoints: what each one holds, resume and rollback, Polyak averaging.
+
+    checkpoints = RunCheckpoints(workdir, config, setup, batches, plan, meta={...}, faults=...)
+    step, state, meta = checkpoints.restore()          # newest readable one, or (0, new, {})
+    checkpoints.save(step, state, rollbacks=n)          # every N steps, at the end, on SIGTERM
+    checkpoints.close()                                 # waits for the saves
+    checkpoints.export_average()                        # the anneal's mean: averaged_params/
+
+A checkpoint holds the state, the data iterator's place (its per-stream states, and
+`data_skip`: batches read minus steps, non-zero after a rollback skipped data), and a JSON
+`meta` (tokens, seed, the config, the resolved model). During the final anneal each saved
+checkpoint's parameters are folded into a running mean (Llama 3 released that average, report
+§3.4.3); the average is checkpointed with the state so a resumed run averages the same ones.
+"""
+
+import dataclasses
+import logging
+import pathlib
+
+import orbax.checkpoint as ocp
+
+from llama3_jax.checkpoint.averaging import polyak_update
+from llama3_jax.checkpoint.manager import Checkpointer
+
+log = logging.getLogger(__name__)
+
+
+class RunCheckpoints:
+
+  def __init__(self, workdir: pathlib.Path, config, setup, batches, plan, *, meta: dict,
+               faults):
+    self.workdir, self.setup, self.batches, self.plan = workdir, setup, batches, plan
+    self.faults, self.base_meta = faults, meta
+    self.checkpointer = Checkpointer(
+        workdir / "checkpoints", max_to_keep=config.max_to_keep,
+        keep_period=config.keep_period, async_save=config.async_save)
+    self.average, self.averaged = None, 0   # the running mean over the anneal, and its count
+
+  @property
+  def directory(self) -> pathlib.Path:
+    return self.checkpointer.directory
+
+  def latest_step(self) -> int:
+    return self.checkpointer.latest_step() or 0
+
+  def restore(self, at_most: int | None = None, data: bool = True):
+    """(step, state, meta) of the newest readable checkpoint (at most `at_most`), or of a new
+    state (0, ..., {}). With `data`, the batch iterator resumes where that checkpoint was."""
+    streams = self.batches.source.state_streams if data else ()
+    restored = self.checkpointer.restore_latest(
+        self.setup.abstract_state, self.setup.abstract_model, data_streams=streams,
+        at_most=at_most, check=self._same_model)
+    if restored is None:
+      self.average, self.averaged = None, 0
+      if data:
+        self.batches.set_state(0, {}, self.plan.stages)
+      return 0, self.setup.init_state(), {}
+    step, state, meta, self.average, data_state = restored
+    self.averaged = meta.get("averaged", 0)
+    if data:
+      self.batches.set_state(step + meta.get("data_skip", 0), data_state, self.plan.stages)
+    return step, state, meta
+
+  def _same_model(self, meta: dict) -> None:
+    saved, now = meta.get("model"), self.base_meta["model"]
+    if saved is not None and saved != now:
+      fields = ", ".join(f"{k}={saved.get(k)} (now {now.get(k)})" for k in now
+                         if saved.get(k) != now.get(k))
+      raise ValueError(f"{self.workdir} holds checkpoints of another model ({fields}); use a "
+                       "new --workdir, or the model config the checkpoints were made with")
+
+  def rollback(self, before: int):
+    """Back to the newest checkpoint at or before step `before`; later ones are deleted (they
+    are another history). The batch iterator keeps its place: the steps after read new data."""
+    self.checkpointer.wait()
+    step, state, meta = self.restore(at_most=before, data=False)
+    self.checkpointer.delete_after(step)
+    return step, state, meta
+
+  def save(self, done: int, state, **meta) -> None:
+    plan = self.plan
+    if plan.anneal_tokens and plan.tokens[done] > plan.anneal_from:
+      self.averaged += 1
+      # (a fresh array even for the first: `state` is donated to the next step)
+      self.average = polyak_update(state["model"] if self.average is None else self.average,
+                                   state["model"], self.averaged)
+    data_state = self.batches.get_state()
+    meta = {**self.base_meta, **meta, "step": done, "tokens": plan.tokens[done],
+            "averaged": self.averaged, "has_average": self.average is not None,
+            "has_data": data_state is not None, "data_skip": self.batches.position - done}
+    self.checkpointer.save(done, state, meta, self.average, data_state)
+    self.faults.kill(done, "during", self.directory)
+    self.faults.kill(done, "after", self.directory)
+
+  def close(self) -> None:
+    self.checkpointer.close()
+
+  def export_average(self) -> dict:
+    """Writes the averaged parameters (every process its shards) to WORKDIR/averaged_params;
+    what it did, for the run's summary."""
+    if self.average is None:
+      return {}
+    exporter = ocp.StandardCheckpointer()
+    exporter.save((self.workdir / "averaged_params").resolve(), self.average, force=True)
+    exporter.wait_until_finished()
+    return {"averaged_checkpoints": self.averaged}
+
+
+def model_meta(model_config) -> dict:
+  """The resolved model, as saved in every checkpoint's meta and compared on resume."""
+  return json_safe(dataclasses.asdict(model_config))
+
+
+def json_safe(x):
+  """Tuples as lists, as JSON gives them back (so a saved value compares equal)."""
+  if isinstance(x, dict):
+    return {k: json_safe(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [json_safe(v) for v in x]
+  return x

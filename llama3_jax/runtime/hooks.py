@@ -1,0 +1,53 @@
+"""What the training loop tells the parts around it: one small interface, one job per hook.
+
+    class MyHook(Hook):
+      def after_step(self, result): ...
+
+The loop (llama3_jax/train/loop.py) calls every hook, on every JAX process, in the order given:
+`before_step` before a step is dispatched, `dispatched` once it runs on the devices (with an
+output array of it, not yet on the host), `after_step` once its metrics are on the host,
+`log_fields` at logging steps (fields for the metrics row; a collective may run there, since
+every process calls it at the same step), `after_save` after a checkpoint save was started, and
+`after_rollback` when the run went back to an earlier checkpoint. Hooks with one job each:
+metrics rows and writers (train/metrics.py), goodput, stragglers, the hang watchdog and the
+profiler (runtime/).
+"""
+
+import dataclasses
+
+import numpy as np
+
+from llama3_jax.optim.schedules import Stage
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+  step: int                        # steps done (1-based: the step that just finished)
+  stage: Stage
+  values: dict[str, np.ndarray]    # the step's metrics, on the host
+  compiled: bool                   # the step compiled (a new batch shape)
+  skipped: bool                    # its update was refused as non-finite
+  step_s: float                    # wall time of the step, host work included
+  host_s: float                    # the part spent on the host before the step was dispatched
+
+
+class Hook:
+  """No-op defaults: a hook overrides what it needs."""
+
+  def before_step(self, step: int, compiles: bool) -> None:
+    """Step `step` (1-based) is about to run; `compiles`: a new batch shape."""
+
+  def dispatched(self, output) -> None:
+    pass
+
+  def after_step(self, result: StepResult) -> None:
+    pass
+
+  def log_fields(self, result: StepResult) -> dict:
+    return {}
+
+  def after_save(self, step: int) -> None:
+    pass
+
+  def after_rollback(self, step: int) -> None:
+    pass

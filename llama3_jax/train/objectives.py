@@ -1,0 +1,42 @@
+"""Training objectives: what the one train step minimises, and what it needs to do so.
+
+An objective is a small object with
+  fields      the batch fields it reads, name -> dtype (llama3_jax/data/batches.py builds and
+              checks batches, and the abstract batch for compiling ahead, from it);
+  init_model  (model_config, rngs) -> the nnx.Module it trains (an LM head, later a reward
+              head);
+  loss_sums   (model, batch, run_blocks) -> (loss_sum, weight_sum, metric_sums): sums over the
+              batch's rows. The step adds them over micro-batches and divides by the weight of
+              the whole global batch, so micro-batching, data and context parallelism all give
+              the same loss and gradients. Each metric is a sum reported divided by the same
+              weight. `run_blocks` runs the layer stack (the pipeline when there is one); pass
+              it to the model.
+
+Pre-training's next-token cross-entropy is the first; supervised fine-tuning, DPO and the
+reward model are further objectives of the same loop (llama3_jax/train/loop.py), not new loops.
+"""
+
+import jax.numpy as jnp
+import optax
+
+from llama3_jax.data.batches import LM_FIELDS
+from llama3_jax.model import Transformer
+
+
+class NextTokenLoss:
+  """Cross-entropy of the next token, weighted by `loss_mask` (0 for padding and for the last
+  token of each document, whose next token belongs to another)."""
+  fields = LM_FIELDS
+
+  def init_model(self, model_config, rngs) -> Transformer:
+    return Transformer(model_config, rngs=rngs)
+
+  def loss_sums(self, model, batch, run_blocks=None):
+    logits_btv = model(batch["inputs"], batch.get("segment_ids"), batch.get("positions"),
+                       batch.get("indices"), run_blocks=run_blocks)
+    ce_bt = optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch["targets"])
+    mask_bt = batch.get("loss_mask", jnp.ones_like(ce_bt)).astype(jnp.float32)
+    return (ce_bt * mask_bt).sum(), mask_bt.sum(), {}
+
+
+NEXT_TOKEN = NextTokenLoss()

@@ -1,0 +1,92 @@
+"""Everything a run derives from its config before any device work, checked with clear errors.
+
+    plan = make_plan(run_config(cfg), n_devices=jax.device_count())
+
+The model (its size plus overrides), the mesh, the sharding with "auto" decided, the stages,
+the token count before every step of the schedule's horizon, and the warm-up and anneal in
+tokens. A ValueError names the problem and the fix; a warm-up and anneal given in tokens that
+do not fit a short run (a first smoke run of a few steps) are scaled down with a warning.
+"""
+
+import dataclasses
+import logging
+
+from llama3_jax.model import ModelConfig
+from llama3_jax.optim.schedules import Stage, tokens_after, validate_stages
+from llama3_jax.sharding import MeshConfig, ShardingConfig, validate
+from llama3_jax.train.config import RunConfig
+
+log = logging.getLogger(__name__)
+
+# A warm-up plus anneal in tokens that overflow the run is scaled to this share of it.
+SHORT_RUN_SHARE = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  model: ModelConfig
+  mesh: MeshConfig
+  sharding: ShardingConfig        # vocab_over_fsdp decided
+  stages: tuple[Stage, ...]
+  steps: int
+  tokens: list[int]               # tokens seen before each step of the schedule's horizon
+  warmup_tokens: int
+  anneal_tokens: int
+
+  @property
+  def anneal_from(self) -> int:
+    """Tokens at which the final anneal (and checkpoint averaging) starts."""
+    return self.tokens[-1] - self.anneal_tokens
+
+
+def make_plan(run: RunConfig, n_devices: int, n_processes: int = 1) -> Plan:
+  """Validates the config for `n_devices` devices over `n_processes` processes."""
+  model, train, data = run.model.resolve(), run.train, run.data
+  sizes = run.mesh.sizes(n_devices)
+  stages = train.stages
+  validate_stages(list(stages), batch_shards=sizes["data"] * sizes["fsdp"] * train.micro_batches)
+  if not data.synthetic:
+    for stage in stages:
+      if stage.batch_size % data.streams:
+        raise ValueError(f"a stage's batch of {stage.batch_size} rows is not divisible by "
+                         f"data.streams={data.streams}; make streams a divisor of every "
+                         "stage's rows")
+    if data.streams % n_processes:
+      raise ValueError(f"data.streams={data.streams} is not divisible by the {n_processes} "
+                       "processes; each process must own whole streams")
+  for stage in stages:
+    validate(run.mesh, model, n_devices=n_devices, global_batch=stage.batch_size,
+             seq_len=stage.seq_len)
+  horizon = train.schedule_steps or train.steps
+  if horizon < train.steps:
+    raise ValueError(f"train.schedule_steps={horizon} is shorter than train.steps="
+                     f"{train.steps}; make it at least as long")
+  tokens = tokens_after(list(stages), horizon)
+  warmup, anneal = warmup_and_anneal(train, tokens[-1], horizon)
+  sharding = run.sharding.resolve(model.vocab_size, max(s.batch_tokens for s in stages), sizes)
+  return Plan(model, run.mesh, sharding, stages, train.steps, tokens, warmup, anneal)
+
+
+def warmup_and_anneal(train, total_tokens: int, horizon: int) -> tuple[int, int]:
+  """The warm-up and the final anneal in tokens, for a schedule of `total_tokens`."""
+  def tokens(part):
+    fraction = getattr(train, f"{part}_fraction")
+    if fraction is not None:
+      return round(fraction * total_tokens)
+    return getattr(train, f"{part}_tokens") or 0
+
+  warmup, anneal = tokens("warmup"), tokens("anneal")
+  if warmup + anneal <= total_tokens:
+    return warmup, anneal
+  if train.warmup_fraction is not None or train.anneal_fraction is not None:
+    raise ValueError(f"the warm-up ({warmup} tokens) and the anneal ({anneal} tokens) together "
+                     f"exceed the schedule's {total_tokens} tokens; make train.warmup_* and "
+                     "train.anneal_* add up to less than the whole schedule")
+  scale = SHORT_RUN_SHARE * total_tokens / (warmup + anneal)
+  scaled = int(warmup * scale), int(anneal * scale)
+  log.warning("train.warmup_tokens=%d + train.anneal_tokens=%d exceed the %d tokens of this "
+              "%d-step schedule; scaled to %d and %d (the same ratio, %d%% of the run). Set "
+              "train.warmup_fraction / train.anneal_fraction, smaller token counts, or "
+              "train.schedule_steps to choose.", warmup, anneal, total_tokens, horizon,
+              *scaled, round(100 * SHORT_RUN_SHARE))
+  return scaled

@@ -1,0 +1,98 @@
+"""Config -> mesh, rules, sharded training state and step functions, in one call.
+
+    s = setup(model_config, MeshConfig(fsdp=4, tensor=2), sharding=ShardingConfig(),
+              optimizer=build_optimizer(), micro_batches=2)
+    state = s.init_state()                   # every array created on its devices, never gathered
+    state, metrics = s.fns.train(state, batch, lr)
+
+The launcher (llama3_jax/train/loop.py), the tests, the benchmarks and the notebooks all set a
+run up through `setup`. Nothing is allocated until `init_state`: `abstract_state` (arrays as
+ShapeDtypeStructs with their shardings) is what a checkpoint restores onto.
+"""
+
+import concurrent.futures
+import dataclasses
+import logging
+from typing import Callable
+
+import jax
+import numpy as np
+from flax import linen
+from flax import nnx
+
+from llama3_jax.checkpoint.manager import abstract_like
+from llama3_jax.optim.optimizer import build_optimizer
+from llama3_jax.sharding import (MeshConfig, ShardingConfig, make_mesh, make_rules,
+                                 state_shardings, validate)
+from llama3_jax.sharding.rules import Rules
+from llama3_jax.train.objectives import NEXT_TOKEN
+from llama3_jax.train.state import TrainState
+from llama3_jax.train.step import StepFns, make_step_fns
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  mesh: jax.sharding.Mesh
+  rules: Rules
+  graphdef: nnx.GraphDef
+  shardings: nnx.State           # NamedShardings of every array of the state
+  abstract_state: nnx.State      # ShapeDtypeStructs carrying those shardings
+  fns: StepFns
+  build: Callable[[], TrainState]
+
+  def init_state(self) -> nnx.State:
+    """A new state, each array created in its sharded layout. Random numbers do not depend on
+    the layout (JAX's partitionable threefry), so a seed gives the same parameters on any mesh."""
+    return jax.jit(lambda: nnx.split(self.build())[1], out_shardings=self.shardings)()
+
+  @property
+  def abstract_model(self):
+    return self.abstract_state["model"]
+
+  def compile_ahead(self, abstract_batch: dict, also: Callable = lambda: None):
+    """Traces and compiles the train step for `abstract_batch` in a background thread (a
+    future); `also` runs there afterwards. Meant to overlap restoring or initialising the
+    state: the first step then finds the executable in jit's caches, which ahead-of-time
+    lowering shares. It pays where compiling is a load from the persistent cache (a relaunch);
+    two real compiles at once are no faster on a small CPU (XLA already uses every core). A
+    failure only costs the head start: the step compiles when first called."""
+    def compile_step():
+      try:
+        with jax.set_mesh(self.mesh), linen.logical_axis_rules(self.rules):
+          self.fns.train.jitted.lower(self.abstract_state, abstract_batch,
+                                      np.float32(0)).compile()
+      except Exception as error:  # noqa: BLE001 - the first call compiles it instead
+        log.warning("compiling ahead failed (%s); the first step compiles", error)
+      also()
+    return concurrent.futures.ThreadPoolExecutor(1).submit(compile_step)
+
+
+def abstract_train_state(model_config, optimizer=None, objective=NEXT_TOKEN, seed: int = 0):
+  """(graphdef, abstract state, build): the state's shapes and logical axes without devices, for
+  a real mesh or an abstract one (planning 16K GPUs on a laptop); `build` makes it for real."""
+  tx = build_optimizer() if optimizer is None else optimizer
+  build = lambda: TrainState(objective.init_model(model_config, nnx.Rngs(seed)), tx)
+  graphdef, abstract = nnx.split(nnx.eval_shape(build))
+  return graphdef, abstract, build
+
+
+def setup(model_config, mesh_config: MeshConfig = MeshConfig(), *,
+          sharding: ShardingConfig = ShardingConfig(), optimizer=None, objective=NEXT_TOKEN,
+          micro_batches: int = 1, seed: int = 0, devices=None, global_batch: int | None = None,
+          seq_len: int | None = None) -> Setup:
+  """Validates the layout (ValueError naming the fix), then builds everything but the arrays.
+
+  `devices`: default all; `global_batch` / `seq_len`: checked against the mesh when given.
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  sizes = validate(mesh_config, model_config, n_devices=len(devices), global_batch=global_batch,
+                   seq_len=seq_len)
+  mesh = make_mesh(mesh_config, devices)
+  rules = make_rules(model_config, sizes, sharding)
+  graphdef, abstract, build = abstract_train_state(model_config, optimizer, objective, seed)
+  shardings = state_shardings(abstract, mesh, rules)
+  abstract = abstract_like(abstract, shardings)
+  fns = make_step_fns(graphdef, shardings, mesh, rules, sharding, micro_batches, objective)
+  return Setup(mesh, rules, graphdef, shardings, abstract, fns, build)
