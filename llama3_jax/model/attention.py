@@ -1,4 +1,10 @@
-"""Grouped-query self-attention with rotary embeddings and the document mask."""
+"""Grouped-query self-attention with rotary embeddings and the document mask.
+
+With a KV cache (decoding, llama3_jax/infer/kv_cache.py) the new tokens' keys and values are
+written into the cache at their slots (`index_bt`: each token's slot in its row) and the
+queries attend to every slot of the cache, masked by the cache's per-slot segment ids (unwritten
+slots and padding never match) and causally by slot.
+"""
 
 import jax
 from jax.ad_checkpoint import checkpoint_name
@@ -22,8 +28,13 @@ class Attention(nnx.Module):
     self.wv_dkh = param(rngs, init, (D, K, H), ("embed", "kv_heads", "head_dim"), dtype)
     self.wo_nhd = param(rngs, init, (N, H, D), ("heads", "head_dim", "embed"), dtype)
 
-  def __call__(self, x_btd, rope, segment_bt, index_bt):
-    """x [B, T, D]; rope = (cos, sin) [B, T, H/2]; segment ids and token indices [B, T]."""
+  def __call__(self, x_btd, rope, segment_bt, index_bt, cache=None):
+    """x [B, T, D]; rope = (cos, sin) [B, T, H/2]; segment ids and token indices [B, T].
+
+    cache: None (training), or (k, v) [B, S, K, H] and the cache's segment ids [B, S] already
+    holding this call's tokens; then returns (out, (k, v)) with this call's keys and values
+    written at slots `index_bt`.
+    """
     dtype = x_btd.dtype
     w = lambda p: p[...].astype(dtype)
     q_btnh = jnp.einsum("btd,dnh->btnh", x_btd, w(self.wq_dnh))
@@ -33,7 +44,20 @@ class Attention(nnx.Module):
     k_btkh = constrain(apply_rope(k_btkh, *rope), ("act_batch", "act_seq", "act_kv_heads", None))
     v_btkh = constrain(v_btkh, ("act_batch", "act_seq", "act_kv_heads", None))
 
-    out_btnh = attention_ops.self_attention(q_btnh, k_btkh, v_btkh, segment_bt, index_bt,
-                                            self.config)
-    out_btnh = checkpoint_name(out_btnh, "attn_context")
-    return jnp.einsum("btnh,nhd->btd", out_btnh, w(self.wo_nhd))
+    if cache is None:
+      out_btnh = attention_ops.self_attention(q_btnh, k_btkh, v_btkh, segment_bt, index_bt,
+                                              self.config)
+      out_btnh = checkpoint_name(out_btnh, "attn_context")
+      return jnp.einsum("btnh,nhd->btd", out_btnh, w(self.wo_nhd))
+    (k_bskh, v_bskh), kv_segment_bs = cache
+    rows_bt = jnp.broadcast_to(jnp.arange(x_btd.shape[0])[:, None], index_bt.shape)
+    k_bskh = k_bskh.at[rows_bt, index_bt].set(k_btkh.astype(k_bskh.dtype))
+    v_bskh = v_bskh.at[rows_bt, index_bt].set(v_btkh.astype(v_bskh.dtype))
+    cache_names = ("act_batch", None, "act_kv_heads", None)
+    k_bskh, v_bskh = constrain(k_bskh, cache_names), constrain(v_bskh, cache_names)
+    kv_index_bs = jnp.broadcast_to(jnp.arange(k_bskh.shape[1], dtype=jnp.int32),
+                                   kv_segment_bs.shape)
+    out_btnh = attention_ops.local_attention(q_btnh, k_bskh.astype(dtype), v_bskh.astype(dtype),
+                                             segment_bt, kv_segment_bs, index_bt, kv_index_bs,
+                                             self.config)
+    return jnp.einsum("btnh,nhd->btd", out_btnh, w(self.wo_nhd)), (k_bskh, v_bskh)

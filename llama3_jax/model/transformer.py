@@ -3,6 +3,7 @@
     model = Transformer(SIZES["debug"], rngs=nnx.Rngs(0))
     logits_btv = model(tokens_bt)                            # one document per row
     logits_btv = model(tokens_bt, segment_ids=seg_bt)        # packed rows, document mask
+    logits_btv, cache = model(tokens_bt, seg_bt, pos_bt, slot_bt, cache=cache)   # decoding
 
 The blocks' parameters are stacked ([L, ...]) and run by `nnx.scan`, so compile time does not
 grow with depth; `scan_layers=False` runs the same stacked parameters in a Python loop.
@@ -32,13 +33,16 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(config.d_model, config.norm_eps, param_dtype=dtype, rngs=rngs)
     self.mlp = MLP(config, rngs=rngs)
 
-  def __call__(self, x_btd, rope, segment_bt, index_bt):
+  def __call__(self, x_btd, rope, segment_bt, index_bt, cache=None):
+    """With a KV cache ((k, v) of this layer, the cache's segment ids): returns (x, (k, v))."""
     h_btd = constrain(self.attn_norm(x_btd), _BLOCK_IN)
-    attn_btd = self.attn(h_btd, rope, segment_bt, index_bt)
+    attn = self.attn(h_btd, rope, segment_bt, index_bt, cache)
+    attn_btd, kv = attn if cache is not None else (attn, None)
     x_btd = constrain(x_btd + checkpoint_name(attn_btd, "attn_out"), _RESIDUAL)
     h_btd = constrain(self.mlp_norm(x_btd), _BLOCK_IN)
     mlp_btd = checkpoint_name(self.mlp(h_btd), "mlp_out")
-    return constrain(x_btd + mlp_btd, _RESIDUAL)
+    x_btd = constrain(x_btd + mlp_btd, _RESIDUAL)
+    return x_btd if cache is None else (x_btd, kv)
 
 
 def _remat_policy(config: ModelConfig):
@@ -75,7 +79,7 @@ class Transformer(nnx.Module):
       self.lm_head_dv = param(rngs, init, (D, V), ("embed", "vocab"), dtype)
 
   def __call__(self, tokens_bt, segment_ids=None, positions=None, indices=None, *,
-               run_blocks=None):
+               run_blocks=None, cache=None):
     """tokens [B, T] int -> logits [B, T, V] fp32.
 
     segment_ids [B, T]: tokens attend only within their own segment (document); ids must be
@@ -84,6 +88,10 @@ class Transformer(nnx.Module):
     which the causal mask compares; by default 0..T-1. Pass them (and positions) when the
     tokens come permuted, as in context parallelism's load-balanced order; the logits then come
     in the same permuted order.
+
+    cache: a KV cache (llama3_jax/infer/kv_cache.py: {"k", "v": [L, B, S, K, H], "segment":
+    [B, S]}); the tokens are written at slots `indices` with `segment_ids` and attend to the
+    whole cache. Returns (logits, new cache).
     """
     c = self.config
     dtype = jnp.dtype(c.dtype)
@@ -104,7 +112,12 @@ class Transformer(nnx.Module):
     # its backward scatter-add lands in that layout and is then reduce-scattered like any weight.
     embed_vd = constrain(self.embed_vd[...], ("act_vocab", "act_embed"))
     x_btd = constrain(jnp.take(embed_vd, tokens_bt, axis=0).astype(dtype), _RESIDUAL)
-    if run_blocks is None:
+    if cache is not None:
+      rows_bt = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
+      cache = {**cache, "segment": cache["segment"].at[rows_bt, index_bt].set(segment_bt)}
+      x_btd, (cache["k"], cache["v"]) = self._run_blocks(
+          x_btd, rope, segment_bt, index_bt, (cache["k"], cache["v"]), cache["segment"])
+    elif run_blocks is None:
       x_btd = self._run_blocks(x_btd, rope, segment_bt, index_bt)
     else:   # e.g. a pipeline over the stacked blocks (llama3_jax/parallel/pipeline.py)
       x_btd = run_blocks(self.blocks, x_btd, rope, segment_bt, index_bt)
@@ -115,10 +128,27 @@ class Transformer(nnx.Module):
     else:
       logits_btv = jnp.einsum("btd,dv->btv", x_btd, self.lm_head_dv[...].astype(dtype),
                               preferred_element_type=jnp.float32)
-    return constrain(logits_btv, ("act_batch", "act_seq", "act_vocab"))
+    logits_btv = constrain(logits_btv, ("act_batch", "act_seq", "act_vocab"))
+    return logits_btv if cache is None else (logits_btv, cache)
 
-  def _run_blocks(self, x_btd, rope, segment_bt, index_bt):
+  def _run_blocks(self, x_btd, rope, segment_bt, index_bt, kv=None, kv_segment_bs=None):
+    """The stacked blocks over x; with `kv` (the cache's stacked (k, v) [L, B, S, K, H]), also
+    the new (k, v)."""
     c = self.config
+    if kv is not None:   # decoding: no backward pass, so no remat
+      def apply_cached(block, x_btd, kv_layer):
+        return block(x_btd, rope, segment_bt, index_bt, (kv_layer, kv_segment_bs))
+      if c.scan_layers:
+        scan = nnx.scan(apply_cached, in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0),
+                        transform_metadata={nnx.PARTITION_NAME: "layers"})
+        return scan(self.blocks, x_btd, kv)
+      graphdef, state = nnx.split(self.blocks)
+      layers = []
+      for i in range(c.n_layers):
+        block = nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
+        x_btd, kv_layer = apply_cached(block, x_btd, jax.tree.map(lambda a: a[i], kv))
+        layers.append(kv_layer)
+      return x_btd, jax.tree.map(lambda *a: jnp.stack(a), *layers)
 
     def apply(block, x_btd):
       return block(x_btd, rope, segment_bt, index_bt)

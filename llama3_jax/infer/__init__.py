@@ -1,0 +1,1 @@
+"""Inference: the Llama 3 chat format, KV-cache decoding with sampling, prefix sharing."""
