@@ -7,13 +7,15 @@
 Meta ships Llama 3's `tokenizer.model` as a tiktoken BPE ranks file (one `base64(token) rank`
 per line, 128,000 tokens) plus 256 special tokens numbered after them; the SentencePiece format
 is a protobuf. Both are called `tokenizer.model`, so `load_tokenizer` looks at the bytes.
-Train a SentencePiece model with `python -m experiments.train_tokenizer`.
+Train a SentencePiece model with `python -m experiments.train_tokenizer`. Special tokens go by
+their Llama 3 names in both formats: `tok.special_id("<|eot_id|>")` (a SentencePiece model has
+the chat tokens when trained with `special_tokens=CHAT_SPECIAL_TOKENS`).
 """
 
 import base64
 import io
 import pathlib
-from typing import Iterable, Protocol
+from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -26,6 +28,11 @@ _LLAMA3_NAMED = ("<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_tok
                  "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>",
                  "<|reserved_special_token_2|>", "<|start_header_id|>", "<|end_header_id|>",
                  "<|eom_id|>", "<|eot_id|>", "<|python_tag|>")
+
+
+# The tokens Llama 3's chat format needs besides begin/end of text (llama3_jax/infer/chat.py).
+# A SentencePiece model keeps them as control symbols: encode() never makes them from text.
+CHAT_SPECIAL_TOKENS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 
 
 def llama3_special_tokens() -> list[str]:
@@ -45,6 +52,8 @@ class Tokenizer(Protocol):
 
   def decode(self, ids: Iterable[int]) -> str: ...
 
+  def special_id(self, name: str) -> int: ...
+
 
 class SentencePieceTokenizer:
 
@@ -62,6 +71,16 @@ class SentencePieceTokenizer:
 
   def decode(self, ids: Iterable[int]) -> str:
     return self.sp.decode([int(i) for i in ids])
+
+  def special_id(self, name: str) -> int:
+    """The id of a special token by its Llama 3 name; begin/end of text are `<s>` / `</s>`."""
+    aliases = {"<|begin_of_text|>": self.bos_id, "<|end_of_text|>": self.eos_id}
+    token_id = aliases.get(name, self.special_tokens.get(name, -1))
+    if token_id < 0:
+      raise ValueError(f"SentencePiece model {self.path} has no special token {name} (it has "
+                       f"{sorted(self.special_tokens)}); train it with train_sentencepiece(..., "
+                       "special_tokens=CHAT_SPECIAL_TOKENS) to use the Llama 3 chat format")
+    return token_id
 
 
 class Llama3Tokenizer:
@@ -91,6 +110,12 @@ class Llama3Tokenizer:
   def decode(self, ids: Iterable[int]) -> str:
     return self.encoding.decode([int(i) for i in ids])
 
+  def special_id(self, name: str) -> int:
+    if name not in self.special_tokens:
+      raise ValueError(f"{name} is not one of Llama 3's special tokens (e.g. <|eot_id|>, "
+                       "<|reserved_special_token_0|>; see llama3_special_tokens())")
+    return self.special_tokens[name]
+
 
 def load_tokenizer(path) -> Tokenizer:
   """A SentencePiece model or a Llama 3 tiktoken file, told apart by their bytes."""
@@ -114,11 +139,13 @@ def load_tokenizer(path) -> Tokenizer:
 
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, out, *,
-                        character_coverage: float = 0.9995) -> SentencePieceTokenizer:
+                        character_coverage: float = 0.9995,
+                        special_tokens: Sequence[str] = ()) -> SentencePieceTokenizer:
   """Trains a byte-fallback BPE model (like Llama 2's) on `texts`, written to `out`.
 
   Characters outside `character_coverage` of the text are spelled as bytes; lower it when a
-  small vocabulary must cover many scripts.
+  small vocabulary must cover many scripts. `special_tokens` (e.g. CHAT_SPECIAL_TOKENS) become
+  control symbols with ids 3, 4, ... right after <unk>, <s>, </s>.
   """
   import sentencepiece as spm
   out = pathlib.Path(out)
@@ -129,7 +156,7 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, out, *,
   spm.SentencePieceTrainer.train(
       sentence_iterator=lines, model_writer=model, vocab_size=vocab_size, model_type="bpe",
       byte_fallback=True, character_coverage=character_coverage, bos_id=1, eos_id=2,
-      unk_id=0, pad_id=-1,
+      unk_id=0, pad_id=-1, control_symbols=list(special_tokens),
       # A small corpus may not support vocab_size pieces: take what it supports.
       hard_vocab_limit=False,
       # One thread, every sentence, no sampling: the same texts give the same model.
