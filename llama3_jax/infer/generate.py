@@ -106,10 +106,9 @@ class Generator:
     B, T = tokens_bt.shape
     slots_bt = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     segment_bt = (slots_bt < lengths_b[:, None]).astype(jnp.int32)   # padding: segment 0
-    logits_btv, cache = self._model(state)(tokens_bt, segment_bt, slots_bt, slots_bt,
-                                           cache=cache)
-    last_bv = jnp.take_along_axis(logits_btv, (lengths_b - 1)[:, None, None], axis=1)[:, 0]
-    return last_bv, cache
+    logits_b1v, cache = self._model(state)(tokens_bt, segment_bt, slots_bt, slots_bt,
+                                           cache=cache, logits_at=(lengths_b - 1)[:, None])
+    return logits_b1v[:, 0], cache
 
   def _decode_fn(self, state, cache, tokens_b, slots_b):
     """Feeds one token per row at its slot: the next logits [B, V] and the cache."""

@@ -38,8 +38,14 @@ def row_keys(seed_b, sample_b, step_b):
 
 def sample(logits_bv, seed_b, sample_b, step_b, temperature_b, top_k_b, top_p_b):
   """The next token of every row [B] (int32)."""
-  keys = row_keys(seed_b, sample_b, step_b)
-  truncated_bv = truncated_logits(logits_bv, temperature_b, top_k_b, top_p_b)
-  drawn_b = jax.vmap(jax.random.categorical)(keys, truncated_bv)
-  greedy_b = jnp.argmax(logits_bv, axis=-1)
-  return jnp.where(temperature_b > 0, drawn_b, greedy_b).astype(jnp.int32)
+  greedy_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+
+  def draw(_):
+    keys = row_keys(seed_b, sample_b, step_b)
+    truncated_bv = truncated_logits(logits_bv, temperature_b, top_k_b, top_p_b)
+    drawn_b = jax.vmap(jax.random.categorical)(keys, truncated_bv).astype(jnp.int32)
+    return jnp.where(temperature_b > 0, drawn_b, greedy_b)
+
+  # The sort over the vocabulary (128K entries) costs more than a decode step of a small model:
+  # only when some row samples.
+  return jax.lax.cond(jnp.any(temperature_b > 0), draw, lambda _: greedy_b, None)

@@ -79,7 +79,7 @@ class Transformer(nnx.Module):
       self.lm_head_dv = param(rngs, init, (D, V), ("embed", "vocab"), dtype)
 
   def __call__(self, tokens_bt, segment_ids=None, positions=None, indices=None, *,
-               run_blocks=None, cache=None):
+               run_blocks=None, cache=None, logits_at=None):
     """tokens [B, T] int -> logits [B, T, V] fp32.
 
     segment_ids [B, T]: tokens attend only within their own segment (document); ids must be
@@ -91,7 +91,8 @@ class Transformer(nnx.Module):
 
     cache: a KV cache (llama3_jax/infer/kv_cache.py: {"k", "v": [L, B, S, K, H], "segment":
     [B, S]}); the tokens are written at slots `indices` with `segment_ids` and attend to the
-    whole cache. Returns (logits, new cache).
+    whole cache. Returns (logits, new cache). logits_at [B, T'] (token places in the row): the
+    LM head runs there only (a prefill needs the last prompt token's), logits [B, T', V].
     """
     c = self.config
     dtype = jnp.dtype(c.dtype)
@@ -121,6 +122,8 @@ class Transformer(nnx.Module):
       x_btd = self._run_blocks(x_btd, rope, segment_bt, index_bt)
     else:   # e.g. a pipeline over the stacked blocks (llama3_jax/parallel/pipeline.py)
       x_btd = run_blocks(self.blocks, x_btd, rope, segment_bt, index_bt)
+    if logits_at is not None:
+      x_btd = jnp.take_along_axis(x_btd, logits_at[:, :, None], axis=1)
     x_btd = self.final_norm(x_btd)
     if c.tie_embeddings:
       logits_btv = jnp.einsum("btd,vd->btv", x_btd, self.embed_vd[...].astype(dtype),
