@@ -76,7 +76,7 @@ def test_export_loads_in_transformers_alone_and_generation_agrees(run, tmp_path)
   prompts.write_text('{"prompt": "The history of"}\n\n{"prompt": "def main():"}\n')
   out = tmp_path / "out.jsonl"
   done = launch("experiments.generate", "--checkpoint", run, "--prompts", prompts, "--out", out,
-                "--max_new_tokens", 6)
+                "--max-new-tokens", 6)
   assert done.returncode == 0, done.stderr[-2000:]
   rows = [json.loads(line) for line in out.read_text().splitlines()]
   assert [r["prompt"] for r in rows] == ["The history of", "def main():"]
@@ -90,7 +90,7 @@ def test_export_loads_in_transformers_alone_and_generation_agrees(run, tmp_path)
 @pytest.mark.parametrize("args, message", [
     (["--checkpoint", "/nonexistent/run"], "does not exist"),
     (["--prompts", "BAD"], "is not a JSON object with a \"prompt\" string"),
-    (["--prompt", "x", "--max_new_tokens", "5000"], "exceeds the model's context"),
+    (["--prompt", "x", "--max-new-tokens", "5000"], "exceeds the model's context"),
 ])
 def test_bad_generate_input_is_one_line_and_exit_2(run, tmp_path, args, message):
   if "BAD" in args:
