@@ -78,10 +78,9 @@ def main():
   model = Transformer(config, rngs=nnx.Rngs(0))
   generator = Generator(model, stop_ids=())
   prompt = rng.integers(0, config.vocab_size, 256).tolist()
-  shared_kwargs = dict(samples=16)
-  for repeat in range(2):   # the first of each compiles
+  for _ in range(2):   # the first of each compiles
     start = time.perf_counter()
-    generator.generate([prompt], max_new_tokens=NEW, **shared_kwargs)
+    generator.generate([prompt], max_new_tokens=NEW, samples=16)
     shared_s = time.perf_counter() - start
     start = time.perf_counter()
     generator.generate([prompt] * 16, max_new_tokens=NEW)
