@@ -65,9 +65,10 @@ def test_cached_greedy_equals_full_recompute_for_prompts_of_different_lengths():
   assert_like_full_recompute(generator.generate(PROMPTS, max_new_tokens=NEW, keep_logits=True))
 
 
-@pytest.mark.parametrize("mesh_config", [MeshConfig(fsdp=4, tensor=2),
-                                         MeshConfig(data=2, fsdp=2, tensor=2)],
-                         ids=["fsdp4_tensor2", "data2_fsdp2_tensor2"])
+@pytest.mark.parametrize("mesh_config", [
+    MeshConfig(fsdp=4, tensor=2),
+    pytest.param(MeshConfig(data=2, fsdp=2, tensor=2), marks=pytest.mark.slow)],
+    ids=["fsdp4_tensor2", "data2_fsdp2_tensor2"])
 def test_sharded_decoding_equals_full_recompute(mesh_config):
   generator = Generator(model(), mesh_config, stop_ids=())
   assert generator.min_batch == 4   # rows split over data x fsdp
