@@ -30,15 +30,36 @@ def checkpoint_step_dir(path) -> pathlib.Path:
                           "checkpoints/<step>/")
 
 
+def restore_params(step_dir, target=None):
+  """The model parameters of a checkpoint step, without its optimizer state (Orbax partial
+  restore). `target`: ShapeDtypeStructs with the shardings wanted; by default the saved shapes
+  on this process's first device, so any device count reads a checkpoint any other wrote."""
+  path = (pathlib.Path(step_dir) / "state").resolve()
+  if target is None:
+    saved = ocp.StandardCheckpointer().metadata(path).item_metadata.tree["model"]
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                          saved)
+  item = {"model": target}
+  return ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+      partial_restore=True))["model"]
+
+
 def average_checkpoints(paths, out) -> int:
   """Averages the model parameters of the checkpoints at `paths`; writes them to `out`."""
-  checkpointer = ocp.StandardCheckpointer()
-  average = None
+  average, shapes = None, None
   for count, path in enumerate(paths, start=1):
-    params = checkpointer.restore(checkpoint_step_dir(path).resolve() / "state")["model"]
+    params = restore_params(checkpoint_step_dir(path))
+    now = jax.tree.map(lambda x: (x.shape, str(x.dtype)), params)
+    if shapes is not None and now != shapes:
+      raise ValueError(f"{path} holds another model than {paths[0]} (parameter shapes differ); "
+                       "average checkpoints of one model only")
+    shapes = now
     average = params if average is None else polyak_update(average, params, count)
   if average is None:
     raise ValueError("no checkpoints given")
+  checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(pathlib.Path(out).resolve(), average)
   checkpointer.wait_until_finished()
   return len(paths)

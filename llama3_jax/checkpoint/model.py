@@ -16,7 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from llama3_jax.checkpoint.averaging import checkpoint_step_dir
+from llama3_jax.checkpoint.averaging import checkpoint_step_dir, restore_params
 from llama3_jax.model import ModelConfig, RopeScaling, Transformer
 
 
@@ -71,10 +71,5 @@ def load_model(path, *, averaged: bool = False, device=None) -> tuple[ModelConfi
                               "(drop --averaged to use the newest checkpoint)")
     params = ocp.StandardCheckpointer().restore(source.resolve(), target)
   else:
-    item = {"model": target}
-    restored = ocp.PyTreeCheckpointer().restore(
-        (step_dir / "state").resolve(), args=ocp.args.PyTreeRestore(
-            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-            partial_restore=True))
-    params = restored["model"]
+    params = restore_params(step_dir, target)
   return config, nnx.merge(graphdef, params)

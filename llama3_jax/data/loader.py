@@ -22,6 +22,7 @@ each source continues after the last document the previous stage used.
 """
 
 import dataclasses
+import logging
 import pathlib
 
 import grain
@@ -32,6 +33,8 @@ from llama3_jax.data.corpus import DEFAULT_MIXTURE
 from llama3_jax.data.prepare import read_manifest
 from llama3_jax.data.tokenizers import check_token_ids
 
+
+log = logging.getLogger(__name__)
 
 # Read in the calling thread: 32+ pipelines (streams x sources) with Grain's default 16-thread
 # prefetch each spend their time on thread hand-offs; records are tiny and reads sequential.
@@ -100,6 +103,22 @@ class Loader:
     self.streams: dict[int, _Stream] = {}
     self._pending: dict[int, dict] = {}
 
+  def check_stages(self, stages) -> None:
+    """Every stage's mixture against the sources the data has, before the first step: a stage
+    that names a missing source fails now, not when it begins hours later. A stage on the
+    default mixture uses the sources there are, and says which it lacks."""
+    for i, stage in enumerate(stages):
+      try:
+        self.weights(stage)
+      except ValueError as error:
+        raise ValueError(f"train.stages[{i}]: {error}") from None
+      if not stage.mixture:
+        missing = [name for name, _ in DEFAULT_MIXTURE if name not in self.sources]
+        if missing and set(self.sources) & {name for name, _ in DEFAULT_MIXTURE}:
+          log.warning("train.stages[%d] uses Llama 3's default mixture, but the data has no "
+                      "%s: it trains on %s, reweighted; give the stage a mixture to choose",
+                      i, ", ".join(missing), ", ".join(self.weights(stage)))
+
   def weights(self, stage) -> dict[str, float]:
     mixture = dict(stage.mixture) if stage.mixture else {
         name: weight for name, weight in DEFAULT_MIXTURE if name in self.sources} or {
@@ -107,7 +126,8 @@ class Loader:
     unknown = set(mixture) - set(self.sources)
     if unknown:
       raise ValueError(f"the stage's mixture names sources {sorted(unknown)} that the data "
-                       f"does not have; it has {self.sources}")
+                       f"does not have; it has {self.sources}: prepare them (python -m "
+                       "experiments.prepare_data --source NAME) or drop them from the mixture")
     if not any(w > 0 for w in mixture.values()) or any(w < 0 for w in mixture.values()):
       raise ValueError(f"mixture weights {mixture} must be >= 0 with at least one > 0")
     return {name: mixture[name] for name in self.sources if mixture.get(name, 0) > 0}

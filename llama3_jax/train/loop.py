@@ -71,6 +71,7 @@ def train(cfg, workdir, *, objective=NEXT_TOKEN, source=None,
               micro_batches=t.micro_batches, seed=t.seed)
     source = source_for(run.data, t.seed, plan.model.vocab_size) if source is None else source
     batches = Batches(faults.wrap(source), s.fns.batch_sharding, objective.fields)
+    batches.check_stages(plan.stages)
     checkpoints = RunCheckpoints(
         workdir, run.checkpoint, s, batches, plan, faults=faults,
         meta={"seed": t.seed, "model": model_meta(plan.model),

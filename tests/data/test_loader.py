@@ -176,3 +176,32 @@ def test_clear_errors(tmp_path):
   with pytest.raises(ValueError, match="outside the model's vocabulary of 1000"):
     for _ in range(5):
       loader.next_batch(1, Stage(None, 2 * 8, 8, (("b", 1.0),)))
+
+
+def test_every_stages_mixture_is_checked_before_the_first_step(tmp_path, caplog):
+  """Prepared data with two of the four default sources: a later stage naming a missing source
+  fails at start-up (it used to fail when the stage began, after the last checkpoint); stages on
+  the default mixture say which sources they lack."""
+  data = make_data(tmp_path / "d", {"general": lengths(10, 0), "code": lengths(10, 1)})
+  loader = Loader(data, seed=0, streams=2, vocab_size=VOCAB)
+  stages = [Stage(64, 2 * 8, 8), Stage(None, 2 * 8, 8, (("general", 1.0), ("math", 1.0)))]
+  with pytest.raises(ValueError, match=r"train.stages\[1\]: the stage's mixture names sources "
+                                       r"\['math'\] that the data does not have.*prepare_data"):
+    loader.check_stages(stages)
+  with caplog.at_level("WARNING"):
+    loader.check_stages(stages[:1])
+  assert "has no math, multilingual: it trains on code, general" in caplog.text
+
+
+def test_a_run_whose_later_stage_lacks_a_source_stops_before_training(tmp_path):
+  from llama3_jax.train.loop import train
+  from tests.helpers import tiny_run_config
+  data = make_data(tmp_path / "d", {"general": lengths(40, 0), "code": lengths(40, 1)},
+                   vocab=512)
+  cfg = tiny_run_config(steps=4, stages=((256, 8 * 16, 16), (None, 8 * 16, 16)))
+  cfg.train.stages = (cfg.train.stages[0], {**cfg.train.stages[1], "mixture": {"math": 1.0}})
+  cfg.data.path = str(data)
+  with pytest.raises(ValueError, match=r"train.stages\[1\].*\['math'\]"):
+    train(cfg, tmp_path / "run")
+  assert not (tmp_path / "run" / "checkpoints").exists() or not any(
+      (tmp_path / "run" / "checkpoints").iterdir())

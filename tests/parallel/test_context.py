@@ -103,7 +103,8 @@ def test_context_parallel_equals_unsharded(mesh):
   assert_equal_runs(context_run(mesh), unsharded(), f"all_gather {mesh}")
 
 
-@pytest.mark.parametrize("mesh", ["context4_fsdp2", "context2_tensor2_fsdp2"])
+@pytest.mark.parametrize("mesh", ["context4_fsdp2",
+                                  pytest.param("context2_tensor2_fsdp2", marks=pytest.mark.slow)])
 def test_ring_equals_all_gather_and_unsharded(mesh):
   assert_equal_runs(context_run(mesh, "ring"), unsharded(), f"ring {mesh}")
   assert_equal_runs(context_run(mesh, "ring"), context_run(mesh), f"ring vs all_gather {mesh}")

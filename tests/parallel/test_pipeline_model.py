@@ -38,7 +38,8 @@ def single_device():
                  marks=pytest.mark.slow),
     pytest.param(MeshConfig(stage=2, fsdp=4), 2, 1,   # interleaved V = 2, one micro-batch
                  marks=pytest.mark.slow),
-    (MeshConfig(stage=4, fsdp=2), 1, 4),              # 4 stages
+    pytest.param(MeshConfig(stage=4, fsdp=2), 1, 4,   # 4 stages
+                 marks=pytest.mark.slow),
     pytest.param(MeshConfig(stage=4, data=2), 1, 8,   # 4 stages, M = 8
                  marks=pytest.mark.slow),
     (MeshConfig(stage=2, fsdp=2, tensor=2), 2, 3),    # stage x fsdp x tensor, interleaved

@@ -27,6 +27,7 @@ def model_at(workdir, step):
   return [np.asarray(x) for x in jax.tree.leaves(state["model"])]
 
 
+@pytest.mark.slow   # a fault drill through the real loop
 def test_nan_is_skipped_and_counted_and_k_in_a_row_roll_back(tmp_path):
   cfg = get_config()
   # Batch 2 alone: skipped. Batches 4, 5, 6: three in a row -> back to checkpoint 3, and steps

@@ -76,6 +76,7 @@ def test_vocab_over_fsdp_equals_single_device(mesh, capfd):
   assert REMAT_WARNING not in capfd.readouterr().err
 
 
+@pytest.mark.slow
 def test_vocab_over_fsdp_keeps_the_vocabulary_tables_in_place():
   """Split by vocabulary, the embedding and the LM head are neither gathered nor all-reduced:
   with more vocabulary entries (1024) than tokens in the batch (128), the fsdp collectives move

@@ -27,7 +27,7 @@ def batch():
   return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": mask}
 
 
-@pytest.mark.parametrize("fsdp_mode", ["zero3", "llama3"])
+@pytest.mark.parametrize("fsdp_mode", [pytest.param("zero3", marks=pytest.mark.slow), "llama3"])
 def test_four_micro_batches_equal_one_batch(fsdp_mode):
   results, state = [], None
   for micro in (1, 4):

@@ -180,3 +180,23 @@ def test_resuming_another_model_is_a_clear_error_that_keeps_the_checkpoints(tmp_
     train(other, tmp_path)
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before   # none set aside
   assert (tmp_path / "metrics.jsonl").read_text() == rows
+
+
+@pytest.mark.slow
+def test_average_checkpoints_command_reads_checkpoints_of_any_device_count(straight_run,
+                                                                          tmp_path):
+  """As a user runs it: one CPU device reads checkpoints written on 8 (it failed with Orbax's
+  "Topology mismatch" when it restored without a target)."""
+  workdir, _ = straight_run
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  env.pop("XLA_FLAGS", None)   # one device, not the tests' 8
+  done = subprocess.run([sys.executable, "-m", "experiments.average_checkpoints",
+                         str(workdir / "checkpoints" / "5"), str(workdir / "checkpoints" / "6"),
+                         "--out", str(tmp_path / "avg")], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  checkpointer = ocp.StandardCheckpointer()
+  offline = checkpointer.restore((tmp_path / "avg").resolve())
+  averaged = checkpointer.restore((workdir / "averaged_params").resolve())
+  for x, y in zip(jax.tree.leaves(offline), jax.tree.leaves(averaged), strict=True):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
