@@ -21,11 +21,15 @@ class DataStateHandler(ocp.CheckpointHandler):
       (directory / f"stream_{int(stream):05d}.json").write_text(json.dumps(state))
 
   def restore(self, directory: epath.Path, args: "DataStateRestore") -> dict[int, Any]:
+    """The states of `args.streams`; a missing one makes the checkpoint incomplete (restarting
+    that stream from its first document would not be an exact resume)."""
     states = {}
     for stream in args.streams:
       path = directory / f"stream_{stream:05d}.json"
-      if path.exists():
-        states[stream] = json.loads(path.read_text())
+      if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the data iterator's state of stream "
+                                f"{stream} was not saved")
+      states[stream] = json.loads(path.read_text())
     return states
 
   def metadata(self, directory):

@@ -62,12 +62,19 @@ class RunCheckpoints:
     return step, state, meta
 
   def _same_model(self, meta: dict) -> None:
+    """A checkpoint of another run is a clear error, before any array is read (not a corrupt
+    checkpoint to set aside): another model, or its data split into another number of streams."""
     saved, now = meta.get("model"), self.base_meta["model"]
     if saved is not None and saved != now:
       fields = ", ".join(f"{k}={saved.get(k)} (now {now.get(k)})" for k in now
                          if saved.get(k) != now.get(k))
       raise ValueError(f"{self.workdir} holds checkpoints of another model ({fields}); use a "
                        "new --workdir, or the model config the checkpoints were made with")
+    streams, now_streams = meta.get("data_streams"), len(self.batches.source.state_streams)
+    if meta.get("has_data") and streams is not None and streams != now_streams:
+      raise ValueError(f"{self.workdir} holds checkpoints whose data was read as "
+                       f"data.streams={streams}, now {now_streams}: set --config.data.streams="
+                       f"{streams} to resume exactly, or use a new --workdir")
 
   def rollback(self, before: int):
     """Back to the newest checkpoint at or before step `before`; later ones are deleted (they
@@ -87,7 +94,8 @@ class RunCheckpoints:
     data_state = self.batches.get_state()
     meta = {**self.base_meta, **meta, "step": done, "tokens": plan.tokens[done],
             "averaged": self.averaged, "has_average": self.average is not None,
-            "has_data": data_state is not None, "data_skip": self.batches.position - done}
+            "has_data": data_state is not None, "data_skip": self.batches.position - done,
+            "data_streams": len(self.batches.source.state_streams)}
     self.checkpointer.save(done, state, meta, self.average, data_state)
     self.faults.kill(done, "during", self.directory)
     self.faults.kill(done, "after", self.directory)

@@ -200,3 +200,20 @@ def test_average_checkpoints_command_reads_checkpoints_of_any_device_count(strai
   averaged = checkpointer.restore((workdir / "averaged_params").resolve())
   for x, y in zip(jax.tree.leaves(offline), jax.tree.leaves(averaged), strict=True):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
+def test_a_checkpoint_missing_a_streams_data_state_is_set_aside(straight_run, tmp_path):
+  """One stream's iterator state missing: resuming would restart that stream from its first
+  document (not exact); the checkpoint is incomplete, set aside, and the previous one used."""
+  workdir, _ = straight_run
+  first = tiny_config(steps=4)
+  first.train.schedule_steps = 6
+  train(first, tmp_path)
+  (tmp_path / "checkpoints" / "4" / "data" / "stream_00002.json").unlink()
+  train(tiny_config(steps=6), tmp_path)   # resumes from step 3
+  assert losses(tmp_path) == losses(workdir)
+  assert any(p.name.startswith("4.corrupt-") for p in (tmp_path / "checkpoints").iterdir())
+  changed = tiny_config(steps=6)
+  changed.data.streams = 4
+  with pytest.raises(ValueError, match="data.streams=8, now 4: set --config.data.streams=8"):
+    train(changed, tmp_path)
