@@ -524,3 +524,19 @@ def test_cli_trains_and_applies_a_quality_model(tmp_path):
   assert result.returncode == 0, result.stderr
   stats = json.loads((tmp_path / "out" / "stats.json").read_text())
   assert stats["removed"]["quality"] == 20 and stats["kept"] == 20
+
+
+def test_an_empty_file_beside_a_good_one_with_minhash_on(tmp_path):
+  """The default curation (MinHash on) over a folder with an empty file beside a good one: the
+  empty file is reported, the good one curated (it exited 2 with a numpy concatenate error)."""
+  (tmp_path / "in").mkdir()
+  (tmp_path / "in" / "a_empty.jsonl").write_text("")
+  with open(tmp_path / "in" / "b_good.jsonl", "w") as out:
+    for i in range(30):
+      words = " ".join(f"w{(i * 7 + j) % 101}" for j in range(40 + i))
+      out.write(json.dumps({"text": f"document {i}: {words}"}) + "\n")
+  stats = curate(str(tmp_path / "in"), str(tmp_path / "out"), CurationConfig(workers=1))
+  assert stats["kept"] > 0
+  assert {pathlib.Path(p["file"]).name: p["reason"] for p in stats["file_problems"]} == {
+      "a_empty.jsonl": "empty_file"}
+  assert (tmp_path / "out" / "b_good.jsonl").exists()

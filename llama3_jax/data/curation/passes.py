@@ -80,7 +80,9 @@ def scan_file(path: str) -> ScanResult:
   return ScanResult(
       report, np.array(empty, bool), np.array(url_hash, np.uint64), np.array(has_url, bool),
       np.array(stamp, np.float64), bad_stamps,
-      np.array(sigs, np.uint32).reshape(n, -1 if sigs else 0), np.array(has_sh, bool),
+      # (n, num_perms) even for a file with no documents, so that files concatenate.
+      np.array(sigs, np.uint32).reshape(n, cfg.minhash.num_perms if cfg.minhash.enabled else 0),
+      np.array(has_sh, bool),
       ids.astype(np.int64), counts.astype(np.int64))
 
 
