@@ -33,6 +33,7 @@ class Checkpointer:
         max_to_keep=max_to_keep, keep_period=keep_period, create=True,
         enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self.set_aside: list[int] = []   # steps the last restore found unreadable and moved aside
 
   def save(self, step: int, state, meta: dict, average=None, data: dict | None = None) -> None:
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
@@ -53,6 +54,7 @@ class Checkpointer:
     another model) propagates, and nothing is set aside.
     """
     steps = [s for s in self.manager.all_steps() if at_most is None or s <= at_most]
+    self.set_aside = []   # the steps this call found unreadable
     for step in sorted(steps, reverse=True):
       error = meta = None
       try:
@@ -84,6 +86,7 @@ class Checkpointer:
                   "the previous one", step, reason, aside)
       if jax.process_index() == 0:
         os.replace(self.directory / str(step), aside)
+      self.set_aside.append(step)
       _barrier(f"checkpoint_set_aside_{step}")
       self.manager.reload()
     return None

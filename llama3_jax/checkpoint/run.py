@@ -30,7 +30,7 @@ class RunCheckpoints:
   def __init__(self, workdir: pathlib.Path, config, setup, batches, plan, *, meta: dict,
                faults):
     self.workdir, self.setup, self.batches, self.plan = workdir, setup, batches, plan
-    self.faults, self.base_meta = faults, meta
+    self.faults, self.base_meta, self.config = faults, meta, config
     self.checkpointer = Checkpointer(
         workdir / "checkpoints", max_to_keep=config.max_to_keep,
         keep_period=config.keep_period, async_save=config.async_save)
@@ -50,6 +50,12 @@ class RunCheckpoints:
     restored = self.checkpointer.restore_latest(
         self.setup.abstract_state, self.setup.abstract_model, data_streams=streams,
         at_most=at_most, check=self._same_model)
+    if restored is None and self.checkpointer.set_aside and at_most is None and not (
+        self.config.restart_if_unreadable):
+      raise ValueError(f"no usable checkpoint in {self.directory}: all of steps "
+                       f"{sorted(self.checkpointer.set_aside)} were unreadable (moved aside as "
+                       "<step>.corrupt-<time>, nothing deleted); pass --config.checkpoint."
+                       "restart_if_unreadable=True to start this run over from step 0")
     if restored is None:
       self.average, self.averaged = None, 0
       if data:

@@ -93,6 +93,9 @@ class CheckpointConfig:
   max_to_keep: int = 3
   keep_period: int | None = None   # also keep every keep_period-th step; unset = none
   async_save: bool = True
+  # Every checkpoint of the workdir unreadable: stop (exit 2) rather than silently start a run
+  # that existed over from step 0, unless this says so.
+  restart_if_unreadable: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -217,3 +217,23 @@ def test_a_checkpoint_missing_a_streams_data_state_is_set_aside(straight_run, tm
   changed.data.streams = 4
   with pytest.raises(ValueError, match="data.streams=8, now 4: set --config.data.streams=8"):
     train(changed, tmp_path)
+
+
+def test_no_usable_checkpoint_stops_instead_of_starting_over(tmp_path):
+  first = tiny_config(steps=2)
+  first.train.schedule_steps = 6
+  train(first, tmp_path)
+  rows = (tmp_path / "metrics.jsonl").read_text()
+  for step in ("1", "2"):
+    for f in (tmp_path / "checkpoints" / step / "state").rglob("*"):
+      if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
+        f.write_bytes(b"\0" * 7)
+  with pytest.raises(ValueError, match=r"no usable checkpoint in .*steps \[1, 2\] were "
+                                       "unreadable.*restart_if_unreadable=True"):
+    train(tiny_config(steps=6), tmp_path)
+  assert (tmp_path / "metrics.jsonl").read_text() == rows
+  assert sorted(p.name.split(".")[0] for p in (tmp_path / "checkpoints").iterdir()
+                if "corrupt" in p.name) == ["1", "2"]   # moved aside, never deleted
+  again = tiny_config(steps=6)
+  again.checkpoint.restart_if_unreadable = True
+  assert train(again, tmp_path)["steps"] == 6
