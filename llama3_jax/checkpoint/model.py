@@ -7,6 +7,9 @@
 
 Only the parameters are read (Orbax partial restore: the optimizer's moments stay on disk); the
 model config is the one saved in the checkpoint's meta, so no config file is needed.
+
+    config = init_model_config(path)            # a workdir, a step, or a Hugging Face directory
+    params = init_params(path, model_config)    # what a fine-tuning run starts from
 """
 
 import json
@@ -41,14 +44,17 @@ def run_tokenizer(path):
   from llama3_jax.data import corpus
   from llama3_jax.data.prepare import read_manifest
   from llama3_jax.data.tokenizers import load_tokenizer
+  from llama3_jax.posttrain.data import is_conversation_data
   step_dir = checkpoint_step_dir(pathlib.Path(path))
   config = json.loads((step_dir / "meta" / "metadata").read_text()).get("config", {})
   data = config.get("data", {})
   if data.get("synthetic"):
     raise ValueError(f"{path} was trained on synthetic data, which has no tokenizer; pass one "
                      "with --tokenizer")
-  data_dir = data.get("path") or corpus.embedded_corpus()
-  return load_tokenizer(read_manifest(data_dir)["tokenizer"]["path"])
+  data_dir = pathlib.Path(data.get("path") or corpus.embedded_corpus())
+  manifest = (json.loads((data_dir / "manifest.json").read_text())
+              if is_conversation_data(data_dir) else read_manifest(data_dir))
+  return load_tokenizer(manifest["tokenizer"]["path"])
 
 
 def load_model(path, *, averaged: bool = False, device=None) -> tuple[ModelConfig, Transformer]:
@@ -73,3 +79,37 @@ def load_model(path, *, averaged: bool = False, device=None) -> tuple[ModelConfi
   else:
     params = restore_params(step_dir, target)
   return config, nnx.merge(graphdef, params)
+
+
+def _is_hf(path: pathlib.Path) -> bool:
+  return (path / "config.json").exists() and not (path / "checkpoints").exists()
+
+
+def init_model_config(path) -> ModelConfig:
+  """The model at `path`: a training workdir, a checkpoint step or a Hugging Face directory."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"init.path {path} does not exist; give a training workdir, a "
+                            "checkpoint step directory or a Hugging Face model directory")
+  if _is_hf(path):
+    import json as json_lib
+    from llama3_jax.checkpoint.hf import config_from_hf
+    return config_from_hf(json_lib.loads((path / "config.json").read_text()))
+  return model_config_of(checkpoint_step_dir(path))
+
+
+def init_params(path, model_config: ModelConfig, averaged: bool = False) -> nnx.State:
+  """The parameters at `path` for a run of `model_config` (shapes checked, dtype cast)."""
+  path = pathlib.Path(path)
+  if _is_hf(path):
+    from llama3_jax.checkpoint import hf
+    _, model = hf.load(path, param_dtype=model_config.param_dtype)
+  else:
+    _, model = load_model(path, averaged=averaged)
+  params = nnx.state(model)
+  wanted = nnx.state(nnx.eval_shape(lambda: Transformer(model_config, rngs=nnx.Rngs(0))))
+  got = jax.tree.map(lambda x: x.shape, params)
+  if jax.tree.map(lambda x: x.shape, wanted) != got:
+    raise ValueError(f"init.path {path} holds a model of other shapes than this run's; use "
+                     'model.size="init" (its model) or overrides that keep the shapes')
+  return jax.tree.map(lambda x, w: x.astype(w.dtype), params, wanted)

@@ -28,8 +28,10 @@ log = logging.getLogger(__name__)
 class RunCheckpoints:
 
   def __init__(self, workdir: pathlib.Path, config, setup, batches, plan, *, meta: dict,
-               faults):
+               faults, initial=None):
+    """`initial`: () -> the state a run without checkpoints starts from (default: random)."""
     self.workdir, self.setup, self.batches, self.plan = workdir, setup, batches, plan
+    self.initial = initial or setup.init_state
     self.faults, self.base_meta, self.config = faults, meta, config
     self.checkpointer = Checkpointer(
         workdir / "checkpoints", max_to_keep=config.max_to_keep,
@@ -60,7 +62,7 @@ class RunCheckpoints:
       self.average, self.averaged = None, 0
       if data:
         self.batches.set_state(0, {}, self.plan.stages)
-      return 0, self.setup.init_state(), {}
+      return 0, self.initial(), {}
     step, state, meta, self.average, data_state = restored
     self.averaged = meta.get("averaged", 0)
     if data:

@@ -90,10 +90,15 @@ class Batches:
     return {f"data/{name}_tokens": count for name, count in local.items()}
 
 
-def source_for(data, seed: int, vocab_size: int):
-  """The source a DataConfig names: prepared shards, the embedded corpus, or synthetic."""
+def source_for(data, seed: int, vocab_size: int, max_examples_per_row: int = 16):
+  """The source a DataConfig names: prepared shards, prepared conversations (post-training;
+  `max_examples_per_row` packed at most), the embedded corpus, or synthetic."""
   if data.synthetic:
     return SyntheticSource(seed, vocab_size)
+  from llama3_jax.posttrain.data import ConversationSource, is_conversation_data
+  if data.path and is_conversation_data(data.path):
+    return ConversationSource(data.path, seed=seed, vocab_size=vocab_size,
+                              max_examples_per_row=max_examples_per_row)
   from llama3_jax.data import corpus
   from llama3_jax.data.loader import Loader
   return Loader(data.path or corpus.embedded_corpus(), seed=seed, streams=data.streams,

@@ -9,10 +9,10 @@
 - multilingual: `Faker` (a pinned dependency) paragraphs in 19 non-English locales, built from
   each locale's word list: real words and scripts, not real sentences.
 
-A byte-fallback BPE SentencePiece tokenizer is trained on the corpus, and each source is
-prepared into ArrayRecord shards (`prepare.py`). The manifest records every source's
-provenance, including the Python and Faker versions: the corpus is identical on machines with
-the same versions.
+A byte-fallback BPE SentencePiece tokenizer (with Llama 3's chat tokens) is trained on the
+corpus, and each source is prepared into ArrayRecord shards (`prepare.py`). The manifest records
+every source's provenance, including the Python and Faker versions: the corpus is identical on
+machines with the same versions.
 """
 
 import ast
@@ -26,9 +26,10 @@ import sysconfig
 import tempfile
 
 from llama3_jax.data.prepare import prepare, read_manifest
-from llama3_jax.data.tokenizers import train_sentencepiece
+from llama3_jax.data.tokenizers import CHAT_SPECIAL_TOKENS, train_sentencepiece
 
-VERSION = 1
+# 2: the tokenizer carries Llama 3's chat tokens (post-training starts from the default run).
+VERSION = 2
 DEFAULT_MIXTURE = (("general", 50.0), ("math", 25.0), ("code", 17.0), ("multilingual", 8.0))
 LOCALES = ("de_DE", "fr_FR", "es_ES", "it_IT", "nl_NL", "pl_PL", "cs_CZ", "da_DK", "ru_RU",
            "uk_UA", "el_GR", "ja_JP", "zh_CN", "th_TH", "vi_VN", "he_IL", "fa_IR", "bn_BD",
@@ -163,7 +164,10 @@ def build(out_dir, vocab_size: int = 512) -> pathlib.Path:
   # The tokenizer sees the sources in their mixture proportions, roughly.
   sample = [t for name, weight in DEFAULT_MIXTURE
             for t in sources[name][:max(1, int(len(sources[name]) * weight / 50))]]
-  train_sentencepiece(sample, vocab_size, out_dir / "tokenizer.model")
+  # With the chat tokens, the default run's model can be fine-tuned into a chat model
+  # (llama3_jax/posttrain/); pre-training text never contains them.
+  train_sentencepiece(sample, vocab_size, out_dir / "tokenizer.model",
+                      special_tokens=CHAT_SPECIAL_TOKENS)
   provenance = _provenance()
   for name in sources:
     prepare(raw / f"{name}.jsonl", out_dir / "tokenizer.model", out_dir, source=name,

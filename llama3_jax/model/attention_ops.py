@@ -6,6 +6,12 @@ indices and segment ids: query t sees key s iff `q_index[t] >= kv_index[s]` and
 `q_segment[t] == kv_segment[s]`. Explicit indices let a caller hand in any subset of a sequence
 (context parallelism holds non-contiguous chunks) and still get the true mask.
 
+Shared prefixes: a segment id `r * SHARED_PREFIX + p` (r >= 1, 0 <= p < SHARED_PREFIX) is
+response r of the prompt whose segment id is p: its tokens see that prompt's tokens as well as
+their own, never another response's. So a prompt and all its responses (DPO's chosen and
+rejected, a reward model's ranked answers) sit in one packed row and the prompt is encoded
+once (`shared_prefix_segments`). Ordinary ids (< SHARED_PREFIX) mean what they always did.
+
 - `reference_attention`: `jax.nn.dot_product_attention` with a dense [T, S] mask.
 - `blockwise_attention`: online softmax over key blocks (flash attention, in pure JAX, so it runs
   on every backend) with a hand-written backward pass that recomputes scores from the saved
@@ -27,11 +33,22 @@ import jax
 import jax.numpy as jnp
 
 
+SHARED_PREFIX = 1 << 20   # segment ids below this are documents; see the module docstring
+
+
+def shared_prefix_segments(prompt_id, response):
+  """The segment id of response `response` (1, 2, ...) of the prompt with segment id
+  `prompt_id` (works on arrays)."""
+  return response * SHARED_PREFIX + prompt_id
+
+
 def attention_mask(q_segment_bt, kv_segment_bs, q_index_bt, kv_index_bs):
-  """[B, T, S] bool: causal on token indices, and the same document."""
+  """[B, T, S] bool: causal on token indices, and the same document (or a response's prompt)."""
   causal = q_index_bt[:, :, None] >= kv_index_bs[:, None, :]
-  same_doc = q_segment_bt[:, :, None] == kv_segment_bs[:, None, :]
-  return causal & same_doc
+  q_seg, kv_seg = q_segment_bt[:, :, None], kv_segment_bs[:, None, :]
+  # (Padded blocks carry negative ids, which are never responses.)
+  prompt = jnp.where(q_seg >= SHARED_PREFIX, q_seg % SHARED_PREFIX, -1)
+  return causal & ((q_seg == kv_seg) | (prompt == kv_seg))
 
 
 def reference_attention(q_btnh, k_bskh, v_bskh, q_segment_bt, kv_segment_bs, q_index_bt,

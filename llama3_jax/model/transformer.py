@@ -83,7 +83,8 @@ class Transformer(nnx.Module):
     """tokens [B, T] int -> logits [B, T, V] fp32.
 
     segment_ids [B, T]: tokens attend only within their own segment (document); ids must be
-    non-negative. positions [B, T]: RoPE positions; by default they restart at 0 in each
+    non-negative (ids >= attention_ops.SHARED_PREFIX: a response sharing its prompt, see there;
+    pass positions then). positions [B, T]: RoPE positions; by default they restart at 0 in each
     segment (0..T-1 without segment ids). indices [B, T]: each token's index in its packed row,
     which the causal mask compares; by default 0..T-1. Pass them (and positions) when the
     tokens come permuted, as in context parallelism's load-balanced order; the logits then come

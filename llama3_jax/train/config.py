@@ -88,6 +88,26 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class InitConfig:
+  """Where a new run's parameters come from (fine-tuning): a training workdir, one of its
+  checkpoint steps, or a Hugging Face directory; unset = random. With model.size="init" the
+  model is the one saved there. A resumed run reads its own checkpoints, not this."""
+  path: str | None = None
+  averaged: bool = False     # a workdir's anneal average (WORKDIR/averaged_params)
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOConfig:
+  """Direct preference optimisation (llama3_jax/posttrain/dpo.py), report §4.1.4."""
+  beta: float = 0.1
+  nll_weight: float = 0.2          # x the chosen response's length-normalised NLL
+  max_examples_per_row: int = 16   # preference pairs packed into one row at most
+  # "shared": a pair's prompt once per row, both answers attending to it; "separate": prompt +
+  # answer as two documents (llama3_jax/posttrain/conversations.py). The same loss.
+  layout: str = "shared"
+
+
+@dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
   every_steps: int = 20
   max_to_keep: int = 3
@@ -133,11 +153,19 @@ class ModelChoice:
   size: str = "debug"
   overrides: tuple[tuple[str, typing.Any], ...] = ()
 
-  def resolve(self) -> ModelConfig:
-    if self.size not in SIZES:
+  def resolve(self, init: ModelConfig | None = None) -> ModelConfig:
+    """The model; `init`: the model of init.path, which size "init" stands for."""
+    if self.size == "init":
+      if init is None:
+        raise ValueError('model.size="init" takes the model of init.path, which is unset; '
+                         "set --config.init.path=WORKDIR or choose a size")
+      base = init
+    elif self.size not in SIZES:
       raise ValueError(f"model.size={self.size!r} is not a known size; choose one of "
-                       f"{sorted(SIZES)}")
-    base, changes = SIZES[self.size], dict(self.overrides)
+                       f"{sorted(SIZES)} or \"init\" (the model of init.path)")
+    else:
+      base = SIZES[self.size]
+    changes = dict(self.overrides)
     if "rope_scaling" in changes:
       changes["rope_scaling"] = RopeScaling(**{
           **dataclasses.asdict(base.rope_scaling or RopeScaling()), **changes["rope_scaling"]})
@@ -156,6 +184,8 @@ class RunConfig:
   sharding: ShardingConfig = ShardingConfig(vocab_over_fsdp="auto")
   train: TrainConfig = TrainConfig()
   data: DataConfig = DataConfig()
+  init: InitConfig = InitConfig()
+  dpo: DPOConfig = DPOConfig()
   checkpoint: CheckpointConfig = CheckpointConfig()
   log: LogConfig = LogConfig()
   mfu: MfuConfig = MfuConfig()

@@ -2,6 +2,7 @@
 
     summary = train(cfg, workdir)                               # pre-training (next token)
     summary = train(cfg, workdir, objective=MyLoss(), source=my_rows)   # any other objective
+    summary = train(sft_cfg, workdir)     # cfg.init.path: fine-tune; cfg.data.path: conversations
 
 Run through `python -m experiments.pretrain`. `cfg` is a ConfigDict of the schema in
 llama3_jax/train/config.py; an objective (llama3_jax/train/objectives.py) says what the step
@@ -22,6 +23,7 @@ import time
 import jax
 import numpy as np
 
+from llama3_jax.checkpoint import model as model_lib
 from llama3_jax.checkpoint.run import RunCheckpoints, model_meta
 from llama3_jax.data import corpus
 from llama3_jax.data.batches import Batches, source_for
@@ -54,7 +56,8 @@ def train(cfg, workdir, *, objective=NEXT_TOKEN, source=None,
   """
   started_at = time.time() if started_at is None else started_at
   run = run_config(cfg)
-  plan = make_plan(run, jax.device_count(), jax.process_count())
+  init_model = model_lib.init_model_config(run.init.path) if run.init.path else None
+  plan = make_plan(run, jax.device_count(), jax.process_count(), init_model)
   workdir = pathlib.Path(workdir).resolve()   # Orbax needs absolute paths
   workdir.mkdir(parents=True, exist_ok=True)
   with logs.process_log(workdir) as log_file:
@@ -69,13 +72,17 @@ def train(cfg, workdir, *, objective=NEXT_TOKEN, source=None,
                            t.floor_ratio)
     s = setup(plan.model, plan.mesh, sharding=plan.sharding, optimizer=tx, objective=objective,
               micro_batches=t.micro_batches, seed=t.seed)
-    source = source_for(run.data, t.seed, plan.model.vocab_size) if source is None else source
+    if source is None:
+      source = source_for(run.data, t.seed, plan.model.vocab_size, run.dpo.max_examples_per_row)
     batches = Batches(faults.wrap(source), s.fns.batch_sharding, objective.fields)
     batches.check_stages(plan.stages)
     checkpoints = RunCheckpoints(
         workdir, run.checkpoint, s, batches, plan, faults=faults,
         meta={"seed": t.seed, "model": model_meta(plan.model),
-              "config": json.loads(cfg.to_json_best_effort())})
+              "config": json.loads(cfg.to_json_best_effort())},
+        initial=lambda: s.init_state(model_lib.init_params(run.init.path, plan.model,
+                                                           run.init.averaged)
+                                     if run.init.path else None))
     watchdog = Watchdog(run.runtime.watchdog_s, log_file, lambda: _describe(s.mesh),
                         compile_s=run.runtime.watchdog_compile_s)
 

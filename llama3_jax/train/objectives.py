@@ -5,15 +5,19 @@ An objective is a small object with
               checks batches, and the abstract batch for compiling ahead, from it);
   init_model  (model_config, rngs) -> the nnx.Module it trains (an LM head, later a reward
               head);
-  loss_sums   (model, batch, run_blocks) -> (loss_sum, weight_sum, metric_sums): sums over the
-              batch's rows. The step adds them over micro-batches and divides by the weight of
-              the whole global batch, so micro-batching, data and context parallelism all give
-              the same loss and gradients. Each metric is a sum reported divided by the same
-              weight. `run_blocks` runs the layer stack (the pipeline when there is one); pass
-              it to the model.
+  init_frozen (optional) (model_config, rngs) -> a module the loss reads but does not train
+              (DPO's reference model); it starts as a copy of the pretrained model;
+  loss_sums   (model, batch, run_blocks, frozen) -> (loss_sum, weight_sum, metric_sums): sums
+              over the batch's rows. The step adds them over micro-batches and divides by the
+              weight of the whole global batch, so micro-batching, data and context parallelism
+              all give the same loss and gradients. Each metric is a sum reported divided by
+              the same weight. `run_blocks` runs the layer stack (the pipeline when there is
+              one); pass it to the model. `frozen`: the init_frozen module, or None.
 
-Pre-training's next-token cross-entropy is the first; supervised fine-tuning, DPO and the
-reward model are further objectives of the same loop (llama3_jax/train/loop.py), not new loops.
+Pre-training's next-token cross-entropy is the first, and supervised fine-tuning is the same
+objective on conversation rows whose weights select the assistant's tokens
+(llama3_jax/posttrain/data.py). DPO (llama3_jax/posttrain/dpo.py) and the reward model are
+further objectives of the same loop (llama3_jax/train/loop.py), not new loops.
 """
 
 import jax.numpy as jnp
@@ -31,7 +35,7 @@ class NextTokenLoss:
   def init_model(self, model_config, rngs) -> Transformer:
     return Transformer(model_config, rngs=rngs)
 
-  def loss_sums(self, model, batch, run_blocks=None):
+  def loss_sums(self, model, batch, run_blocks=None, frozen=None):
     logits_btv = model(batch["inputs"], batch.get("segment_ids"), batch.get("positions"),
                        batch.get("indices"), run_blocks=run_blocks)
     ce_bt = optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch["targets"])

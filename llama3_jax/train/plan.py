@@ -13,6 +13,7 @@ import logging
 
 from llama3_jax.model import ModelConfig
 from llama3_jax.optim.schedules import Stage, tokens_after, validate_stages
+from llama3_jax.posttrain.data import is_conversation_data
 from llama3_jax.sharding import MeshConfig, ShardingConfig, validate
 from llama3_jax.train.config import RunConfig
 
@@ -39,13 +40,15 @@ class Plan:
     return self.tokens[-1] - self.anneal_tokens
 
 
-def make_plan(run: RunConfig, n_devices: int, n_processes: int = 1) -> Plan:
-  """Validates the config for `n_devices` devices over `n_processes` processes."""
-  model, train, data = run.model.resolve(), run.train, run.data
+def make_plan(run: RunConfig, n_devices: int, n_processes: int = 1,
+              init_model: ModelConfig | None = None) -> Plan:
+  """Validates the config for `n_devices` devices over `n_processes` processes; `init_model`:
+  the model of `run.init.path` (what model.size="init" means)."""
+  model, train, data = run.model.resolve(init_model), run.train, run.data
   sizes = run.mesh.sizes(n_devices)
   stages = train.stages
   validate_stages(list(stages), batch_shards=sizes["data"] * sizes["fsdp"] * train.micro_batches)
-  if not data.synthetic:
+  if not data.synthetic and not (data.path and is_conversation_data(data.path)):
     for stage in stages:
       if stage.batch_size % data.streams:
         raise ValueError(f"a stage's batch of {stage.batch_size} rows is not divisible by "

@@ -42,10 +42,23 @@ class Setup:
   fns: StepFns
   build: Callable[[], TrainState]
 
-  def init_state(self) -> nnx.State:
+  def init_state(self, pretrained: nnx.State | None = None) -> nnx.State:
     """A new state, each array created in its sharded layout. Random numbers do not depend on
-    the layout (JAX's partitionable threefry), so a seed gives the same parameters on any mesh."""
-    return jax.jit(lambda: nnx.split(self.build())[1], out_shardings=self.shardings)()
+    the layout (JAX's partitionable threefry), so a seed gives the same parameters on any mesh.
+
+    `pretrained`: parameters of the model (e.g. `nnx.state(load_model(path)[1])`) that replace
+    the random ones, in the model and in any frozen copy of it (DPO's reference); the
+    optimizer starts fresh."""
+    def make(pretrained):
+      train_state = self.build()
+      if pretrained is not None:
+        nnx.update(train_state.model, pretrained)
+        if train_state.frozen is not None:
+          nnx.update(train_state.frozen, pretrained)
+      return nnx.split(train_state)[1]
+    if pretrained is not None:   # each array onto the model's layout, from wherever it is
+      pretrained = jax.device_put(pretrained, self.shardings["model"])
+    return jax.jit(make, out_shardings=self.shardings)(pretrained)
 
   @property
   def abstract_model(self):
@@ -73,7 +86,11 @@ def abstract_train_state(model_config, optimizer=None, objective=NEXT_TOKEN, see
   """(graphdef, abstract state, build): the state's shapes and logical axes without devices, for
   a real mesh or an abstract one (planning 16K GPUs on a laptop); `build` makes it for real."""
   tx = build_optimizer() if optimizer is None else optimizer
-  build = lambda: TrainState(objective.init_model(model_config, nnx.Rngs(seed)), tx)
+  def build():
+    rngs = nnx.Rngs(seed)
+    model = objective.init_model(model_config, rngs)
+    init_frozen = getattr(objective, "init_frozen", None)
+    return TrainState(model, tx, init_frozen(model_config, rngs) if init_frozen else None)
   graphdef, abstract = nnx.split(nnx.eval_shape(build))
   return graphdef, abstract, build
 

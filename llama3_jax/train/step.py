@@ -65,14 +65,19 @@ def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = Sha
       batch = context_parallel.reorder_batch(batch, context)
       batch = {name: jax.lax.with_sharding_constraint(x, batch_sharding) if x.ndim == 2 else x
                for name, x in batch.items()}
-    model_def, params = nnx.split(nnx.merge(graphdef, state).model)
+    train_state = nnx.merge(graphdef, state)
+    model_def, params = nnx.split(train_state.model)
+    # Read, never differentiated (DPO's reference); split so each trace merges its own copy.
+    frozen = None if train_state.frozen is None else nnx.split(train_state.frozen)
     if gathered is not None:
       params = jax.lax.with_sharding_constraint(params, gathered)
 
     def micro_step(batch):
       def sums(p):
+        reference = None if frozen is None else nnx.merge(
+            frozen[0], jax.lax.stop_gradient(frozen[1]))
         loss_sum, weight_sum, metrics = objective.loss_sums(nnx.merge(model_def, p), batch,
-                                                            run_blocks)
+                                                            run_blocks, frozen=reference)
         return loss_sum, (weight_sum, metrics)
       # With a context axis, every attention layer traced here runs under shard_map.
       with context_parallel.attention_scope(mesh, rules, config.context_schedule):

@@ -1,0 +1,32 @@
+"""DPO of the default SFT run on the shipped task's preference pairs (correct vs near miss).
+
+python -m experiments.dpo                                        # this config, a few minutes
+python -m experiments.dpo --config.init.path=workdirs/sft --config.data.path=prefs.jsonl \
+    --config.dpo.beta=0.1 --workdir /tmp/dpo
+
+Llama 3's DPO (report §4.1.4): beta 0.1, header and end-of-turn tokens masked out of both
+responses' log-probs, plus 0.2 x the chosen response's length-normalised NLL; the reference is
+the starting model, frozen, run in the same step. Llama 3's learning rate (1e-5) is
+experiments/configs/dpo_llama3_8b.py.
+"""
+
+import ml_collections
+
+from experiments.configs import sft
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = sft.get_config()
+  c.init.path = "workdirs/sft"
+  c.train.steps = 120
+  c.train.peak_lr = 3e-4
+  c.checkpoint.every_steps = 40
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key == "steps":
+      c.train.steps = int(value)
+    elif key == "nll_weight":
+      c.dpo.nll_weight = float(value)
+    else:
+      raise ValueError(f"unknown config argument {key!r}; known: steps, nll_weight")
+  return c

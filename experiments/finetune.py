@@ -1,0 +1,92 @@
+"""What `experiments.sft` and `experiments.dpo` share: flags, the default runs, the report.
+
+Not run by itself: `python -m experiments.sft` / `python -m experiments.dpo`.
+"""
+
+import logging
+import os
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+EXIT_CONFIG = 2
+_CONFIGS = pathlib.Path(__file__).parent / "configs"
+# The runs the defaults start from, made first when absent.
+_DEFAULT_STARTS = {"workdirs/pretrain": "pretrain", "workdirs/sft": "sft"}
+
+
+def define_flags(kind: str):
+  try:   # ml_collections applies --config.* overrides as the flag is defined
+    config = config_flags.DEFINE_config_file("config", str(_CONFIGS / f"{kind}.py"),
+                                             "ml_collections config file")
+  except Exception as error:  # noqa: BLE001 - any bad override: one line, exit 2
+    _fail(f"bad command line: {error}")
+  workdir = flags.DEFINE_string("workdir", f"workdirs/{kind}", "checkpoints, metrics, eval.json, hf/")
+  return config, workdir
+
+
+def _fail(message: str):
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+  sys.exit(EXIT_CONFIG)
+
+
+def _ensure_start(path: str) -> None:
+  """The default starting run, trained first if it is not there."""
+  if (pathlib.Path(path) / "checkpoints").exists() or path not in _DEFAULT_STARTS:
+    return
+  start = _DEFAULT_STARTS[path]
+  print(f"no run in {path}: running the default {start} first (python -m experiments.{start})")
+  if start == "pretrain":
+    from experiments.configs.llama3_debug import get_config
+    from llama3_jax.train.loop import train
+    train(get_config(), path)
+  else:
+    from experiments.configs import sft
+    _ensure_start(sft.get_config().init.path)
+    from llama3_jax.posttrain.stage import run_stage
+    report(run_stage(sft.get_config(), path, "sft"), path)
+
+
+def report(summary: dict, workdir) -> None:
+  evaluation = summary.get("evaluation") or {}
+  for name, scores in evaluation.items():
+    print(f"{name:>7}: exact match {scores['exact_match']:.3f} ± {scores['exact_match_ci']:.3f}"
+          f", preference accuracy {scores['preference_accuracy']:.3f} ± "
+          f"{scores['preference_accuracy_ci']:.3f} (n={scores['n']}; answers e.g. "
+          f"{scores['answers'][:3]})")
+  print(f"done: {summary.get('steps')} steps"
+        + (f", loss {summary['loss']:.4f}" if "loss" in summary else "")
+        + f"; outputs in {workdir} (metrics.jsonl, eval.json, hf/)")
+
+
+def main_for(kind: str, config_flag, workdir_flag):
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cfg = config_flag.value
+    import jax
+    if cfg.runtime.cpu_devices and "JAX_NUM_CPU_DEVICES" not in os.environ:
+      jax.config.update("jax_num_cpu_devices", cfg.runtime.cpu_devices)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    from llama3_jax.posttrain.stage import run_stage
+    try:
+      _ensure_start(cfg.init.path)
+      summary = run_stage(cfg, workdir_flag.value, kind)
+    except (ValueError, FileNotFoundError) as error:   # bad config or data: one line, exit 2
+      _fail(error)
+    if summary.get("complete"):
+      print(f"run complete: {workdir_flag.value}")
+      return
+    report(summary, workdir_flag.value)
+  return main
+
+
+def parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
+    _fail(f"bad command line: {error}")

@@ -1,0 +1,270 @@
+"""Conversation data, prepared once into a shard and read as packed rows with exact resume.
+
+    prepare_conversations("sft.jsonl", "tokenizer.model", "data/sft", kind="sft", max_tokens=256)
+    source = ConversationSource("data/sft", seed=0, vocab_size=512)   # a source for `train`
+
+`prepare_conversations` checks every example (llama3_jax/posttrain/conversations.py), encodes
+it into weighted pieces, fits it to `max_tokens` (the prompt truncated from the left, or the
+example skipped: counted either way) and writes one record per example to
+`examples.array_record`, with a `manifest.json` of counts. The source reads the records through
+Grain: shuffled, repeated, and packed whole into rows by first-fit packing (an example is never
+split, so no response loses its prompt); its iterator state is the checkpoint's data state.
+
+Batch fields (`CONVERSATION_FIELDS`): pre-training's (`inputs`, `targets`, `positions`,
+`segment_ids`, `loss_mask` = the pieces' weights) plus `response`: per target, which response
+of which example of the row it belongs to (3 k - 2 chosen, 3 k - 1 rejected, 3 k edited, for
+example k = 1, 2, ... of the row), 0 elsewhere. Segment ids give each document
+of an example its own id and each shared-prompt response a shared-prefix id, so no token
+attends across examples.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+
+import grain
+import jax
+import numpy as np
+from grain import experimental as grain_experimental
+
+from llama3_jax.data.batches import LM_FIELDS
+# (Grain's iterator states hold tuples; JSON turns them into lists.)
+from llama3_jax.data.loader import _tuples_in, _tuples_out
+from llama3_jax.data.tokenizers import check_token_ids, load_tokenizer
+from llama3_jax.model.attention_ops import shared_prefix_segments
+from llama3_jax.posttrain import conversations
+
+FORMAT = "llama3_jax.conversations.v1"
+MANIFEST = "manifest.json"
+RECORDS = "examples.array_record"
+CONVERSATION_FIELDS = {**LM_FIELDS, "response": np.int32}
+_COLUMNS = ("inputs", "targets", "weights", "positions", "doc", "share", "response")
+_DOCS = 4   # documents per example at most (separate layout: edited, chosen, rejected)
+_READ = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+
+
+def _sha256(path) -> str:
+  return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+def encode_record(pieces) -> bytes:
+  """One example's pieces as int32 [7, n] bytes (the columns of `_COLUMNS`)."""
+  columns = [np.concatenate([getattr(p, c) for p in pieces]) for c in _COLUMNS[:4]]
+  for name in _COLUMNS[4:]:
+    columns.append(np.concatenate([np.full(p.inputs.size, getattr(p, name)) for p in pieces]))
+  return np.stack(columns).astype("<i4").tobytes()
+
+
+def decode_record(record: bytes) -> dict:
+  values = np.frombuffer(record, dtype="<i4").astype(np.int32).reshape(len(_COLUMNS), -1)
+  return dict(zip(_COLUMNS, values))
+
+
+def example_pieces(tokenizer, example: dict, kind: str, layout: str):
+  if kind == "sft":
+    return conversations.sft_pieces(tokenizer, example["messages"])
+  responses = {name: example[name] for name in ("edited", "chosen", "rejected") if name in example}
+  return conversations.preference_pieces(tokenizer, example["messages"], responses, layout)
+
+
+def prepare_conversations(input_path, tokenizer_path, out_dir, *, kind: str, max_tokens: int,
+                          layout: str = "shared", truncation: str = "left",
+                          strict: bool = False) -> dict:
+  """Checks and encodes a conversation file into `out_dir`; returns the manifest.
+
+  truncation "left": a too-long example loses prompt tokens after BOS (counted); "skip": it is
+  dropped (counted). strict: a bad example is an error naming its line, not a skip.
+  """
+  if truncation not in ("left", "skip"):
+    raise ValueError(f"truncation={truncation!r}; use 'left' or 'skip'")
+  input_path, out_dir = pathlib.Path(input_path), pathlib.Path(out_dir)
+  tokenizer_path = pathlib.Path(tokenizer_path).resolve()
+  tokenizer = load_tokenizer(tokenizer_path)
+  settings = {"format": FORMAT, "kind": kind, "layout": layout if kind == "preference" else None,
+              "max_tokens": max_tokens, "truncation": truncation,
+              "input": str(input_path.resolve()), "input_sha256": _sha256(input_path),
+              "tokenizer": {"path": str(tokenizer_path), "sha256": _sha256(tokenizer_path),
+                            "vocab_size": tokenizer.vocab_size}}
+  manifest_path = out_dir / MANIFEST
+  if manifest_path.exists():
+    manifest = json.loads(manifest_path.read_text())
+    if {k: manifest.get(k) for k in settings} == settings:
+      return manifest   # prepared already, from the same file with the same settings
+    raise ValueError(f"{out_dir} holds conversations prepared from other input or settings; "
+                     "use another output directory or delete it")
+  from array_record.python.array_record_module import ArrayRecordWriter
+  out_dir.mkdir(parents=True, exist_ok=True)
+  tmp = out_dir / (RECORDS + ".tmp")
+  writer = ArrayRecordWriter(str(tmp), "group_size:1")
+  counts = {"examples": 0, "tokens": 0, "weighted_tokens": 0, "truncated": 0,
+            "truncated_tokens": 0}
+  skipped, skipped_examples = {}, []
+
+  def skip(reason: str, where: str) -> None:
+    skipped[reason] = skipped.get(reason, 0) + 1
+    if len(skipped_examples) < 5:
+      skipped_examples.append(where)
+
+  try:
+    for line, example in conversations.read_examples(input_path, kind):
+      if isinstance(example, conversations.ExampleError):
+        if strict:
+          raise example
+        skip("bad example", str(example))
+        continue
+      pieces = example_pieces(tokenizer, example, kind, layout)
+      if truncation == "left":
+        pieces, dropped = conversations.truncate_left(pieces, max_tokens)
+      else:
+        dropped = max(0, sum(p.inputs.size for p in pieces) - max_tokens)
+        pieces = [] if dropped else pieces
+      if not pieces:
+        skip("longer than max_tokens", f"{input_path}:{line}: {dropped} tokens too long")
+        continue
+      if not any(p.weights.any() for p in pieces):
+        skip("nothing to learn after truncation", f"{input_path}:{line}")
+        continue
+      counts["truncated"] += bool(dropped)
+      counts["truncated_tokens"] += dropped
+      writer.write(encode_record(pieces))
+      counts["examples"] += 1
+      counts["tokens"] += sum(p.inputs.size for p in pieces)
+      counts["weighted_tokens"] += int(sum(p.weights.sum() for p in pieces))
+  except BaseException:
+    writer.close()
+    tmp.unlink(missing_ok=True)
+    raise
+  writer.close()
+  if counts["examples"] == 0:
+    tmp.unlink(missing_ok=True)
+    raise ValueError(f"no usable examples in {input_path} (skipped: {skipped}; first: "
+                     f"{skipped_examples[:1]}); check the file's format (kind={kind})")
+  os.replace(tmp, out_dir / RECORDS)
+  manifest = {**settings, **counts, "skipped": skipped, "skipped_examples": skipped_examples}
+  tmp_manifest = manifest_path.with_name(MANIFEST + ".tmp")
+  tmp_manifest.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+  os.replace(tmp_manifest, manifest_path)
+  return manifest
+
+
+def read_conversation_manifest(data_dir) -> dict:
+  path = pathlib.Path(data_dir) / MANIFEST
+  if not path.exists():
+    raise FileNotFoundError(f"{path} does not exist; prepare the conversations first "
+                            "(llama3_jax.posttrain.data.prepare_conversations)")
+  try:
+    manifest = json.loads(path.read_text())
+  except json.JSONDecodeError as error:
+    raise ValueError(f"{path} is not valid JSON ({error.msg}); prepare the data again") from None
+  if manifest.get("format") != FORMAT:
+    raise ValueError(f"{path} is not prepared conversation data (format "
+                     f"{manifest.get('format')!r}, expected {FORMAT!r})")
+  return manifest
+
+
+def is_conversation_data(data_dir) -> bool:
+  path = pathlib.Path(data_dir) / MANIFEST
+  try:
+    return json.loads(path.read_text()).get("format") == FORMAT
+  except (OSError, ValueError):
+    return False
+
+
+class ConversationSource:
+  """Packed rows of prepared conversations: a batch source of llama3_jax/data/batches.py.
+
+  Every process reads the one Grain pipeline and keeps its rows (post-training data is small
+  next to the step); its state is saved as stream 0.
+  """
+  fields = tuple(CONVERSATION_FIELDS)
+  state_streams = range(1)
+
+  def __init__(self, data_dir, *, seed: int, vocab_size: int, max_examples_per_row: int = 16):
+    self.data_dir = pathlib.Path(data_dir)
+    self.manifest = read_conversation_manifest(self.data_dir)
+    if self.manifest["tokenizer"]["vocab_size"] > vocab_size:
+      raise ValueError(f"{self.data_dir} was tokenized with a vocabulary of "
+                       f"{self.manifest['tokenizer']['vocab_size']}, larger than the model's "
+                       f"vocab_size {vocab_size}; prepare it with the model's tokenizer")
+    self.seed, self.vocab_size = seed, vocab_size
+    self.max_examples_per_row = max_examples_per_row
+    self.examples = grain.MapDataset.source(
+        grain.sources.ArrayRecordDataSource([str(self.data_dir / RECORDS)]))
+    self.iterator, self.seq_len, self.tokens = None, None, 0
+
+  def check_stages(self, stages) -> None:
+    if len(stages) != 1:
+      raise ValueError(f"conversation data trains in one stage, the config has {len(stages)}; "
+                       "set train.stages to one dict(until_tokens=None, batch_tokens=..., "
+                       "seq_len=...)")
+    stage = stages[0]
+    if stage.mixture:
+      raise ValueError("train.stages[0] has a mixture, but conversation data has no sources; "
+                       "drop the mixture")
+    if stage.seq_len < self.manifest["max_tokens"]:
+      raise ValueError(f"train.stages[0].seq_len={stage.seq_len} is shorter than the "
+                       f"{self.manifest['max_tokens']} tokens {self.data_dir} was prepared to "
+                       "fit; prepare it with max_tokens <= seq_len or raise seq_len")
+
+  def _pipeline(self, batch_size: int, seq_len: int):
+    examples = self.examples.shuffle(seed=self.seed).repeat(None).map(decode_record)
+    packed = grain_experimental.FirstFitPackIterDataset(
+        examples.to_iter_dataset(_READ), length_struct={c: seq_len for c in _COLUMNS},
+        num_packing_bins=batch_size, seed=self.seed, shuffle_bins=True,
+        max_sequences_per_bin=self.max_examples_per_row)
+    return iter(packed)
+
+  def read(self, number: int, stage_index: int, stage, rows: tuple[int, int]) -> dict:
+    if self.iterator is None or self.seq_len != stage.seq_len:
+      self.iterator, self.seq_len = self._pipeline(stage.batch_size, stage.seq_len), stage.seq_len
+      if getattr(self, "_pending", None) is not None:
+        self.iterator.set_state(self._pending)
+        self._pending = None
+    out = [next(self.iterator) for _ in range(stage.batch_size)]
+    self.tokens += int(sum(r["weights"].sum() for r in out))
+    batch = rows_to_batch(out)
+    check_token_ids(batch["inputs"], self.vocab_size, str(self.data_dir))
+    return {name: value[rows[0]:rows[1]] for name, value in batch.items()}
+
+  def get_state(self):
+    if self.iterator is None or jax.process_index() != 0:
+      return {} if self.iterator is not None else None
+    return {0: {"grain": _tuples_out(self.iterator.get_state()), "tokens": self.tokens}}
+
+  def set_state(self, states, stages) -> None:
+    state = (states or {}).get(0)
+    self.iterator, self.seq_len = None, None
+    self._pending = _tuples_in(state["grain"]) if state else None
+    self.tokens = state["tokens"] if state else 0
+
+  def tokens_per_source(self) -> dict[str, int]:
+    return {self.manifest["kind"]: self.tokens}
+
+
+def rows_to_batch(rows: list[dict]) -> dict:
+  """Packed Grain rows -> the batch fields (see the module docstring)."""
+  stack = lambda key: np.stack([r[key] for r in rows])
+  example_bt = stack("inputs_segment_ids")                 # 1, 2, ... per example; 0 = padding
+  doc_bt, share_bt, response_bt = stack("doc"), stack("share"), stack("response")
+  document_bt = np.where(example_bt > 0, example_bt * _DOCS + doc_bt, 0)
+  segment_bt = np.where(share_bt > 0, shared_prefix_segments(document_bt, share_bt), document_bt)
+  response_id = np.where(response_bt > 0, (example_bt - 1) * 3 + response_bt, 0)
+  return {"inputs": stack("inputs"), "targets": stack("targets"),
+          "positions": stack("positions"), "segment_ids": segment_bt.astype(np.int32),
+          "loss_mask": stack("weights").astype(np.float32),
+          "response": response_id.astype(np.int32)}
+
+
+def example_rows(records: list[dict], seq_len: int) -> dict:
+  """A batch of one example per row (records from `decode_record`), padded to `seq_len`: for
+  scoring and for tests; training packs rows with `ConversationSource`."""
+  rows = []
+  for record in records:
+    n = record["inputs"].size
+    if n > seq_len:
+      raise ValueError(f"an example of {n} tokens does not fit seq_len={seq_len}")
+    row = {k: np.pad(v, (0, seq_len - n)) for k, v in record.items()}
+    row["inputs_segment_ids"] = np.pad(np.ones(n, np.int32), (0, seq_len - n))
+    rows.append(row)
+  return rows_to_batch(rows)

@@ -1,0 +1,80 @@
+"""Direct preference optimisation as Llama 3 ran it (report §4.1.4): an objective of the one loop.
+
+    objective = DPOLoss(beta=0.1, nll_weight=0.2)
+    summary = train(cfg, workdir, objective=objective, source=ConversationSource(...))
+
+Per preference pair, with policy log-probs pi and reference log-probs ref of the chosen (c) and
+rejected (r) responses, summed over their content tokens (headers and `<|eot_id|>` are format
+tokens, masked out of both, llama3_jax/posttrain/conversations.py):
+
+    loss = -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))  +  nll_weight * -pi_c / |c|
+
+The second term is the NLL of the chosen response normalised by its length (Pang et al. 2024),
+which keeps the chosen log-probs from falling with the rejected ones. The reference is the
+starting model, frozen in the train state (`init_frozen`) and run in the same step on the same
+rows. The loss is a mean over the pairs of the whole global batch (the step divides by the
+pair count), so micro-batches and meshes do not change it.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from llama3_jax.model import Transformer
+from llama3_jax.posttrain.data import CONVERSATION_FIELDS
+
+
+def response_sums(model, batch, run_blocks=None, *, slots: int):
+  """(log-prob sums, token counts) per response slot, [B, slots]: slot 3k-2 is example k's
+  chosen response, 3k-1 its rejected, 3k its edited one (llama3_jax/posttrain/data.py)."""
+  logits_btv = model(batch["inputs"], batch["segment_ids"], batch["positions"],
+                     batch.get("indices"), run_blocks=run_blocks)
+  logp_bt = -optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch["targets"])
+  weight_bt = batch["loss_mask"]
+  one_hot_bts = jax.nn.one_hot(batch["response"], slots, dtype=jnp.float32)
+  return (jnp.einsum("bt,bts->bs", logp_bt * weight_bt, one_hot_bts),
+          jnp.einsum("bt,bts->bs", weight_bt, one_hot_bts))
+
+
+class DPOLoss:
+  fields = CONVERSATION_FIELDS
+
+  def __init__(self, beta: float = 0.1, nll_weight: float = 0.2,
+               max_examples_per_row: int = 16):
+    if not beta > 0 or nll_weight < 0:
+      raise ValueError(f"dpo.beta={beta} must be > 0 and dpo.nll_weight={nll_weight} >= 0")
+    self.beta, self.nll_weight = beta, nll_weight
+    self.slots = 3 * max_examples_per_row + 1
+
+  def init_model(self, model_config, rngs) -> Transformer:
+    return Transformer(model_config, rngs=rngs)
+
+  def init_frozen(self, model_config, rngs) -> Transformer:
+    """The reference: the same model, set to the starting parameters (Setup.init_state)."""
+    return Transformer(model_config, rngs=rngs)
+
+  def loss_sums(self, model, batch, run_blocks=None, frozen=None):
+    if frozen is None:
+      raise ValueError("DPO needs the reference model in the train state (init_frozen)")
+    policy, count = response_sums(model, batch, run_blocks, slots=self.slots)
+    reference, _ = response_sums(frozen, batch, run_blocks, slots=self.slots)
+    reference = jax.lax.stop_gradient(reference)
+    return pair_loss_sums(policy, reference, count, self.beta, self.nll_weight)
+
+
+def pair_loss_sums(policy_bs, reference_bs, count_bs, beta: float, nll_weight: float):
+  """The DPO loss summed over the pairs of [B, slots] response sums; the pair count; metrics."""
+  chosen, rejected = slice(1, None, 3), slice(2, None, 3)
+  n = min(policy_bs[:, chosen].shape[1], policy_bs[:, rejected].shape[1])
+  pick = lambda x, s: x[:, s][:, :n]
+  pi_c, pi_r = pick(policy_bs, chosen), pick(policy_bs, rejected)
+  ref_c, ref_r = pick(reference_bs, chosen), pick(reference_bs, rejected)
+  n_c, n_r = pick(count_bs, chosen), pick(count_bs, rejected)
+  valid = ((n_c > 0) & (n_r > 0)).astype(jnp.float32)
+  margin = beta * ((pi_c - ref_c) - (pi_r - ref_r))
+  nll = -pi_c / jnp.maximum(n_c, 1.0)
+  loss = -jax.nn.log_sigmoid(margin) + nll_weight * nll
+  total = lambda x: (x * valid).sum()
+  metrics = {"reward_margin": total(margin), "preference_accuracy": total(margin > 0),
+             "chosen_logp": total(pi_c), "rejected_logp": total(pi_r), "chosen_nll": total(nll)}
+  return total(loss), valid.sum(), metrics
