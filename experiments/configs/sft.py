@@ -20,7 +20,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.size = "init"
   c.init.path = "workdirs/pretrain"
   c.mesh.fsdp, c.mesh.tensor = 4, 2
-  c.train.steps = 240
+  c.train.steps = 600
   # One stage: rows of 128 tokens, each packing several whole conversations.
   c.train.stages = (dict(until_tokens=None, batch_tokens=16 * 128, seq_len=128, mixture=None),)
   c.train.peak_lr = 1e-3

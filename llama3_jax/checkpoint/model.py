@@ -40,14 +40,23 @@ def model_config_of(step_dir: pathlib.Path) -> ModelConfig:
 
 
 def run_tokenizer(path):
-  """The tokenizer a run's training data was prepared with (its manifest names it)."""
+  """The tokenizer a run's training data was prepared with: the one its checkpoints record
+  (path and SHA-256), else the one its data's manifest names."""
   from llama3_jax.data import corpus
   from llama3_jax.data.prepare import read_manifest
   from llama3_jax.data.tokenizers import load_tokenizer
   from llama3_jax.posttrain.data import is_conversation_data
   step_dir = checkpoint_step_dir(pathlib.Path(path))
-  config = json.loads((step_dir / "meta" / "metadata").read_text()).get("config", {})
-  data = config.get("data", {})
+  meta = json.loads((step_dir / "meta" / "metadata").read_text())
+  recorded = meta.get("tokenizer")
+  if recorded:
+    tokenizer_path = pathlib.Path(recorded["path"])
+    if not tokenizer_path.exists() or _sha256(tokenizer_path) != recorded["sha256"]:
+      raise ValueError(f"{path} was trained with the tokenizer {tokenizer_path} (sha256 "
+                       f"{recorded['sha256'][:12]}...), which is gone or has changed since; "
+                       "pass that tokenizer explicitly (e.g. --tokenizer)")
+    return load_tokenizer(tokenizer_path)
+  data = meta.get("config", {}).get("data", {})
   if data.get("synthetic"):
     raise ValueError(f"{path} was trained on synthetic data, which has no tokenizer; pass one "
                      "with --tokenizer")
@@ -55,6 +64,11 @@ def run_tokenizer(path):
   manifest = (json.loads((data_dir / "manifest.json").read_text())
               if is_conversation_data(data_dir) else read_manifest(data_dir))
   return load_tokenizer(manifest["tokenizer"]["path"])
+
+
+def _sha256(path) -> str:
+  import hashlib
+  return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
 
 
 def load_model(path, *, averaged: bool = False, device=None) -> tuple[ModelConfig, Transformer]:

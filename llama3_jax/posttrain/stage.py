@@ -28,6 +28,9 @@ KINDS = {"sft": ("sft", "sft"), "dpo": ("preference", "preferences")}   # data k
 def init_tokenizer(path):
   """The tokenizer of the starting model; it must have Llama 3's chat tokens."""
   path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f"init.path {path} does not exist; give a training workdir, a "
+                            "checkpoint step or a Hugging Face directory")
   tokenizer = hf.load_tokenizer(path) if (path / "config.json").exists() and not (
       path / "checkpoints").exists() else run_tokenizer(path)
   for name in ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"):

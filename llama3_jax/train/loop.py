@@ -79,6 +79,8 @@ def train(cfg, workdir, *, objective=NEXT_TOKEN, source=None,
     checkpoints = RunCheckpoints(
         workdir, run.checkpoint, s, batches, plan, faults=faults,
         meta={"seed": t.seed, "model": model_meta(plan.model),
+              # what generation, evaluation and fine-tuning must encode with (path, sha256)
+              "tokenizer": getattr(source, "manifest", {}).get("tokenizer"),
               "config": json.loads(cfg.to_json_best_effort())},
         initial=lambda: s.init_state(model_lib.init_params(run.init.path, plan.model,
                                                            run.init.averaged)
