@@ -24,7 +24,8 @@ def define_flags(kind: str):
                                              "ml_collections config file")
   except Exception as error:  # noqa: BLE001 - any bad override: one line, exit 2
     _fail(f"bad command line: {error}")
-  workdir = flags.DEFINE_string("workdir", f"workdirs/{kind}", "checkpoints, metrics, eval.json, hf/")
+  workdir = flags.DEFINE_string("workdir", f"workdirs/{kind}",
+                                "checkpoints, metrics, eval.json, hf/")
   return config, workdir
 
 

@@ -45,13 +45,13 @@ def run_tokenizer(path):
   from llama3_jax.data import corpus
   from llama3_jax.data.prepare import read_manifest
   from llama3_jax.data.tokenizers import load_tokenizer
-  from llama3_jax.posttrain.data import is_conversation_data
+  from llama3_jax.posttrain.data import is_conversation_data, sha256
   step_dir = checkpoint_step_dir(pathlib.Path(path))
   meta = json.loads((step_dir / "meta" / "metadata").read_text())
   recorded = meta.get("tokenizer")
   if recorded:
     tokenizer_path = pathlib.Path(recorded["path"])
-    if not tokenizer_path.exists() or _sha256(tokenizer_path) != recorded["sha256"]:
+    if not tokenizer_path.exists() or sha256(tokenizer_path) != recorded["sha256"]:
       raise ValueError(f"{path} was trained with the tokenizer {tokenizer_path} (sha256 "
                        f"{recorded['sha256'][:12]}...), which is gone or has changed since; "
                        "pass that tokenizer explicitly (e.g. --tokenizer)")
@@ -64,11 +64,6 @@ def run_tokenizer(path):
   manifest = (json.loads((data_dir / "manifest.json").read_text())
               if is_conversation_data(data_dir) else read_manifest(data_dir))
   return load_tokenizer(manifest["tokenizer"]["path"])
-
-
-def _sha256(path) -> str:
-  import hashlib
-  return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
 
 
 def load_model(path, *, averaged: bool = False, device=None) -> tuple[ModelConfig, Transformer]:
@@ -95,7 +90,9 @@ def load_model(path, *, averaged: bool = False, device=None) -> tuple[ModelConfi
   return config, nnx.merge(graphdef, params)
 
 
-def _is_hf(path: pathlib.Path) -> bool:
+def is_hf_dir(path) -> bool:
+  """A Hugging Face model directory (config.json), not a training workdir."""
+  path = pathlib.Path(path)
   return (path / "config.json").exists() and not (path / "checkpoints").exists()
 
 
@@ -105,7 +102,7 @@ def init_model_config(path) -> ModelConfig:
   if not path.exists():
     raise FileNotFoundError(f"init.path {path} does not exist; give a training workdir, a "
                             "checkpoint step directory or a Hugging Face model directory")
-  if _is_hf(path):
+  if is_hf_dir(path):
     import json as json_lib
     from llama3_jax.checkpoint.hf import config_from_hf
     return config_from_hf(json_lib.loads((path / "config.json").read_text()))
@@ -115,7 +112,7 @@ def init_model_config(path) -> ModelConfig:
 def init_params(path, model_config: ModelConfig, averaged: bool = False) -> nnx.State:
   """The parameters at `path` for a run of `model_config` (shapes checked, dtype cast)."""
   path = pathlib.Path(path)
-  if _is_hf(path):
+  if is_hf_dir(path):
     from llama3_jax.checkpoint import hf
     _, model = hf.load(path, param_dtype=model_config.param_dtype)
   else:
@@ -127,3 +124,15 @@ def init_params(path, model_config: ModelConfig, averaged: bool = False) -> nnx.
     raise ValueError(f"init.path {path} holds a model of other shapes than this run's; use "
                      'model.size="init" (its model) or overrides that keep the shapes')
   return jax.tree.map(lambda x, w: x.astype(w.dtype), params, wanted)
+
+
+def model_and_tokenizer(checkpoint=None, hf_dir=None, averaged: bool = False, tokenizer=None):
+  """(model, tokenizer) from a workdir or step (`checkpoint`) or a Hugging Face directory;
+  `tokenizer`: a tokenizer file instead of the model's own."""
+  from llama3_jax.checkpoint import hf
+  from llama3_jax.data.tokenizers import load_tokenizer
+  if hf_dir:
+    _, model = hf.load(hf_dir)
+    return model, load_tokenizer(tokenizer) if tokenizer else hf.load_tokenizer(hf_dir)
+  _, model = load_model(checkpoint, averaged=averaged)
+  return model, load_tokenizer(tokenizer) if tokenizer else run_tokenizer(checkpoint)

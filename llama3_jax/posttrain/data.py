@@ -13,7 +13,8 @@ split, so no response loses its prompt); its iterator state is the checkpoint's 
 Batch fields (`CONVERSATION_FIELDS`): pre-training's (`inputs`, `targets`, `positions`,
 `segment_ids`, `loss_mask` = the pieces' weights) plus `response`: per target, which response
 of which example of the row it belongs to (3 k - 2 chosen, 3 k - 1 rejected, 3 k edited, for
-example k = 1, 2, ... of the row), 0 elsewhere. Segment ids give each document
+example k = 1, 2, ... of the row), 0 elsewhere; with precomputed reference log-probs
+(`add_reference_logps`), `reference_logp` per target. Segment ids give each document
 of an example its own id and each shared-prompt response a shared-prefix id, so no token
 attends across examples.
 """
@@ -44,8 +45,11 @@ _DOCS = 4   # documents per example at most (separate layout: edited, chosen, re
 _READ = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
 
 
-def _sha256(path) -> str:
+def sha256(path) -> str:
   return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+REFERENCE = "reference"   # the optional column of precomputed reference log-probs (float32)
 
 
 def encode_record(pieces) -> bytes:
@@ -56,9 +60,19 @@ def encode_record(pieces) -> bytes:
   return np.stack(columns).astype("<i4").tobytes()
 
 
-def decode_record(record: bytes) -> dict:
-  values = np.frombuffer(record, dtype="<i4").astype(np.int32).reshape(len(_COLUMNS), -1)
-  return dict(zip(_COLUMNS, values))
+def decode_record(record: bytes, columns=_COLUMNS) -> dict:
+  values = np.frombuffer(record, dtype="<i4").astype(np.int32).reshape(len(columns), -1)
+  out = dict(zip(columns, values))
+  if REFERENCE in out:
+    out[REFERENCE] = out[REFERENCE].view(np.float32)
+  return out
+
+
+def _record_bytes(record: dict) -> bytes:
+  columns = [record[c].astype("<i4") for c in _COLUMNS]
+  if REFERENCE in record:
+    columns.append(record[REFERENCE].astype("<f4").view("<i4"))
+  return np.stack(columns).tobytes()
 
 
 def example_pieces(tokenizer, example: dict, kind: str, layout: str):
@@ -83,8 +97,8 @@ def prepare_conversations(input_path, tokenizer_path, out_dir, *, kind: str, max
   tokenizer = load_tokenizer(tokenizer_path)
   settings = {"format": FORMAT, "kind": kind, "layout": layout if kind == "preference" else None,
               "max_tokens": max_tokens, "truncation": truncation,
-              "input": str(input_path.resolve()), "input_sha256": _sha256(input_path),
-              "tokenizer": {"path": str(tokenizer_path), "sha256": _sha256(tokenizer_path),
+              "input": str(input_path.resolve()), "input_sha256": sha256(input_path),
+              "tokenizer": {"path": str(tokenizer_path), "sha256": sha256(tokenizer_path),
                             "vocab_size": tokenizer.vocab_size}}
   manifest_path = out_dir / MANIFEST
   if manifest_path.exists():
@@ -189,6 +203,9 @@ class ConversationSource:
                        f"vocab_size {vocab_size}; prepare it with the model's tokenizer")
     self.seed, self.vocab_size = seed, vocab_size
     self.max_examples_per_row = max_examples_per_row
+    self.columns = tuple(self.manifest.get("columns", _COLUMNS))
+    if REFERENCE in self.columns:
+      self.fields = self.fields + ("reference_logp",)
     self.examples = grain.MapDataset.source(
         grain.sources.ArrayRecordDataSource([str(self.data_dir / RECORDS)]))
     self.iterator, self.seq_len, self.tokens = None, None, 0
@@ -208,9 +225,10 @@ class ConversationSource:
                        "fit; prepare it with max_tokens <= seq_len or raise seq_len")
 
   def _pipeline(self, batch_size: int, seq_len: int):
-    examples = self.examples.shuffle(seed=self.seed).repeat(None).map(decode_record)
+    examples = self.examples.shuffle(seed=self.seed).repeat(None).map(
+        lambda record: decode_record(record, self.columns))
     packed = grain_experimental.FirstFitPackIterDataset(
-        examples.to_iter_dataset(_READ), length_struct={c: seq_len for c in _COLUMNS},
+        examples.to_iter_dataset(_READ), length_struct={c: seq_len for c in self.columns},
         num_packing_bins=batch_size, seed=self.seed, shuffle_bins=True,
         max_sequences_per_bin=self.max_examples_per_row)
     return iter(packed)
@@ -250,10 +268,13 @@ def rows_to_batch(rows: list[dict]) -> dict:
   document_bt = np.where(example_bt > 0, example_bt * _DOCS + doc_bt, 0)
   segment_bt = np.where(share_bt > 0, shared_prefix_segments(document_bt, share_bt), document_bt)
   response_id = np.where(response_bt > 0, (example_bt - 1) * 3 + response_bt, 0)
-  return {"inputs": stack("inputs"), "targets": stack("targets"),
-          "positions": stack("positions"), "segment_ids": segment_bt.astype(np.int32),
-          "loss_mask": stack("weights").astype(np.float32),
-          "response": response_id.astype(np.int32)}
+  batch = {"inputs": stack("inputs"), "targets": stack("targets"),
+           "positions": stack("positions"), "segment_ids": segment_bt.astype(np.int32),
+           "loss_mask": stack("weights").astype(np.float32),
+           "response": response_id.astype(np.int32)}
+  if REFERENCE in rows[0]:
+    batch["reference_logp"] = stack(REFERENCE).astype(np.float32)
+  return batch
 
 
 def example_rows(records: list[dict], seq_len: int) -> dict:
@@ -268,3 +289,45 @@ def example_rows(records: list[dict], seq_len: int) -> dict:
     row["inputs_segment_ids"] = np.pad(np.ones(n, np.int32), (0, seq_len - n))
     rows.append(row)
   return rows_to_batch(rows)
+
+
+def read_records(data_dir) -> list[dict]:
+  """Every example of prepared conversations, in file order (decoded)."""
+  manifest = read_conversation_manifest(data_dir)
+  source = grain.sources.ArrayRecordDataSource([str(pathlib.Path(data_dir) / RECORDS)])
+  columns = tuple(manifest.get("columns", _COLUMNS))
+  return [decode_record(source[i], columns) for i in range(len(source))]
+
+
+def add_reference_logps(data_dir, out_dir, token_logps, *, model_path: str,
+                        batch_size: int = 32) -> dict:
+  """Writes `data_dir`'s examples to `out_dir` with the reference model's log-prob of every
+  target (DPO's `dpo.reference="precomputed"`): `token_logps(batch) -> [B, T]` is the
+  reference model on one example per row. Returns the new manifest."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+  manifest = read_conversation_manifest(data_dir)
+  out_dir = pathlib.Path(out_dir)
+  settings = {"from": str(pathlib.Path(data_dir).resolve()), "model": str(model_path)}
+  if (out_dir / MANIFEST).exists():
+    done = read_conversation_manifest(out_dir)
+    if done.get("reference") == settings:
+      return done
+    raise ValueError(f"{out_dir} holds reference log-probs of other data or another model; "
+                     "use another directory or delete it")
+  out_dir.mkdir(parents=True, exist_ok=True)
+  records = read_records(data_dir)
+  tmp = out_dir / (RECORDS + ".tmp")
+  writer = ArrayRecordWriter(str(tmp), "group_size:1")
+  try:
+    for start in range(0, len(records), batch_size):
+      chunk = records[start:start + batch_size]
+      logp_bt = np.asarray(token_logps(example_rows(chunk, manifest["max_tokens"])))
+      for row, record in enumerate(chunk):
+        writer.write(_record_bytes({**record,
+                                    REFERENCE: logp_bt[row, :record["inputs"].size]}))
+  finally:
+    writer.close()
+  os.replace(tmp, out_dir / RECORDS)
+  manifest = {**manifest, "columns": list(_COLUMNS) + [REFERENCE], "reference": settings}
+  (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+  return manifest

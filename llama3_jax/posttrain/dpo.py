@@ -12,12 +12,14 @@ tokens, masked out of both, llama3_jax/posttrain/conversations.py):
 The second term is the NLL of the chosen response normalised by its length (Pang et al. 2024),
 which keeps the chosen log-probs from falling with the rejected ones. The reference is the
 starting model, frozen in the train state (`init_frozen`) and run in the same step on the same
-rows. The loss is a mean over the pairs of the whole global batch (the step divides by the
-pair count), so micro-batches and meshes do not change it.
+rows, or its log-probs computed once and stored with the data (`reference="precomputed"`).
+The loss is a mean over the pairs of the whole global batch (the step divides by the pair
+count), so micro-batches and meshes do not change it.
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from llama3_jax.model import Transformer
@@ -27,37 +29,57 @@ from llama3_jax.posttrain.data import CONVERSATION_FIELDS
 def response_sums(model, batch, run_blocks=None, *, slots: int):
   """(log-prob sums, token counts) per response slot, [B, slots]: slot 3k-2 is example k's
   chosen response, 3k-1 its rejected, 3k its edited one (llama3_jax/posttrain/data.py)."""
+  return _slot_sums(token_logps(model, batch, run_blocks), batch, slots)
+
+
+def token_logps(model, batch, run_blocks=None):
+  """[B, T] fp32: the log-probability of each target."""
   logits_btv = model(batch["inputs"], batch["segment_ids"], batch["positions"],
                      batch.get("indices"), run_blocks=run_blocks)
-  logp_bt = -optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch["targets"])
+  return -optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch["targets"])
+
+
+def _slot_sums(logp_bt, batch, slots: int):
   weight_bt = batch["loss_mask"]
   one_hot_bts = jax.nn.one_hot(batch["response"], slots, dtype=jnp.float32)
   return (jnp.einsum("bt,bts->bs", logp_bt * weight_bt, one_hot_bts),
           jnp.einsum("bt,bts->bs", weight_bt, one_hot_bts))
 
 
+REFERENCES = ("in_step", "precomputed")
+
+
 class DPOLoss:
-  fields = CONVERSATION_FIELDS
+  """reference "in_step": the frozen reference model runs in each step; "precomputed": its
+  log-probs come with the data (`reference_logp`, llama3_jax/posttrain/data.py:
+  add_reference_logps), so a step runs one model."""
 
   def __init__(self, beta: float = 0.1, nll_weight: float = 0.2,
-               max_examples_per_row: int = 16):
+               max_examples_per_row: int = 16, reference: str = "in_step"):
     if not beta > 0 or nll_weight < 0:
       raise ValueError(f"dpo.beta={beta} must be > 0 and dpo.nll_weight={nll_weight} >= 0")
-    self.beta, self.nll_weight = beta, nll_weight
+    if reference not in REFERENCES:
+      raise ValueError(f"dpo.reference={reference!r}; use one of {REFERENCES}")
+    self.beta, self.nll_weight, self.reference = beta, nll_weight, reference
     self.slots = 3 * max_examples_per_row + 1
+    self.fields = (CONVERSATION_FIELDS if reference == "in_step"
+                   else {**CONVERSATION_FIELDS, "reference_logp": np.float32})
 
   def init_model(self, model_config, rngs) -> Transformer:
     return Transformer(model_config, rngs=rngs)
 
-  def init_frozen(self, model_config, rngs) -> Transformer:
+  def init_frozen(self, model_config, rngs) -> Transformer | None:
     """The reference: the same model, set to the starting parameters (Setup.init_state)."""
-    return Transformer(model_config, rngs=rngs)
+    return Transformer(model_config, rngs=rngs) if self.reference == "in_step" else None
 
   def loss_sums(self, model, batch, run_blocks=None, frozen=None):
-    if frozen is None:
+    policy, count = _slot_sums(token_logps(model, batch, run_blocks), batch, self.slots)
+    if self.reference == "precomputed":
+      reference, _ = _slot_sums(batch["reference_logp"], batch, self.slots)
+    elif frozen is None:
       raise ValueError("DPO needs the reference model in the train state (init_frozen)")
-    policy, count = response_sums(model, batch, run_blocks, slots=self.slots)
-    reference, _ = response_sums(frozen, batch, run_blocks, slots=self.slots)
+    else:
+      reference, _ = _slot_sums(token_logps(frozen, batch, run_blocks), batch, self.slots)
     reference = jax.lax.stop_gradient(reference)
     return pair_loss_sums(policy, reference, count, self.beta, self.nll_weight)
 

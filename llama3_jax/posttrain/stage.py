@@ -16,9 +16,9 @@ import json
 import pathlib
 
 from llama3_jax.checkpoint import hf
-from llama3_jax.checkpoint.model import load_model, run_tokenizer
+from llama3_jax.checkpoint.model import is_hf_dir, load_model, run_tokenizer
 from llama3_jax.posttrain import task
-from llama3_jax.posttrain.data import is_conversation_data, prepare_conversations
+from llama3_jax.posttrain.data import is_conversation_data, prepare_conversations, sha256
 from llama3_jax.posttrain.dpo import DPOLoss
 from llama3_jax.train.objectives import NEXT_TOKEN
 
@@ -31,8 +31,7 @@ def init_tokenizer(path):
   if not path.exists():
     raise FileNotFoundError(f"init.path {path} does not exist; give a training workdir, a "
                             "checkpoint step or a Hugging Face directory")
-  tokenizer = hf.load_tokenizer(path) if (path / "config.json").exists() and not (
-      path / "checkpoints").exists() else run_tokenizer(path)
+  tokenizer = hf.load_tokenizer(path) if is_hf_dir(path) else run_tokenizer(path)
   for name in ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"):
     tokenizer.special_id(name)   # raises, naming the fix, if a chat token is missing
   return tokenizer
@@ -66,13 +65,10 @@ def prepare_data(cfg, workdir: pathlib.Path, kind: str, tokenizer) -> pathlib.Pa
   manifest = json.loads((source / "manifest.json").read_text())
   if manifest["kind"] != data_kind:
     raise ValueError(f"{source} holds {manifest['kind']} data; {kind} needs {data_kind} data")
-  expected = getattr(tokenizer, "path", None)
-  if expected and (pathlib.Path(manifest["tokenizer"]["path"]).resolve()
-                   != pathlib.Path(expected).resolve()):
-    from llama3_jax.posttrain.data import _sha256
-    if _sha256(expected) != manifest["tokenizer"]["sha256"]:
-      raise ValueError(f"{source} was tokenized with {manifest['tokenizer']['path']}, not the "
-                       f"starting model's tokenizer {expected}; prepare it again with that one")
+  expected = _tokenizer_path(tokenizer)
+  if expected and sha256(expected) != manifest["tokenizer"]["sha256"]:
+    raise ValueError(f"{source} was tokenized with {manifest['tokenizer']['path']}, not the "
+                     f"starting model's tokenizer {expected}; prepare it again with that one")
   cfg.data.path = str(source)
   return heldout
 
@@ -80,7 +76,28 @@ def prepare_data(cfg, workdir: pathlib.Path, kind: str, tokenizer) -> pathlib.Pa
 def objective_of(cfg, kind: str):
   if kind == "sft":
     return NEXT_TOKEN   # on rows whose weights select the assistant's tokens
-  return DPOLoss(cfg.dpo.beta, cfg.dpo.nll_weight, cfg.dpo.max_examples_per_row)
+  return DPOLoss(cfg.dpo.beta, cfg.dpo.nll_weight, cfg.dpo.max_examples_per_row,
+                 cfg.dpo.reference)
+
+
+def _start_model(cfg):
+  if is_hf_dir(cfg.init.path):
+    return hf.load(cfg.init.path)[1]
+  return load_model(cfg.init.path, averaged=cfg.init.averaged)[1]
+
+
+def precompute_reference(cfg, workdir: pathlib.Path) -> None:
+  """dpo.reference="precomputed": the starting model's log-probs, stored with the data."""
+  from flax import nnx
+  from llama3_jax.posttrain.data import add_reference_logps
+  from llama3_jax.posttrain.dpo import token_logps
+  model = _start_model(cfg)
+  logps = nnx.jit(token_logps)
+  manifest = add_reference_logps(cfg.data.path, workdir / "data_reference",
+                                 lambda batch: logps(model, batch),
+                                 model_path=str(pathlib.Path(cfg.init.path).resolve()))
+  print(f"reference log-probs of {manifest['examples']} examples -> {workdir / 'data_reference'}")
+  cfg.data.path = str(workdir / "data_reference")
 
 
 def run_stage(cfg, workdir, kind: str) -> dict:
@@ -91,13 +108,16 @@ def run_stage(cfg, workdir, kind: str) -> dict:
     raise ValueError(f"{kind} needs a starting model: set --config.init.path=WORKDIR")
   tokenizer = init_tokenizer(cfg.init.path)
   heldout = prepare_data(cfg, workdir, kind, tokenizer)
+  if kind == "dpo" and cfg.dpo.reference == "precomputed":
+    precompute_reference(cfg, workdir)
   evaluation_path = workdir / "eval.json"
   evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.exists() else {}
   examples = task.read_heldout(heldout) if heldout else None
-  if examples and "before" not in evaluation:
-    _, start = load_model(cfg.init.path, averaged=cfg.init.averaged) if not (
-        pathlib.Path(cfg.init.path) / "config.json").exists() else hf.load(cfg.init.path)
-    evaluation["before"] = task.evaluate(start, tokenizer, examples)
+  previous = pathlib.Path(cfg.init.path) / "eval.json"   # the starting run's own "after"
+  if examples and "before" not in evaluation and previous.exists() and not cfg.init.averaged:
+    evaluation["before"] = json.loads(previous.read_text()).get("after")
+  if examples and not evaluation.get("before"):
+    evaluation["before"] = task.evaluate(_start_model(cfg), tokenizer, examples)
   summary = train(cfg, workdir, objective=objective_of(cfg, kind))
   if summary.get("stopped_by"):
     return summary

@@ -105,6 +105,9 @@ class DPOConfig:
   # "shared": a pair's prompt once per row, both answers attending to it; "separate": prompt +
   # answer as two documents (llama3_jax/posttrain/conversations.py). The same loss.
   layout: str = "shared"
+  # "in_step": the frozen reference model runs in every step; "precomputed": its log-probs are
+  # computed once before training and stored with the data (one model per step).
+  reference: str = "in_step"
 
 
 @dataclasses.dataclass(frozen=True)

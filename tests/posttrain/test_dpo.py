@@ -146,3 +146,33 @@ def test_loss_equals_torch_on_the_exported_models(tokenizer, tmp_path):
     margin = 0.1 * ((pc - rc) - (pr - rr))
     losses.append(-torch.nn.functional.logsigmoid(margin) + 0.2 * (-pc / nc))
   np.testing.assert_allclose(float(loss), float(torch.stack(losses).mean()), rtol=1e-5)
+
+
+def test_precomputed_reference_equals_the_in_step_reference(tokenizer, tokenizer_path, tmp_path):
+  import json
+  from llama3_jax.optim.schedules import Stage
+  from llama3_jax.posttrain.data import (ConversationSource, add_reference_logps,
+                                         prepare_conversations)
+  from llama3_jax.posttrain.dpo import token_logps
+  path = tmp_path / "p.jsonl"
+  path.write_text("".join(json.dumps({"messages": m, "chosen": c, "rejected": r}) + "\n"
+                          for m, c, r in PAIRS * 4))
+  prepare_conversations(path, tokenizer_path, tmp_path / "data", kind="preference",
+                        max_tokens=SEQ)
+  in_step = make()
+  state = in_step.init_state()
+  train_state = nnx.merge(in_step.graphdef, state)
+  logps = nnx.jit(token_logps)
+  add_reference_logps(tmp_path / "data", tmp_path / "ref",
+                      lambda batch: logps(train_state.frozen, batch), model_path="random")
+  stage = Stage(until_tokens=None, batch_tokens=4 * SEQ, seq_len=SEQ)
+  batch = ConversationSource(tmp_path / "ref", seed=0, vocab_size=512).read(1, 0, stage, (0, 4))
+  assert (batch["response"].max(axis=1) > 3).any()   # packed: several pairs in a row
+  precomputed = make(reference="precomputed")
+  p_state = precomputed.init_state(pretrained=nnx.state(train_state.model))
+  loss, grads = jax.device_get(in_step.fns.loss_and_grads(
+      state, {k: v for k, v in batch.items() if k != "reference_logp"}))
+  loss_p, grads_p = jax.device_get(precomputed.fns.loss_and_grads(p_state, batch))
+  np.testing.assert_allclose(loss_p, loss, rtol=RTOL)
+  assert_trees_close(grads_p, grads)
+  assert nnx.merge(precomputed.graphdef, p_state).frozen is None   # one model per step

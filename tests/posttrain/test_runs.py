@@ -102,12 +102,13 @@ def test_sft_launcher_evaluates_and_exports(start, tmp_path):
   assert 0 <= evaluation["after"]["exact_match"] <= 1 and evaluation["after"]["n"] > 0
   assert (tmp_path / "sft" / "hf" / "config.json").exists()
   assert (tmp_path / "sft" / "hf" / "tokenizer.json").exists()
-  # DPO from the SFT run's Hugging Face export.
-  result = _launch("experiments.dpo", *common[1:], f"--config.init.path={tmp_path / 'sft'}",
-                   f"--workdir={tmp_path / 'dpo'}")
+  # DPO from the SFT run's Hugging Face export, its reference log-probs precomputed.
+  hf_dir = tmp_path / "sft" / "hf"
+  result = _launch("experiments.dpo", *common[1:], f"--config.init.path={hf_dir}",
+                   "--config.dpo.reference=precomputed", f"--workdir={tmp_path / 'dpo'}")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert (tmp_path / "dpo" / "hf" / "model.safetensors").exists() or list(
-      (tmp_path / "dpo" / "hf").glob("*.safetensors"))
+  assert list((tmp_path / "dpo" / "hf").glob("*.safetensors"))
+  assert (tmp_path / "dpo" / "data_reference" / "manifest.json").exists()
 
 
 def test_bad_post_training_input_is_one_line(start, tmp_path):

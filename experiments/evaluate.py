@@ -1,0 +1,95 @@
+"""Evaluate a model on multiple-choice tasks: accuracy with 95% intervals, per-answer scores.
+
+python -m experiments.evaluate                          # workdirs/pretrain on the shipped tasks
+python -m experiments.evaluate --checkpoint workdirs/sft --tasks arith,arc_easy.jsonl --shots 5
+python -m experiments.evaluate --hf /models/Llama-3.2-1B --tasks mmlu_test.parquet \
+    --out results.json --log-samples samples.jsonl
+
+Tasks: shipped ones by name (arith) or files (JSONL of {"query", "choices", "gold"}, or ARC,
+MMLU, HellaSwag records as JSON, JSONL or Parquet; llama3_jax/eval/tasks.py). Scoring follows
+lm-evaluation-harness's definitions (llama3_jax/eval/multiple_choice.py) and does not depend on
+the batch size. Prints a table; `--out` maps each task (a file's stem) to acc, acc_norm, acc_ci,
+acc_norm_ci, gold_nll_per_char and n; `--log-samples` writes one line per example (task, index,
+gold, loglikelihoods). Exit codes: 0 done, 2 bad input (one line naming the file and line);
+nothing is half-written.
+"""
+
+import json
+import os
+import pathlib
+import sys
+import tempfile
+
+from absl import app
+from absl import flags
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a training workdir or checkpoint step "
+                                  "(default: workdirs/pretrain, trained first if absent)")
+_HF = flags.DEFINE_string("hf", None, "a Hugging Face model directory instead")
+_AVERAGED = flags.DEFINE_bool("averaged", False, "the workdir's anneal average")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "a tokenizer file (default: the model's)")
+_TASKS = flags.DEFINE_string("tasks", "arith", "comma-separated shipped task names or files")
+_SHOTS = flags.DEFINE_integer("shots", 0, "few-shot examples per question")
+_SEED = flags.DEFINE_integer("seed", 1234, "the choice of the shots")
+_BATCH = flags.DEFINE_integer("batch_size", 8, "rows per forward pass (scores do not depend "
+                              "on it)")
+_OUT = flags.DEFINE_string("out", None, "results JSON (default: WORKDIR/eval_results.json)")
+_SAMPLES = flags.DEFINE_string("log_samples", None, "per-example JSONL")
+EXIT_INPUT = 2
+_DEFAULT_RUN = pathlib.Path("workdirs/pretrain")
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+  with os.fdopen(fd, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import jax
+  jax.config.update("jax_num_cpu_devices", 8)   # ignored on GPU/TPU
+  from llama3_jax.checkpoint.model import model_and_tokenizer
+  from llama3_jax.eval import multiple_choice, tasks
+  try:
+    task_list = [tasks.read_task(name) for name in filter(None, _TASKS.value.split(","))]
+    if not task_list:
+      raise ValueError("--tasks is empty; name a shipped task (arith) or a file")
+    checkpoint = _CHECKPOINT.value or _DEFAULT_RUN
+    if not _HF.value and not _CHECKPOINT.value and not (_DEFAULT_RUN / "checkpoints").exists():
+      print(f"no run in {_DEFAULT_RUN}: training the default model first "
+            "(python -m experiments.pretrain)")
+      from experiments.configs.llama3_debug import get_config
+      from llama3_jax.train.loop import train
+      train(get_config(), _DEFAULT_RUN)
+    model, tokenizer = model_and_tokenizer(checkpoint, _HF.value, _AVERAGED.value,
+                                           _TOKENIZER.value)
+    if tokenizer.vocab_size > model.config.vocab_size:
+      raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
+                       f"vocabulary of {model.config.vocab_size}; pass the model's --tokenizer")
+    results, samples = {}, []
+    for name, examples in task_list:
+      scores = multiple_choice.score_task(model, tokenizer, examples, shots=_SHOTS.value,
+                                          seed=_SEED.value, batch_size=_BATCH.value, task=name)
+      samples += scores.pop("samples")
+      results[name] = scores
+  except (ValueError, FileNotFoundError) as error:
+    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+    sys.exit(EXIT_INPUT)
+  print(f"{'task':<20} {'n':>5} {'chance':>7} {'acc':>15} {'acc_norm':>15} {'nll/char':>9}")
+  for name, r in results.items():
+    print(f"{name:<20} {r['n']:>5} {r['chance']:>7.3f} {r['acc']:>7.3f} ± {r['acc_ci']:.3f} "
+          f"{r['acc_norm']:>7.3f} ± {r['acc_norm_ci']:.3f} {r['gold_nll_per_char']:>9.3f}")
+  out = pathlib.Path(_OUT.value or pathlib.Path(_HF.value or checkpoint) / "eval_results.json")
+  _atomic_write(out, json.dumps(results, indent=1))
+  if _SAMPLES.value:
+    _atomic_write(pathlib.Path(_SAMPLES.value),
+                  "".join(json.dumps(s) + "\n" for s in samples))
+  print(f"results in {out}" + (f", samples in {_SAMPLES.value}" if _SAMPLES.value else ""))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,179 @@
+"""Multiple-choice tasks: the example format, readers for benchmark files, the shipped tasks.
+
+    examples = read_task("arc_challenge_test.jsonl")    # or .json / .parquet; format detected
+    examples = read_task("arith")                        # a task the project ships
+    examples[0].query, examples[0].choices, examples[0].gold
+
+A local task file is JSONL of {"query": str, "choices": [str, ...], "gold": int}. The readers
+take the benchmark files as users have them (no hub at run time) and give each the prompt Llama
+3's evaluations (and lm-evaluation-harness) use:
+  ARC        {"question", "choices": {"text", "label"}, "answerKey"}   "Question: ...\nAnswer:"
+  MMLU       {"question", "choices", "answer", "subject"}   the subject's header, the question,
+             "A. ..." to "D. ...", "Answer:"; choices " A" ... " D"; macro-averaged by subject
+  HellaSwag  {"ctx", "endings", "label"}                               the context, endings
+A bad line is one error naming the file, the line and the fix.
+"""
+
+import dataclasses
+import json
+import pathlib
+import random
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  query: str                 # the context the choices continue (shots are prepended)
+  choices: tuple[str, ...]   # the continuations, scored as " " + choice
+  gold: int
+  index: int                 # the example's line (0-based record) in its file
+  subject: str = ""          # MMLU's subject: scores are macro-averaged over subjects
+  shot: str = ""             # this example as a few-shot demonstration (query + answer)
+
+
+class TaskError(ValueError):
+  pass
+
+
+def _fail(path, line: int, problem: str, fix: str):
+  raise TaskError(f"{path}:{line}: {problem}; {fix}")
+
+
+def _records(path: pathlib.Path):
+  """(1-based line or row, record) of a JSON, JSONL or Parquet file."""
+  if path.suffix == ".parquet":
+    import pyarrow.parquet as pq
+    for i, record in enumerate(pq.read_table(path).to_pylist(), start=1):
+      yield i, record
+    return
+  text = path.read_text(encoding="utf-8")
+  if path.suffix == ".json" and text.lstrip().startswith("["):
+    for i, record in enumerate(json.loads(text), start=1):
+      yield i, record
+    return
+  for i, line in enumerate(text.splitlines(), start=1):
+    if line.strip():
+      try:
+        yield i, json.loads(line)
+      except json.JSONDecodeError as error:
+        _fail(path, i, f"not JSON ({error.msg})", "write one JSON object per line")
+
+
+def _plain(path, line, record, index) -> Example:
+  for name in ("query", "choices", "gold"):
+    if name not in record:
+      _fail(path, line, f"missing field {name!r}", 'write {"query": str, "choices": [str, '
+            '...], "gold": int}')
+  choices = record["choices"]
+  if not isinstance(choices, list) or not choices or not all(isinstance(c, str) for c in choices):
+    _fail(path, line, "'choices' must be a non-empty list of strings", "give two or more choices")
+  gold = record["gold"]
+  if not isinstance(gold, int) or not 0 <= gold < len(choices):
+    _fail(path, line, f"gold={gold!r} is not an index into the {len(choices)} choices",
+          f"use 0..{len(choices) - 1}")
+  return Example(record["query"], tuple(choices), gold, index,
+                 shot=f"{record['query']} {choices[gold]}")
+
+
+def _arc(path, line, record, index) -> Example:
+  labels, texts = list(record["choices"]["label"]), list(record["choices"]["text"])
+  if record["answerKey"] not in labels:
+    _fail(path, line, f"answerKey {record['answerKey']!r} is not among labels {labels}",
+          "fix the answer key")
+  gold = labels.index(record["answerKey"])
+  query = f"Question: {record['question']}\nAnswer:"
+  return Example(query, tuple(texts), gold, index, shot=f"{query} {texts[gold]}")
+
+
+def _mmlu(path, line, record, index) -> Example:
+  choices, answer = list(record["choices"]), record["answer"]
+  letters = "ABCD"[:len(choices)]
+  gold = letters.index(answer) if isinstance(answer, str) else int(answer)
+  if not 0 <= gold < len(choices):
+    _fail(path, line, f"answer {answer!r} is out of range", "use 0-3 or A-D")
+  subject = record.get("subject", "")
+  body = record["question"].strip() + "".join(
+      f"\n{letter}. {choice}" for letter, choice in zip(letters, choices)) + "\nAnswer:"
+  header = (f"The following are multiple choice questions (with answers) about "
+            f"{subject.replace('_', ' ')}.\n\n")
+  return Example(header + body, tuple(letters), gold, index, subject,
+                 shot=f"{body} {letters[gold]}")
+
+
+def _hellaswag(path, line, record, index) -> Example:
+  endings = list(record["endings"])
+  gold = int(record["label"])
+  if not 0 <= gold < len(endings):
+    _fail(path, line, f"label {gold} is out of range", f"use 0..{len(endings) - 1}")
+  return Example(record["ctx"], tuple(endings), gold, index,
+                 shot=f"{record['ctx']} {endings[gold]}")
+
+
+# format -> (fields that identify it, reader)
+FORMATS = {"plain": ({"query", "choices", "gold"}, _plain),
+           "arc": ({"question", "choices", "answerKey"}, _arc),
+           "mmlu": ({"question", "choices", "answer"}, _mmlu),
+           "hellaswag": ({"ctx", "endings", "label"}, _hellaswag)}
+
+
+def read_file(path, format: str | None = None) -> list[Example]:
+  """The examples of a task file; `format` (plain, arc, mmlu, hellaswag) or detected from the
+  first record's fields."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"task file {path} does not exist; give a JSONL, JSON or Parquet "
+                            "file, or a shipped task (arith)")
+  examples = []
+  for index, (line, record) in enumerate(_records(path)):
+    if not isinstance(record, dict):
+      _fail(path, line, "not a JSON object", 'write {"query": ..., "choices": ..., "gold": ...}')
+    if format is None:
+      format = next((name for name, (keys, _) in FORMATS.items() if keys <= record.keys()),
+                    "plain" if "query" in record else None)   # plain: name what is missing
+      if format is None:
+        _fail(path, line, f"fields {sorted(record)} match no known format",
+              'write {"query": str, "choices": [str, ...], "gold": int} (or ARC, MMLU, '
+              "HellaSwag records)")
+    try:
+      examples.append(FORMATS[format][1](path, line, record, index))
+    except (KeyError, TypeError) as error:
+      _fail(path, line, f"not a {format} record ({error!r})", "check the file's fields")
+  if not examples:
+    raise TaskError(f"{path} holds no examples")
+  return examples
+
+
+# ---- tasks the project ships ------------------------------------------------------------------
+
+def arithmetic_task(n: int = 400, seed: int = 1234) -> list[Example]:
+  """Sums and differences in the math source's own phrasing ("What is a + b?\\nAnswer: c"),
+  with three wrong answers: the other operation's result, and the answer off by 10 and 100
+  (never the same number twice). Seeded apart from the corpus (seed 0), so the questions are
+  new to the model."""
+  rng = random.Random(seed)
+  examples = []
+  while len(examples) < n:
+    a, b = rng.randint(10, 999), rng.randint(10, 999)
+    if rng.random() < 0.5:
+      query, right, other = f"What is {a} + {b}?\nAnswer:", a + b, abs(a - b)
+    else:
+      a, b = max(a, b), min(a, b)
+      query, right, other = f"What is {a} - {b}?\nAnswer:", a - b, a + b
+    wrong = [w for w in dict.fromkeys((other, right + 10, abs(right - 100), right + 100))
+             if w != right][:3]
+    choices = [right] + wrong
+    rng.shuffle(choices)
+    choices = tuple(str(c) for c in choices)
+    examples.append(Example(query, choices, choices.index(str(right)), len(examples),
+                            shot=f"{query} {right}"))
+  return examples
+
+
+SHIPPED = {"arith": arithmetic_task}
+
+
+def read_task(name_or_path) -> tuple[str, list[Example]]:
+  """(task name, examples): a shipped task by name, else a file (named by its stem)."""
+  if str(name_or_path) in SHIPPED:
+    return str(name_or_path), SHIPPED[str(name_or_path)]()
+  path = pathlib.Path(name_or_path)
+  return path.stem, read_file(path)

@@ -1,0 +1,61 @@
+"""`python -m experiments.evaluate` as a user runs it: results.json, samples, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from llama3_jax.train.loop import train
+from tests.helpers import tiny_run_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("eval") / "run"
+  cfg = tiny_run_config(steps=2)
+  cfg.model.max_seq_len = 256
+  train(cfg, workdir)
+  return workdir
+
+
+def _evaluate(*args):
+  return subprocess.run([sys.executable, "-m", "experiments.evaluate", *args],
+                        capture_output=True, text=True, timeout=600,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+def test_results_and_samples(run, tmp_path):
+  task = tmp_path / "mine.jsonl"
+  task.write_text("".join(json.dumps({"query": f"{i} plus one is", "choices": [str(i + 1),
+                                      str(i + 2)], "gold": 0}) + "\n" for i in range(5)))
+  out, samples = tmp_path / "results.json", tmp_path / "samples.jsonl"
+  result = _evaluate(f"--checkpoint={run}", f"--tasks=arith,{task}", "--shots=1",
+                     f"--out={out}", f"--log_samples={samples}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  results = json.loads(out.read_text())
+  assert set(results) == {"arith", "mine"}
+  for scores in results.values():
+    assert {"acc", "acc_norm", "acc_ci", "n"} <= set(scores) and 0 <= scores["acc"] <= 1
+  lines = [json.loads(line) for line in samples.read_text().splitlines()]
+  mine = [s for s in lines if s["task"] == "mine"]
+  assert [s["index"] for s in mine] == list(range(5))
+  assert all(len(s["loglikelihoods"]) == 2 and s["gold"] == 0 for s in mine)
+  assert "arith" in result.stdout and "mine" in result.stdout
+
+
+@pytest.mark.parametrize("line, problem", [
+    ('{"query": "q", "choices": ["a"], "gold": 3}', "mine.jsonl:1: gold=3"),
+    ('{"query": "q", "gold": 0}', "mine.jsonl:1: missing field 'choices'"),
+])
+def test_bad_task_file_is_one_line_and_writes_nothing(run, tmp_path, line, problem):
+  task = tmp_path / "mine.jsonl"
+  task.write_text(line + "\n")
+  out = tmp_path / "results.json"
+  result = _evaluate(f"--checkpoint={run}", f"--tasks={task}", f"--out={out}")
+  assert result.returncode == 2 and problem in result.stderr
+  assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+  assert not out.exists()
