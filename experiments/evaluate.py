@@ -2,6 +2,7 @@
 
 python -m experiments.evaluate                          # workdirs/pretrain on the shipped tasks
 python -m experiments.evaluate --checkpoint workdirs/sft --tasks arith,arc_easy.jsonl --shots 5
+python -m experiments.evaluate --tasks arith --robustness     # labels, order, bias, prompts
 python -m experiments.evaluate --hf /models/Llama-3.2-1B --tasks mmlu_test.parquet \
     --out results.json --log-samples samples.jsonl
 
@@ -33,6 +34,8 @@ _SHOTS = flags.DEFINE_integer("shots", 0, "few-shot examples per question")
 _SEED = flags.DEFINE_integer("seed", 1234, "the choice of the shots")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "rows per forward pass (scores do not depend "
                               "on it)")
+_ROBUSTNESS = flags.DEFINE_bool("robustness", False, "also score the label, option-order, "
+                                "label-bias and prompt variants of 4-choice tasks")
 _OUT = flags.DEFINE_string("out", None, "results JSON (default: WORKDIR/eval_results.json)")
 _SAMPLES = flags.DEFINE_string("log_samples", None, "per-example JSONL")
 EXIT_INPUT = 2
@@ -53,7 +56,7 @@ def main(argv):
   import jax
   jax.config.update("jax_num_cpu_devices", 8)   # ignored on GPU/TPU
   from llama3_jax.checkpoint.model import model_and_tokenizer
-  from llama3_jax.eval import multiple_choice, tasks
+  from llama3_jax.eval import multiple_choice, robustness, tasks
   try:
     task_list = [tasks.read_task(name) for name in filter(None, _TASKS.value.split(","))]
     if not task_list:
@@ -75,6 +78,9 @@ def main(argv):
       scores = multiple_choice.score_task(model, tokenizer, examples, shots=_SHOTS.value,
                                           seed=_SEED.value, batch_size=_BATCH.value, task=name)
       samples += scores.pop("samples")
+      if _ROBUSTNESS.value and any(len(e.choices) == 4 for e in examples):
+        scores["robustness"] = robustness.robustness(model, tokenizer, examples,
+                                                     seed=_SEED.value, batch_size=_BATCH.value)
       results[name] = scores
   except (ValueError, FileNotFoundError) as error:
     print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
@@ -83,6 +89,10 @@ def main(argv):
   for name, r in results.items():
     print(f"{name:<20} {r['n']:>5} {r['chance']:>7.3f} {r['acc']:>7.3f} ± {r['acc_ci']:.3f} "
           f"{r['acc_norm']:>7.3f} ± {r['acc_norm_ci']:.3f} {r['gold_nll_per_char']:>9.3f}")
+    for family, spread in r.get("robustness", {}).get("families", {}).items():
+      variants = {k.split("/")[1]: round(v, 3) for k, v in r["robustness"]["variants"].items()
+                  if k.startswith(family + "/")}
+      print(f"  {family:<8} spread {spread['spread']:.3f}: {variants}")
   out = pathlib.Path(_OUT.value or pathlib.Path(_HF.value or checkpoint) / "eval_results.json")
   _atomic_write(out, json.dumps(results, indent=1))
   if _SAMPLES.value:

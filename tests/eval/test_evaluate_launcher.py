@@ -33,7 +33,7 @@ def test_results_and_samples(run, tmp_path):
   task.write_text("".join(json.dumps({"query": f"{i} plus one is", "choices": [str(i + 1),
                                       str(i + 2)], "gold": 0}) + "\n" for i in range(5)))
   out, samples = tmp_path / "results.json", tmp_path / "samples.jsonl"
-  result = _evaluate(f"--checkpoint={run}", f"--tasks=arith,{task}", "--shots=1",
+  result = _evaluate(f"--checkpoint={run}", f"--tasks=arith,{task}", "--shots=1", "--robustness",
                      f"--out={out}", f"--log_samples={samples}")
   assert result.returncode == 0, result.stderr[-2000:]
   results = json.loads(out.read_text())
@@ -45,6 +45,8 @@ def test_results_and_samples(run, tmp_path):
   assert [s["index"] for s in mine] == list(range(5))
   assert all(len(s["loglikelihoods"]) == 2 and s["gold"] == 0 for s in mine)
   assert "arith" in result.stdout and "mine" in result.stdout
+  assert len(results["arith"]["robustness"]["variants"]) == 16   # the 2-choice task has none
+  assert "robustness" not in results["mine"]
 
 
 @pytest.mark.parametrize("line, problem", [
