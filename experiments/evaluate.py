@@ -3,6 +3,7 @@
 python -m experiments.evaluate                          # workdirs/pretrain on the shipped tasks
 python -m experiments.evaluate --checkpoint workdirs/sft --tasks arith,arc_easy.jsonl --shots 5
 python -m experiments.evaluate --tasks arith --robustness     # labels, order, bias, prompts
+python -m experiments.evaluate --tasks arith --contamination ~/.cache/llama3_jax/corpus-v2-vocab512
 python -m experiments.evaluate --hf /models/Llama-3.2-1B --tasks mmlu_test.parquet \
     --out results.json --log-samples samples.jsonl
 
@@ -36,6 +37,8 @@ _BATCH = flags.DEFINE_integer("batch_size", 8, "rows per forward pass (scores do
                               "on it)")
 _ROBUSTNESS = flags.DEFINE_bool("robustness", False, "also score the label, option-order, "
                                 "label-bias and prompt variants of 4-choice tasks")
+_CONTAMINATION = flags.DEFINE_string("contamination", None, "prepared pre-training data to "
+                                     "check the examples against (token 8-gram overlap)")
 _OUT = flags.DEFINE_string("out", None, "results JSON (default: WORKDIR/eval_results.json)")
 _SAMPLES = flags.DEFINE_string("log_samples", None, "per-example JSONL")
 EXIT_INPUT = 2
@@ -48,6 +51,18 @@ def _atomic_write(path: pathlib.Path, text: str) -> None:
   with os.fdopen(fd, "w") as f:
     f.write(text)
   os.replace(tmp, path)
+
+
+def _contamination(index, tokenizer, examples, samples) -> list[dict]:
+  """Per threshold, the contaminated share and the gain it may explain (report §5.1.4)."""
+  from llama3_jax.eval.contamination import contamination_report
+  coverage = [index.coverage(tokenizer.encode(f"{e.query} {e.choices[e.gold]}"))
+              for e in examples]
+  correct = [max(range(len(s["loglikelihoods"])), key=s["loglikelihoods"].__getitem__)
+             == s["gold"] for s in samples]
+  for sample, value in zip(samples, coverage):
+    sample["contamination"] = value
+  return contamination_report(coverage, correct)
 
 
 def main(argv):
@@ -73,6 +88,13 @@ def main(argv):
     if tokenizer.vocab_size > model.config.vocab_size:
       raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
                        f"vocabulary of {model.config.vocab_size}; pass the model's --tokenizer")
+    index = None
+    if _CONTAMINATION.value:
+      from llama3_jax.eval.contamination import NgramIndex
+      index = NgramIndex.from_prepared(_CONTAMINATION.value)
+      print(f"contamination: {index.added:,} 8-grams of {_CONTAMINATION.value} in a "
+            f"{index.bits / 8 / 2**20:.1f} MiB Bloom filter (false-positive rate "
+            f"{index.false_positive_rate:.1e})")
     results, samples = {}, []
     for name, examples in task_list:
       scores = multiple_choice.score_task(model, tokenizer, examples, shots=_SHOTS.value,
@@ -81,6 +103,9 @@ def main(argv):
       if _ROBUSTNESS.value and any(len(e.choices) == 4 for e in examples):
         scores["robustness"] = robustness.robustness(model, tokenizer, examples,
                                                      seed=_SEED.value, batch_size=_BATCH.value)
+      if index is not None:
+        scores["contamination"] = _contamination(index, tokenizer, examples,
+                                                 samples[-len(examples):])
       results[name] = scores
   except (ValueError, FileNotFoundError) as error:
     print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
@@ -89,6 +114,10 @@ def main(argv):
   for name, r in results.items():
     print(f"{name:<20} {r['n']:>5} {r['chance']:>7.3f} {r['acc']:>7.3f} ± {r['acc_ci']:.3f} "
           f"{r['acc_norm']:>7.3f} ± {r['acc_norm_ci']:.3f} {r['gold_nll_per_char']:>9.3f}")
+    for row in r.get("contamination", []):
+      print(f"  contamination >= {row['threshold']}: {row['contaminated_share']:.1%} of "
+            f"examples, gain {row['gain']:+.3f} [{row['gain_ci'][0]:+.3f}, "
+            f"{row['gain_ci'][1]:+.3f}]")
     for family, spread in r.get("robustness", {}).get("families", {}).items():
       variants = {k.split("/")[1]: round(v, 3) for k, v in r["robustness"]["variants"].items()
                   if k.startswith(family + "/")}

@@ -33,7 +33,9 @@ def test_results_and_samples(run, tmp_path):
   task.write_text("".join(json.dumps({"query": f"{i} plus one is", "choices": [str(i + 1),
                                       str(i + 2)], "gold": 0}) + "\n" for i in range(5)))
   out, samples = tmp_path / "results.json", tmp_path / "samples.jsonl"
+  from llama3_jax.data import corpus
   result = _evaluate(f"--checkpoint={run}", f"--tasks=arith,{task}", "--shots=1", "--robustness",
+                     f"--contamination={corpus.embedded_corpus()}",
                      f"--out={out}", f"--log_samples={samples}")
   assert result.returncode == 0, result.stderr[-2000:]
   results = json.loads(out.read_text())
@@ -47,6 +49,10 @@ def test_results_and_samples(run, tmp_path):
   assert "arith" in result.stdout and "mine" in result.stdout
   assert len(results["arith"]["robustness"]["variants"]) == 16   # the 2-choice task has none
   assert "robustness" not in results["mine"]
+  # The math source has "What is a + b?" questions too: partly covered, never above 1.
+  rows = results["arith"]["contamination"]
+  assert [r["threshold"] for r in rows] == [0.2, 0.4, 0.6, 0.8]
+  assert all(0 <= s["contamination"] <= 1 for s in lines)
 
 
 @pytest.mark.parametrize("line, problem", [
