@@ -3,6 +3,7 @@
 python -m experiments.evaluate                          # workdirs/pretrain on the shipped tasks
 python -m experiments.evaluate --checkpoint workdirs/sft --tasks arith,arc_easy.jsonl --shots 5
 python -m experiments.evaluate --tasks arith --robustness     # labels, order, bias, prompts
+python -m experiments.evaluate --tasks "" --needle 256,512,1024 --checkpoint workdirs/long
 python -m experiments.evaluate --tasks arith --contamination ~/.cache/llama3_jax/corpus-v2-vocab512
 python -m experiments.evaluate --hf /models/Llama-3.2-1B --tasks mmlu_test.parquet \
     --out results.json --log-samples samples.jsonl
@@ -39,6 +40,8 @@ _ROBUSTNESS = flags.DEFINE_bool("robustness", False, "also score the label, opti
                                 "label-bias and prompt variants of 4-choice tasks")
 _CONTAMINATION = flags.DEFINE_string("contamination", None, "prepared pre-training data to "
                                      "check the examples against (token 8-gram overlap)")
+_NEEDLE = flags.DEFINE_string("needle", None, "context lengths for needle in a haystack, e.g. "
+                              "256,512 (depths 0, 25, 50, 75, 100%); writes needle.png by --out")
 _OUT = flags.DEFINE_string("out", None, "results JSON (default: WORKDIR/eval_results.json)")
 _SAMPLES = flags.DEFINE_string("log_samples", None, "per-example JSONL")
 EXIT_INPUT = 2
@@ -74,8 +77,9 @@ def main(argv):
   from llama3_jax.eval import multiple_choice, robustness, tasks
   try:
     task_list = [tasks.read_task(name) for name in filter(None, _TASKS.value.split(","))]
-    if not task_list:
+    if not task_list and not _NEEDLE.value:
       raise ValueError("--tasks is empty; name a shipped task (arith) or a file")
+    lengths = [int(n) for n in filter(None, (_NEEDLE.value or "").split(","))]
     checkpoint = _CHECKPOINT.value or _DEFAULT_RUN
     if not _HF.value and not _CHECKPOINT.value and not (_DEFAULT_RUN / "checkpoints").exists():
       print(f"no run in {_DEFAULT_RUN}: training the default model first "
@@ -107,11 +111,17 @@ def main(argv):
         scores["contamination"] = _contamination(index, tokenizer, examples,
                                                  samples[-len(examples):])
       results[name] = scores
+    if lengths:
+      from llama3_jax.eval import needle
+      results["needle"] = needle.needle_grid(model, tokenizer, lengths=lengths,
+                                             depths=(0.0, 0.25, 0.5, 0.75, 1.0))
   except (ValueError, FileNotFoundError) as error:
     print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
     sys.exit(EXIT_INPUT)
   print(f"{'task':<20} {'n':>5} {'chance':>7} {'acc':>15} {'acc_norm':>15} {'nll/char':>9}")
   for name, r in results.items():
+    if name == "needle":
+      continue
     print(f"{name:<20} {r['n']:>5} {r['chance']:>7.3f} {r['acc']:>7.3f} ± {r['acc_ci']:.3f} "
           f"{r['acc_norm']:>7.3f} ± {r['acc_norm_ci']:.3f} {r['gold_nll_per_char']:>9.3f}")
     for row in r.get("contamination", []):
@@ -123,6 +133,11 @@ def main(argv):
                   if k.startswith(family + "/")}
       print(f"  {family:<8} spread {spread['spread']:.3f}: {variants}")
   out = pathlib.Path(_OUT.value or pathlib.Path(_HF.value or checkpoint) / "eval_results.json")
+  if "needle" in results:
+    from llama3_jax.eval import needle
+    needle.plot(results["needle"], out.with_name("needle.png"))
+    print(f"needle in a haystack: accuracy {results['needle']['acc']:.3f} by length "
+          f"{results['needle']['lengths']} x depth; heat map in {out.with_name('needle.png')}")
   _atomic_write(out, json.dumps(results, indent=1))
   if _SAMPLES.value:
     _atomic_write(pathlib.Path(_SAMPLES.value),

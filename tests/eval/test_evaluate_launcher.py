@@ -35,11 +35,12 @@ def test_results_and_samples(run, tmp_path):
   out, samples = tmp_path / "results.json", tmp_path / "samples.jsonl"
   from llama3_jax.data import corpus
   result = _evaluate(f"--checkpoint={run}", f"--tasks=arith,{task}", "--shots=1", "--robustness",
-                     f"--contamination={corpus.embedded_corpus()}",
+                     f"--contamination={corpus.embedded_corpus()}", "--needle=128",
                      f"--out={out}", f"--log_samples={samples}")
   assert result.returncode == 0, result.stderr[-2000:]
   results = json.loads(out.read_text())
-  assert set(results) == {"arith", "mine"}
+  assert set(results) == {"arith", "mine", "needle"}
+  assert (tmp_path / "needle.png").exists() and len(results.pop("needle")["accuracy"][0]) == 5
   for scores in results.values():
     assert {"acc", "acc_norm", "acc_ci", "n"} <= set(scores) and 0 <= scores["acc"] <= 1
   lines = [json.loads(line) for line in samples.read_text().splitlines()]
