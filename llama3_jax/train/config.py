@@ -111,6 +111,19 @@ class DPOConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """Evaluation during training (llama3_jax/eval/during_training.py); 0 = off."""
+  every_steps: int = 0          # a multiple of log.every_steps: results go into that row
+  tasks: str = "arith"          # shipped task names or task files, comma-separated
+  examples: int = 100           # the first N examples of each task
+
+  def __post_init__(self):
+    if self.every_steps < 0 or self.examples <= 0:
+      raise ValueError(f"eval.every_steps={self.every_steps} must be >= 0 and eval.examples="
+                       f"{self.examples} > 0")
+
+
+@dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
   every_steps: int = 20
   max_to_keep: int = 3
@@ -189,6 +202,7 @@ class RunConfig:
   data: DataConfig = DataConfig()
   init: InitConfig = InitConfig()
   dpo: DPOConfig = DPOConfig()
+  eval: EvalConfig = EvalConfig()
   checkpoint: CheckpointConfig = CheckpointConfig()
   log: LogConfig = LogConfig()
   mfu: MfuConfig = MfuConfig()

@@ -22,6 +22,7 @@ import time
 
 import jax
 import numpy as np
+from flax import nnx
 
 from llama3_jax.checkpoint import model as model_lib
 from llama3_jax.checkpoint.run import RunCheckpoints, model_meta
@@ -85,6 +86,11 @@ def train(cfg, workdir, *, objective=NEXT_TOKEN, source=None,
         initial=lambda: s.init_state(model_lib.init_params(run.init.path, plan.model,
                                                            run.init.averaged)
                                      if run.init.path else None))
+    evaluator = None
+    if run.eval.every_steps:
+      from llama3_jax.eval.during_training import Evaluator
+      evaluator = Evaluator(run.eval, (getattr(source, "manifest", {}).get("tokenizer")
+                                       or {}).get("path"))
     watchdog = Watchdog(run.runtime.watchdog_s, log_file, lambda: _describe(s.mesh),
                         compile_s=run.runtime.watchdog_compile_s)
 
@@ -145,6 +151,9 @@ def train(cfg, workdir, *, objective=NEXT_TOKEN, source=None,
           state, result = _step(s.fns, state, batches, np.float32(schedule(plan.tokens[step])),
                                 step + 1, hooks, faults)
           done = step + 1
+          if evaluator is not None and evaluator.due(done):   # into this step's metrics row
+            with jax.set_mesh(s.mesh):
+              result.values.update(evaluator(nnx.merge(s.graphdef, state).model))
           log.debug("step %d: loss %.6f, %.3f s (host %.3f s)%s", done, result.values["loss"],
                     result.step_s, result.host_s, ", compiled" if result.compiled else "")
           verdict = guard.check(done, float(result.values["loss"]), result.skipped)

@@ -1,0 +1,39 @@
+"""Evaluation during training: every `eval.every_steps`, the chosen tasks on the current model,
+into the step's metrics row (metrics.jsonl and TensorBoard).
+
+    evaluator = Evaluator(run.eval, tokenizer_path)        # built by the training loop
+    if evaluator.due(step): values.update(evaluator(model))
+
+Each task logs `eval/<task>/acc`, `acc_norm` and `gold_nll_per_char` on its first
+`eval.examples` examples, scored as `python -m experiments.evaluate` scores them
+(llama3_jax/eval/multiple_choice.py): the same numbers for the same parameters.
+"""
+
+from llama3_jax.eval import multiple_choice, tasks
+
+
+class Evaluator:
+
+  def __init__(self, config, tokenizer_path):
+    from llama3_jax.data.tokenizers import load_tokenizer
+    if tokenizer_path is None:
+      raise ValueError("eval.every_steps needs a tokenizer: the data has none (synthetic "
+                       "data?); set eval.every_steps=0")
+    self.every = config.every_steps
+    self.tokenizer = load_tokenizer(tokenizer_path)
+    self.tasks = {}
+    for name in filter(None, config.tasks.split(",")):
+      task_name, examples = tasks.read_task(name)
+      self.tasks[task_name] = examples[:config.examples]
+
+  def due(self, step: int) -> bool:
+    return bool(self.every) and step % self.every == 0
+
+  def __call__(self, model) -> dict[str, float]:
+    out = {}
+    for name, examples in self.tasks.items():
+      lls = multiple_choice.loglikelihoods(model, self.tokenizer, examples)
+      scores = multiple_choice.metrics(examples, lls)
+      for key in ("acc", "acc_norm", "gold_nll_per_char"):
+        out[f"eval/{name}/{key}"] = scores[key]
+    return out
