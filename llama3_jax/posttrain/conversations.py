@@ -184,17 +184,20 @@ def truncate_left(pieces: list[Piece], room: int, keep: int = 1) -> tuple[list[P
   if len({p.doc for p in pieces}) > 1:   # the separate layout: each response repeats the prompt
     return [], excess
   first = pieces[0]
-  weighted = np.flatnonzero(first.weights)
-  cuttable = (int(weighted[0]) if weighted.size else first.inputs.size) - keep
+  tokens = np.r_[first.inputs, first.targets[-1:]]   # the piece's tokens; weights per token:
+  token_weights = np.r_[0, first.weights]             # a target's weight on the token it is
   shared_prompt = len(pieces) > 1 and pieces[1].share > 0
-  if shared_prompt:   # keep the prompt's last token: the responses' pieces continue from it
-    cuttable = first.inputs.size - keep
-  if excess > cuttable:
+  weighted = np.flatnonzero(token_weights)
+  # Cut after BOS, before the first weighed token's own context token (SFT), or before the
+  # shared prompt's last token (it opens every response piece).
+  limit = tokens.size - 1 if shared_prompt or not weighted.size else int(weighted[0]) - 1
+  if excess > limit - keep:
     return [], excess
-  keep_idx = np.r_[np.arange(keep), np.arange(keep + excess, first.inputs.size)]
-  cut = lambda x: x[keep_idx]
-  # Positions stay as they were after the cut: a left-truncated prompt reads as a shorter one.
-  head = Piece(cut(first.inputs), cut(first.targets), cut(first.weights),
-               np.arange(keep_idx.size, dtype=np.int32), first.doc, first.share, first.response)
+  kept = np.r_[np.arange(keep), np.arange(keep + excess, tokens.size)]
+  tokens, token_weights = tokens[kept], token_weights[kept]
+  # Positions restart after the cut: a left-truncated prompt reads as a shorter one.
+  head = Piece(tokens[:-1], tokens[1:], token_weights[1:],
+               np.arange(tokens.size - 1, dtype=np.int32), first.doc, first.share,
+               first.response)
   rest = [p._replace(positions=p.positions - excess) if shared_prompt else p for p in pieces[1:]]
   return [head] + rest, excess

@@ -130,6 +130,9 @@ def test_long_prompts_are_truncated_from_the_left_or_skipped(tmp_path, tokenizer
   cut, dropped = conversations.truncate_left(pieces, 64)
   assert sum(p.inputs.size for p in cut) == 64 and dropped > 0
   assert cut[0].inputs[0] == tokenizer.bos_id
+  np.testing.assert_array_equal(cut[0].inputs[1:], cut[0].targets[:-1])   # still a sequence
+  tail = cut[0].targets.size - 1   # everything after BOS is the prompt's own end
+  np.testing.assert_array_equal(cut[0].targets[-tail:], pieces[0].targets[-tail:])
   for before, after in zip(pieces[1:], cut[1:]):
     np.testing.assert_array_equal(after.targets, before.targets)
     assert after.positions[0] == cut[0].positions[-1] + 1
@@ -162,3 +165,13 @@ def test_records_round_trip(tokenizer):
   record = decode_record(encode_record(pieces))
   np.testing.assert_array_equal(record["inputs"], pieces[0].inputs)
   np.testing.assert_array_equal(record["weights"], pieces[0].weights)
+
+
+def test_sft_truncation_keeps_every_answer_token(tokenizer):
+  long = [{"role": "user", "content": "word " * 150}, {"role": "assistant", "content": "ok"}]
+  (piece,) = conversations.sft_pieces(tokenizer, long)
+  (cut,), dropped = conversations.truncate_left([piece], 40)
+  assert cut.inputs.size == 40 and dropped == piece.inputs.size - 40
+  np.testing.assert_array_equal(cut.targets[cut.weights == 1], piece.targets[piece.weights == 1])
+  np.testing.assert_array_equal(cut.inputs[1:], cut.targets[:-1])
+  assert conversations.truncate_left([piece], 3) == ([], piece.inputs.size - 3)   # no room
