@@ -79,7 +79,7 @@ class Transformer(nnx.Module):
       self.lm_head_dv = param(rngs, init, (D, V), ("embed", "vocab"), dtype)
 
   def __call__(self, tokens_bt, segment_ids=None, positions=None, indices=None, *,
-               run_blocks=None, cache=None, logits_at=None):
+               run_blocks=None, cache=None, logits_at=None, hidden: bool = False):
     """tokens [B, T] int -> logits [B, T, V] fp32.
 
     segment_ids [B, T]: tokens attend only within their own segment (document); ids must be
@@ -94,6 +94,7 @@ class Transformer(nnx.Module):
     [B, S]}); the tokens are written at slots `indices` with `segment_ids` and attend to the
     whole cache. Returns (logits, new cache). logits_at [B, T'] (token places in the row): the
     LM head runs there only (a prefill needs the last prompt token's), logits [B, T', V].
+    hidden: the final-normed hidden states [B, T, D] (or [B, T', D]) instead of logits.
     """
     c = self.config
     dtype = jnp.dtype(c.dtype)
@@ -126,6 +127,8 @@ class Transformer(nnx.Module):
     if logits_at is not None:
       x_btd = jnp.take_along_axis(x_btd, logits_at[:, :, None], axis=1)
     x_btd = self.final_norm(x_btd)
+    if hidden:
+      return x_btd if cache is None else (x_btd, cache)
     if c.tie_embeddings:
       logits_btv = jnp.einsum("btd,vd->btv", x_btd, self.embed_vd[...].astype(dtype),
                               preferred_element_type=jnp.float32)

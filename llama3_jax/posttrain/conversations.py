@@ -140,8 +140,11 @@ def response_weights(tokenizer, ids, roles) -> np.ndarray:
   return (roles == ASSISTANT) & (ids != tokenizer.special_id("<|eot_id|>"))
 
 
-def preference_pieces(tokenizer, messages, responses: dict, layout: str = "shared") -> list[Piece]:
-  """The prompt and each response (name -> text: chosen, rejected, edited) as pieces."""
+def preference_pieces(tokenizer, messages, responses: dict, layout: str = "shared",
+                      reward: bool = False) -> list[Piece]:
+  """The prompt and each response (name -> text: chosen, rejected, edited; in the dict's
+  order) as pieces. `reward`: each response's `<|eot_id|>` is also an input (its last), where a
+  reward model reads the response's score."""
   if layout not in LAYOUTS:
     raise ValueError(f"layout={layout!r}; use one of {LAYOUTS}")
   # Earlier assistant turns belong to the prompt: only the new answer is weighed.
@@ -152,6 +155,8 @@ def preference_pieces(tokenizer, messages, responses: dict, layout: str = "share
                                                            "content": text}])
     weights = response_weights(tokenizer, ids, roles)
     weights[:prompt] = False
+    if reward:   # one more (input, target) pair: <|eot_id|> in, nothing to learn out
+      ids, weights = np.r_[ids, ids[-1:]], np.r_[weights, False]
     encoded[name] = (ids, weights)
   if layout == "separate":
     return [_piece(ids, w, 0, doc=i, response=RESPONSES[name])

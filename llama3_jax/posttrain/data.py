@@ -75,20 +75,27 @@ def _record_bytes(record: dict) -> bytes:
   return np.stack(columns).tobytes()
 
 
-def example_pieces(tokenizer, example: dict, kind: str, layout: str):
+def example_pieces(tokenizer, example: dict, kind: str, layout: str, reward: bool = False,
+                   order_seed: int | None = None):
+  """`order_seed`: the responses in a shuffled order (seeded), as the reward model reads them."""
   if kind == "sft":
     return conversations.sft_pieces(tokenizer, example["messages"])
-  responses = {name: example[name] for name in ("edited", "chosen", "rejected") if name in example}
-  return conversations.preference_pieces(tokenizer, example["messages"], responses, layout)
+  names = [name for name in ("edited", "chosen", "rejected") if name in example]
+  if order_seed is not None:
+    np.random.default_rng(order_seed).shuffle(names)
+  return conversations.preference_pieces(tokenizer, example["messages"],
+                                         {name: example[name] for name in names}, layout, reward)
 
 
 def prepare_conversations(input_path, tokenizer_path, out_dir, *, kind: str, max_tokens: int,
                           layout: str = "shared", truncation: str = "left",
-                          strict: bool = False) -> dict:
+                          strict: bool = False, reward: bool = False) -> dict:
   """Checks and encodes a conversation file into `out_dir`; returns the manifest.
 
   truncation "left": a too-long example loses prompt tokens after BOS (counted); "skip": it is
-  dropped (counted). strict: a bad example is an error naming its line, not a skip.
+  dropped (counted). strict: a bad example is an error naming its line, not a skip. reward:
+  preference rows for the reward model (each response's <|eot_id|> an input, the responses in
+  a shuffled order, seeded by the line).
   """
   if truncation not in ("left", "skip"):
     raise ValueError(f"truncation={truncation!r}; use 'left' or 'skip'")
@@ -96,7 +103,7 @@ def prepare_conversations(input_path, tokenizer_path, out_dir, *, kind: str, max
   tokenizer_path = pathlib.Path(tokenizer_path).resolve()
   tokenizer = load_tokenizer(tokenizer_path)
   settings = {"format": FORMAT, "kind": kind, "layout": layout if kind == "preference" else None,
-              "max_tokens": max_tokens, "truncation": truncation,
+              "max_tokens": max_tokens, "truncation": truncation, "reward": reward,
               "input": str(input_path.resolve()), "input_sha256": sha256(input_path),
               "tokenizer": {"path": str(tokenizer_path), "sha256": sha256(tokenizer_path),
                             "vocab_size": tokenizer.vocab_size}}
@@ -127,7 +134,8 @@ def prepare_conversations(input_path, tokenizer_path, out_dir, *, kind: str, max
           raise example
         skip("bad example", str(example))
         continue
-      pieces = example_pieces(tokenizer, example, kind, layout)
+      pieces = example_pieces(tokenizer, example, kind, layout, reward,
+                              order_seed=line if reward else None)
       if truncation == "left":
         pieces, dropped = conversations.truncate_left(pieces, max_tokens)
       else:

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 from flax import linen
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from llama3_jax.checkpoint.manager import abstract_like
 from llama3_jax.optim.optimizer import build_optimizer
@@ -40,25 +41,23 @@ class Setup:
   shardings: nnx.State           # NamedShardings of every array of the state
   abstract_state: nnx.State      # ShapeDtypeStructs carrying those shardings
   fns: StepFns
-  build: Callable[[], TrainState]
+  build: Callable[..., TrainState]   # (pretrained=None) -> a new TrainState
 
   def init_state(self, pretrained: nnx.State | None = None) -> nnx.State:
     """A new state, each array created in its sharded layout. Random numbers do not depend on
     the layout (JAX's partitionable threefry), so a seed gives the same parameters on any mesh.
 
-    `pretrained`: parameters of the model (e.g. `nnx.state(load_model(path)[1])`) that replace
-    the random ones, in the model and in any frozen copy of it (DPO's reference); the
-    optimizer starts fresh."""
-    def make(pretrained):
-      train_state = self.build()
-      if pretrained is not None:
-        nnx.update(train_state.model, pretrained)
-        if train_state.frozen is not None:
-          nnx.update(train_state.frozen, pretrained)
-      return nnx.split(train_state)[1]
-    if pretrained is not None:   # each array onto the model's layout, from wherever it is
-      pretrained = jax.device_put(pretrained, self.shardings["model"])
-    return jax.jit(make, out_shardings=self.shardings)(pretrained)
+    `pretrained`: parameters of a Transformer (e.g. `nnx.state(load_model(path)[1])`) that
+    replace the random ones in the model (the objective's `load_pretrained` says where: a
+    reward model's backbone) and in any frozen copy of it (DPO's reference); the optimizer
+    starts fresh."""
+    if pretrained is not None:   # each array onto the model's layout where it has the same one
+      model = self.shardings["model"]
+      same = jax.tree.structure(model) == jax.tree.structure(pretrained)
+      pretrained = jax.device_put(pretrained, model if same else NamedSharding(
+          self.mesh, PartitionSpec()))
+    return jax.jit(lambda p: nnx.split(self.build(p))[1], out_shardings=self.shardings)(
+        pretrained)
 
   @property
   def abstract_model(self):
@@ -86,11 +85,18 @@ def abstract_train_state(model_config, optimizer=None, objective=NEXT_TOKEN, see
   """(graphdef, abstract state, build): the state's shapes and logical axes without devices, for
   a real mesh or an abstract one (planning 16K GPUs on a laptop); `build` makes it for real."""
   tx = build_optimizer() if optimizer is None else optimizer
-  def build():
+  load = getattr(objective, "load_pretrained", nnx.update)
+
+  def build(pretrained=None):
     rngs = nnx.Rngs(seed)
     model = objective.init_model(model_config, rngs)
     init_frozen = getattr(objective, "init_frozen", None)
-    return TrainState(model, tx, init_frozen(model_config, rngs) if init_frozen else None)
+    frozen = init_frozen(model_config, rngs) if init_frozen else None
+    if pretrained is not None:
+      load(model, pretrained)
+      if frozen is not None:
+        load(frozen, pretrained)
+    return TrainState(model, tx, frozen)
   graphdef, abstract = nnx.split(nnx.eval_shape(build))
   return graphdef, abstract, build
 

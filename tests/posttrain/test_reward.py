@@ -1,0 +1,130 @@
+"""Reward model: one-row scoring equals separate rows, the ranked-pair loss, training."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from llama3_jax.posttrain import conversations
+from llama3_jax.posttrain.data import decode_record, encode_record, example_rows
+from llama3_jax.posttrain.reward import (RewardLoss, RewardModel, ranked_pair_sums,
+                                         response_rewards)
+from llama3_jax.sharding import MeshConfig
+from llama3_jax.train.setup import setup
+from tests.helpers import OPTIMIZER, RTOL, assert_trees_close
+from tests.posttrain.conftest import TINY
+
+PROMPT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 7 + 5?"}]
+ANSWERS = {"edited": "12", "chosen": "It is 12", "rejected": "13"}
+SEQ = 128
+
+
+def rows(tokenizer, responses, layout="shared"):
+  pieces = conversations.preference_pieces(tokenizer, PROMPT, responses, layout, reward=True)
+  return example_rows([decode_record(encode_record(pieces))], SEQ)
+
+
+@pytest.fixture(scope="module")
+def model():
+  return RewardModel(TINY, rngs=nnx.Rngs(5))
+
+
+def one_row_rewards(model, batch):
+  rewards_bt = model(batch["inputs"], batch["segment_ids"], batch["positions"])
+  rewards_bs, present = response_rewards(rewards_bt, jnp.asarray(batch["response"]), 4)
+  return np.asarray(rewards_bs[0, 1:]), np.asarray(present[0, 1:])
+
+
+def alone(model, tokenizer, text):
+  """The response with the prompt in a row of its own (a plain document)."""
+  ids, _ = conversations.encode_chat(tokenizer, PROMPT + [{"role": "assistant", "content": text}])
+  return float(model(jnp.asarray(ids[None]))[0, -1])   # read at its last token, <|eot_id|>
+
+
+@pytest.mark.parametrize("names", [("chosen", "rejected"), ("rejected", "chosen"),
+                                   ("edited", "chosen", "rejected"),
+                                   ("rejected", "edited", "chosen")])
+def test_one_row_equals_separate_rows(tokenizer, model, names):
+  batch = rows(tokenizer, {name: ANSWERS[name] for name in names})
+  rewards, present = one_row_rewards(model, batch)
+  slot = {"chosen": 0, "rejected": 1, "edited": 2}
+  for name in names:
+    assert present[slot[name]]
+    np.testing.assert_allclose(rewards[slot[name]], alone(model, tokenizer, ANSWERS[name]),
+                               rtol=1e-5, atol=1e-6)
+  assert present.sum() == len(names)
+
+
+def test_the_loss_is_the_mean_of_the_ranked_pairs():
+  r = np.zeros((1, 4), np.float32)
+  r[0, 1:] = [0.5, -1.0, 2.0]                     # chosen, rejected, edited
+  present = np.ones((1, 4), bool)
+  loss, count, metrics = ranked_pair_sums(jnp.asarray(r), jnp.asarray(present))
+  nl = lambda d: -math.log(1 / (1 + math.exp(-d)))
+  expected = np.mean([nl(2.0 - 0.5), nl(2.0 + 1.0), nl(0.5 + 1.0)])
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
+  assert float(count) == 1 and float(metrics["pair_accuracy"]) == 1
+  # A pair in the wrong order raises the loss.
+  swapped = r.copy()
+  swapped[0, 1], swapped[0, 2] = r[0, 2], r[0, 1]
+  assert float(ranked_pair_sums(jnp.asarray(swapped), jnp.asarray(present))[0]) > float(loss)
+  two = present.copy()
+  two[0, 3] = False                                 # no edited answer: one pair only
+  np.testing.assert_allclose(float(ranked_pair_sums(jnp.asarray(r), jnp.asarray(two))[0]),
+                             nl(1.5), rtol=1e-6)
+
+
+def test_reward_model_learns_and_starts_from_a_pretrained_backbone(tokenizer):
+  s = setup(TINY, MeshConfig(fsdp=2, tensor=2), optimizer=OPTIMIZER,
+            objective=RewardLoss(max_examples_per_row=1), devices=jax.devices()[:4])
+  from llama3_jax.model import Transformer
+  pretrained = nnx.state(Transformer(TINY, rngs=nnx.Rngs(11)))
+  state = s.init_state(pretrained=pretrained)
+  backbone = jax.device_get(state["model"]["backbone"])
+  assert_trees_close(backbone, jax.device_get(pretrained))
+  batch = {k: np.repeat(v, 4, axis=0) for k, v in rows(tokenizer, ANSWERS).items()}
+  losses = []
+  for _ in range(5):
+    state, metrics = s.fns.train(state, batch, 1e-2)
+    losses.append(float(metrics["loss"]))
+  assert losses[-1] < losses[0]
+
+
+def test_packed_shuffled_rows_score_each_response_as_alone(tokenizer, tokenizer_path, model,
+                                                           tmp_path):
+  import json
+  from llama3_jax.optim.schedules import Stage
+  from llama3_jax.posttrain.data import ConversationSource, prepare_conversations
+  questions = [f"What is {i} + {i}?" for i in range(6)]
+  path = tmp_path / "prefs.jsonl"
+  path.write_text("".join(json.dumps({
+      "messages": [PROMPT[0], {"role": "user", "content": q}], "edited": str(2 * i),
+      "chosen": f"It is {2 * i}", "rejected": str(2 * i + 1)}) + "\n"
+      for i, q in enumerate(questions)))
+  prepare_conversations(path, tokenizer_path, tmp_path / "data", kind="preference",
+                        max_tokens=SEQ, reward=True)
+  source = ConversationSource(tmp_path / "data", seed=0, vocab_size=512, max_examples_per_row=4)
+  batch = source.read(1, 0, Stage(until_tokens=None, batch_tokens=2 * SEQ, seq_len=SEQ), (0, 2))
+  assert (batch["response"].max(axis=1) > 3).all()   # several examples in each row
+  rewards_bt = model(batch["inputs"], batch["segment_ids"], batch["positions"])
+  rewards, present = map(np.asarray, response_rewards(rewards_bt, jnp.asarray(batch["response"]),
+                                                      13))
+  checked = 0
+  for b in range(2):
+    for slot in np.flatnonzero(present[b, 1:]) + 1:   # slot 0: not a response
+      # which example and response: decode the response's tokens from the row
+      tokens = batch["targets"][b][(batch["response"][b] == slot) & (batch["loss_mask"][b] > 0)]
+      answer = tokenizer.decode(tokens.tolist()).strip()
+      start = np.flatnonzero(batch["response"][b] == slot)[0]
+      context = tokenizer.decode(batch["inputs"][b][:start].tolist())
+      question = max(questions, key=context.rfind)   # this example's: the last in the row
+      ids, _ = conversations.encode_chat(tokenizer, [PROMPT[0], {"role": "user",
+                                                                 "content": question},
+                                                     {"role": "assistant", "content": answer}])
+      expected = float(model(jnp.asarray(ids[None]))[0, -1])
+      np.testing.assert_allclose(rewards[b, slot], expected, rtol=1e-5, atol=1e-6)
+      checked += 1
+  assert checked >= 6
