@@ -26,7 +26,7 @@ class UserError(ValueError):
 _OS_FIXES = {
     errno.EROFS: "the file system is read-only; choose a writable path",
     errno.EACCES: "permission denied; choose a path you can write, or fix its permissions",
-    errno.EPERM: "permission denied; choose a path you can write, or fix its permissions",
+    errno.EPERM: "the file system refuses it (read-only, or not yours); choose a writable path",
     errno.ENOTDIR: "a part of the path is a file, not a directory; choose another path",
     errno.EEXIST: "it exists and is not a directory; choose another path",
     errno.ENOSPC: "the disk is full; free space or choose another path",

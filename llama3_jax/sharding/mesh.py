@@ -117,6 +117,11 @@ def validate(config: MeshConfig, model, *, n_devices: int, global_batch: int | N
     problems.append(f"tensor={t} is not a multiple of n_kv_heads={model.n_kv_heads}; "
                     "replicated KV heads need whole copies per head; choose tensor as a multiple "
                     f"of {model.n_kv_heads}")
+  if model.d_model % sizes["fsdp"]:
+    problems.append(f"d_model={model.d_model} is not divisible by fsdp={sizes['fsdp']} (FSDP "
+                    "splits every weight along d_model); choose fsdp among "
+                    f"{_divisors(model.d_model, limit=n_devices)}, or a d_model that is a "
+                    f"multiple of {sizes['fsdp']}")
   if model.n_layers % sizes["stage"]:
     problems.append(f"n_layers={model.n_layers} is not divisible by stage={sizes['stage']}; "
                     f"choose stage among {_divisors(model.n_layers, limit=n_devices)}")

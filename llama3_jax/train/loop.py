@@ -25,6 +25,7 @@ import numpy as np
 from llama3_jax.checkpoint.run import RunCheckpoints, model_meta
 from llama3_jax.data import corpus
 from llama3_jax.data.batches import Batches, source_for
+from llama3_jax.errors import writable_dir
 from llama3_jax.optim.optimizer import build_optimizer, nonfinite_counts
 from llama3_jax.optim.schedules import lr_schedule, stage_at
 from llama3_jax.parallel.pipeline import Schedule
@@ -55,8 +56,8 @@ def train(cfg, workdir, *, objective=NEXT_TOKEN, source=None,
   started_at = time.time() if started_at is None else started_at
   run = run_config(cfg)
   plan = make_plan(run, jax.device_count(), jax.process_count())
-  workdir = pathlib.Path(workdir).resolve()   # Orbax needs absolute paths
-  workdir.mkdir(parents=True, exist_ok=True)
+  # Orbax needs absolute paths; a workdir that cannot be written fails here, not at step N.
+  workdir = writable_dir(pathlib.Path(workdir).resolve(), "workdir")
   with logs.process_log(workdir) as log_file:
     # ---- everything the run holds, made here ---------------------------------------------
     primary = jax.process_index() == 0
