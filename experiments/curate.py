@@ -20,7 +20,6 @@ import pathlib
 import sys
 import time
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.experimental import mesh_utils
 
+from llama3_jax.errors import UserError
+
 # Mesh axes, outermost (slowest links) first.
 AXES = ("data", "fsdp", "stage", "context", "tensor")
 
@@ -58,6 +60,18 @@ class MeshConfig:
 
   def dcn_sizes(self) -> dict[str, int]:
     return {axis: getattr(self, "dcn_" + axis) for axis in AXES}
+
+
+def parse_mesh(text: str, flag: str = "--mesh") -> dict[str, int]:
+  """`tensor=8,stage=16,fsdp=128` as axis sizes (axes not named: absent)."""
+  sizes = {}
+  for item in filter(None, text.split(",")):
+    axis, _, value = item.strip().partition("=")
+    if axis not in AXES or not value.lstrip("-").isdigit():
+      raise UserError(f"{flag}: bad entry {item!r}", f"write axis=size with axes from {AXES}, "
+                      "e.g. tensor=8,stage=16,fsdp=128")
+    sizes[axis] = int(value)
+  return sizes
 
 
 def make_mesh(config: MeshConfig, devices=None) -> jax.sharding.Mesh:
