@@ -55,8 +55,11 @@ def _tokenize_file(job) -> dict:
       writer.write(ids.tobytes())
       documents += 1
       tokens += int(ids.size)
-  finally:
+  except BaseException:
     writer.close()
+    tmp.unlink(missing_ok=True)   # no half-written shard is left behind to be mistaken
+    raise
+  writer.close()
   os.replace(tmp, shard_path)
   summary = {"input": str(input_path), "shard": shard_path.name, "documents": documents,
              "tokens": tokens, "too_short": short, "skipped": skips.as_dict()}
