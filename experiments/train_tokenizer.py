@@ -29,7 +29,8 @@ def main(argv=None) -> None:
            for text in read_documents(path, skips, text_field=args.text_field))
   tokenizer = train_sentencepiece(itertools.islice(texts, args.max_documents),
                                   args.vocab_size, args.out,
-                                  character_coverage=args.character_coverage)
+                                  character_coverage=args.character_coverage,
+                                  where=f"--input {' '.join(args.input)}")
   print(f"wrote {args.out}: vocab {tokenizer.vocab_size}"
         + (f"; skipped {dict(skips.counts)}" if skips.counts else ""))
 

@@ -56,6 +56,12 @@ def train(cfg, workdir, *, objective=NEXT_TOKEN, source=None,
   started_at = time.time() if started_at is None else started_at
   run = run_config(cfg)
   plan = make_plan(run, jax.device_count(), jax.process_count())
+  # The data is opened and every stage checked against it before the workdir is touched, so
+  # bad data leaves an existing run's files as they were.
+  source = source_for(run.data, run.train.seed, plan.model.vocab_size) if source is None \
+      else source
+  if hasattr(source, "check_stages"):   # fails now, not when a later stage begins
+    source.check_stages(plan.stages)
   # Orbax needs absolute paths; a workdir that cannot be written fails here, not at step N.
   workdir = writable_dir(pathlib.Path(workdir).resolve(), "workdir")
   with logs.process_log(workdir) as log_file:
@@ -70,9 +76,7 @@ def train(cfg, workdir, *, objective=NEXT_TOKEN, source=None,
                            t.floor_ratio)
     s = setup(plan.model, plan.mesh, sharding=plan.sharding, optimizer=tx, objective=objective,
               micro_batches=t.micro_batches, seed=t.seed)
-    source = source_for(run.data, t.seed, plan.model.vocab_size) if source is None else source
     batches = Batches(faults.wrap(source), s.fns.batch_sharding, objective.fields)
-    batches.check_stages(plan.stages)
     checkpoints = RunCheckpoints(
         workdir, run.checkpoint, s, batches, plan, faults=faults,
         meta={"seed": t.seed, "model": model_meta(plan.model),
