@@ -8,6 +8,8 @@ output is an Orbax checkpoint of the averaged model parameters. Exit code 2: a m
 mismatched checkpoint, or an --out that exists, in one line (llama3_jax/cli.py).
 """
 
+import logging
+
 from llama3_jax import cli
 from llama3_jax.checkpoint.averaging import average_checkpoints
 
@@ -17,6 +19,7 @@ def main(argv=None):
   parser.add_argument("checkpoints", nargs="+")
   parser.add_argument("--out", required=True)
   args = parser.parse_args(argv)
+  logging.getLogger("absl").setLevel(logging.ERROR)   # Orbax's warnings about old metadata
   count = average_checkpoints(args.checkpoints, args.out)
   print(f"averaged {count} checkpoints into {args.out}")
 
