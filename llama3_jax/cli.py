@@ -48,7 +48,10 @@ def run_absl(main, *, define=None, exit_codes=None):
 
   def start():
     if define is not None:
-      define()
+      try:   # ml_collections applies --config.* overrides of a default config file here
+        define()
+      except Exception as error:  # noqa: BLE001 - a bad override, as when parsing
+        raise _flags_error(error, sys.argv[1:], [("config", "")]) from error
 
     def main_without_usage(args):
       try:
@@ -117,25 +120,43 @@ def _parse_absl_flags(argv):
     _check_config_file(name, value.split(":", 1)[0])
   try:
     return flags.FLAGS(argv)
-  except flags.Error as error:
+  except Exception as error:  # noqa: BLE001 - sorted by _flags_error
+    raise _flags_error(error, argv, configs) from error
+
+
+def _flags_error(error: BaseException, argv, configs) -> UserError:
+  """What went wrong parsing the command line: a flag's value, a config file's get_config, or
+  a --config.a.b=value override."""
+  from absl import flags
+  if isinstance(error, flags.Error):
     if "Error whilst parsing config file" in str(error):
       # ml_collections formats get_config's traceback into the message: keep its last line.
       cause = str(error).replace("\\n", "\n").strip().strip("'\"").splitlines()[-1].strip()
-      name, value = next((c for c in configs if c[1] in str(error)), ("config", "?"))
-      raise UserError(f"--{name} {value}: get_config raised {cause}",
-                      "fix the config file or its :argument") from error
-    raise UserError(f"bad command line: {one_line(error)}", "see --helpshort") from error
-  except Exception as error:  # noqa: BLE001 - a config file's get_config, or an override
-    where = _config_frame(error, [value.split(":", 1)[0] for _, value in configs])
-    if where:
-      raise UserError(f"{where}: get_config raised {type(error).__name__}: {one_line(error)}",
-                      "fix the config file or its :argument") from error
-    key = one_line(error).strip("'\"")
-    overrides = [a.split("=", 1)[0] for a in argv
-                 if any(a.startswith(f"--{name}.") for name, _ in configs)]
-    named = [o for o in overrides if key in o.split(".")[1:]] or overrides
-    raise UserError(f"bad command line: {', '.join(named) or 'a --config override'}: the "
-                    f"config has no field {key!r}", "check the name and its section") from error
+      name, value = next((c for c in configs if c[1] and c[1] in str(error)), ("config", "?"))
+      return UserError(f"--{name} {value}: get_config raised {cause}",
+                       "fix the config file or its :argument")
+    return UserError(f"bad command line: {one_line(error)}", "see --helpshort")
+  where = _config_frame(error, [value.split(":", 1)[0] for _, value in configs if value])
+  if where:
+    return UserError(f"{where}: get_config raised {type(error).__name__}: {one_line(error)}",
+                     "fix the config file or its :argument")
+  if isinstance(error, (AttributeError, KeyError)):
+    return _override_error(error, argv, configs)
+  return UserError(f"bad command line: {type(error).__name__}: {one_line(error)}",
+                   "see --helpshort")
+
+
+def _override_error(error: BaseException, argv, configs) -> UserError:
+  """A --config.a.b=value naming no field (ml_collections: AttributeError / KeyError)."""
+  text = str(error).replace("\\n", "\n").strip("'\"")
+  key, _, hint = text.partition("\n")
+  key = key.strip("'\"\\")
+  overrides = [a.split("=", 1)[0] for a in argv
+               if any(a.startswith(f"--{name}.") for name, _ in configs)]
+  named = [o for o in overrides if key in o.split(".")[1:]] or overrides
+  return UserError(f"bad command line: {', '.join(named) or 'a --config override'}: the "
+                   f"config has no field {key!r}", one_line(hint) or
+                   "check the name and its section")
 
 
 def _config_files(argv, flag_values):
