@@ -2,8 +2,8 @@
 traceback (exit 1).
 
     from llama3_jax import cli
-    def main(argv): ...      # raise cli.UserError("--out /x exists", "pass --overwrite")
-    if __name__ == "__main__": cli.run(main)      # absl flags: cli.run_absl(main, define=...)
+    def main(argv): ...   # bad input: raise cli.UserError(f"--out {out} exists", "pass --force")
+    if __name__ == "__main__": cli.run(main)   # argparse; absl: cli.run_absl(main, define=...)
 
 Expected errors print `error: <what>: <fix>` on stderr and exit 2 (`--verbose`, anywhere on
 the command line, adds their traceback): a UserError (llama3_jax/errors.py), a bad command line
@@ -100,8 +100,8 @@ def _raised_here(error: BaseException) -> bool:
 
 
 def one_line(error: BaseException) -> str:
-  if isinstance(error, OSError) and error.filename is not None and not isinstance(
-      error, UserError):
+  """The error's message on one line (an OSError: the path, what the system said, the fix)."""
+  if isinstance(error, OSError) and error.filename is not None:
     message = f"{error.filename}: {error.strerror}: {os_error_fix(error)}"
   else:
     message = str(error)
