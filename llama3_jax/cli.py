@@ -24,7 +24,7 @@ EXIT_BAD_INPUT = 2
 _OURS = tuple(str(pathlib.Path(__file__).resolve().parents[1] / d) for d in
               ("llama3_jax", "experiments"))
 
-__all__ = ["ArgumentParser", "EXIT_BAD_INPUT", "UserError", "run", "run_absl"]
+__all__ = ["EXIT_BAD_INPUT", "ArgumentParser", "UserError", "run", "run_absl"]
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -262,7 +262,7 @@ def _fingerprint(workdir: pathlib.Path) -> dict:
 
 
 def _run_case(case, setup, base: pathlib.Path) -> dict:
-  name, module, args, _ = case
+  _, module, args, _ = case
   run, out = base / "run", base / "out"
   shutil.copytree(setup["run"], run)
   before = _fingerprint(run)
@@ -271,11 +271,11 @@ def _run_case(case, setup, base: pathlib.Path) -> dict:
 
   def fill(text):
     for key, value in places.items():
-      text = text.replace("{%s}" % key, value)
+      text = text.replace(f"{{{key}}}", value)
     return text
 
   result = subprocess.run([sys.executable, "-m", f"experiments.{module}", *map(fill, args)],
-                          cwd=ROOT, env=setup["env"], capture_output=True, text=True,
+                          cwd=ROOT, env=setup["env"], capture_output=True, text=True, check=False,
                           timeout=300)
   return {"result": result, "unchanged": _fingerprint(run) == before, "fill": fill,
           "stale": sorted(str(p) for p in out.rglob("*.tmp")) if out.exists() else []}

@@ -50,7 +50,7 @@ def test_our_value_errors_and_path_errors_are_expected(tmp_path, capsys):
   assert ends(bad_config) == 2
   assert "unknown config section(s) ['trian']" in capsys.readouterr().err
   def missing(argv):
-    open(tmp_path / "nowhere.txt")
+    (tmp_path / "nowhere.txt").read_text()
   assert ends(missing) == 2
   assert capsys.readouterr().err.splitlines()[-1] == (
       f"error: {tmp_path / 'nowhere.txt'}: No such file or directory: no such file or "
