@@ -12,35 +12,26 @@ Reads every *.jsonl / *.jsonl.gz under --input (lines {"text": ..., "url": ..., 
 writes the kept documents to the same relative paths under --out (".gz" dropped) and
 --out/stats.json: input_lines = kept + sum(removed) + sum(skipped_lines). Malformed lines are
 counted (first few listed) unless --strict, which stops at the first with file, line and fix.
-A missing input, no input files or a bad option: one line on stderr, exit code 2.
+A missing input, no input files or a bad option: one line on stderr, exit code 2
+(llama3_jax/cli.py).
 """
 
 import pathlib
 import sys
 import time
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from llama3_jax import cli
+from llama3_jax.errors import UserError
 
 _DEFAULT = str(pathlib.Path(__file__).parent / "configs" / "curation.py")
 
 
-def _fail(message, prefix: str = ""):
-  """One line on stderr, exit code 2 (str(KeyError) adds quotes; absl errors carry newlines)."""
-  message = " ".join(str(message).replace("\\'", "'").replace("\\n", " ").split())
-  if len(message) > 1 and message[0] == message[-1] and message[0] in "'\"":
-    message = message[1:-1]
-  print(f"error: {prefix}{message}", file=sys.stderr)
-  sys.exit(2)
-
-
 def _define_flags():
   """Defined only when run as a program: spawned workers re-import this module as __mp_main__."""
-  try:   # ml_collections applies --config.* overrides as the flag is defined
-    config_flags.DEFINE_config_file("config", _DEFAULT, "curation config file")
-  except Exception as error:  # noqa: BLE001 - any bad override: one line, exit 2
-    _fail(error, "bad command line: ")
+  config_flags.DEFINE_config_file("config", _DEFAULT, "curation config file")
   flags.DEFINE_string("input", None, "directory of *.jsonl / *.jsonl.gz files")
   flags.DEFINE_string("out", None, "output directory (kept documents + stats.json)")
   flags.DEFINE_bool("strict", False, "stop at the first malformed line instead of counting it")
@@ -60,7 +51,7 @@ def _train(kind: str, data: str, model_path: str | None):
   from llama3_jax.data.curation.quality import QualityModel, parse_label
   from llama3_jax.data.curation.reader import read_labelled
   if not model_path:
-    _fail(f"--train-{kind} needs --{kind}-model OUT.npz to write the model to")
+    raise UserError(f"--train-{kind} needs --{kind}-model", "give OUT.npz to write the model to")
   if kind == "langid":
     texts, labels, _ = read_labelled(data, "lang")
     model = LangId.train(texts, [str(x) for x in labels])
@@ -77,32 +68,30 @@ def _train(kind: str, data: str, model_path: str | None):
 
 def main(argv):
   if len(argv) > 1:
-    _fail(f"unexpected arguments: {argv[1:]}")
-  from llama3_jax.data.curation import CurationConfig, CurationInputError, curate
+    raise UserError(f"unexpected arguments {argv[1:]}", "give every input with --input")
+  from llama3_jax.data.curation import CurationConfig, curate
   f = flags.FLAGS
-  try:
-    trained = False
-    for kind in ("langid", "quality"):
-      if f[f"train-{kind}"].value:
-        _train(kind, f[f"train-{kind}"].value, f[f"{kind}-model"].value)
-        trained = True
-    if trained:
-      return
-    if not f.input or not f.out:
-      _fail("--input DIR and --out DIR are required (or --train-langid / --train-quality)")
-    c = f.config.to_dict()
-    c["read"]["strict"] = c["read"]["strict"] or f.strict
-    if f.workers is not None:
-      c["workers"] = f.workers
-    if f["dirty-words"].value:
-      c["filters"]["dirty_words_path"] = f["dirty-words"].value
-    for kind in ("langid", "quality"):
-      if f[f"{kind}-model"].value:
-        c[kind]["model_path"] = f[f"{kind}-model"].value
-    start = time.time()
-    stats = curate(f.input, f.out, CurationConfig.from_dict(c))
-  except (CurationInputError, ValueError, OSError) as error:
-    _fail(error)
+  trained = False
+  for kind in ("langid", "quality"):
+    if f[f"train-{kind}"].value:
+      _train(kind, f[f"train-{kind}"].value, f[f"{kind}-model"].value)
+      trained = True
+  if trained:
+    return
+  if not f.input or not f.out:
+    raise UserError("--input DIR and --out DIR are required",
+                    "give both, or --train-langid / --train-quality")
+  c = f.config.to_dict()
+  c["read"]["strict"] = c["read"]["strict"] or f.strict
+  if f.workers is not None:
+    c["workers"] = f.workers
+  if f["dirty-words"].value:
+    c["filters"]["dirty_words_path"] = f["dirty-words"].value
+  for kind in ("langid", "quality"):
+    if f[f"{kind}-model"].value:
+      c[kind]["model_path"] = f[f"{kind}-model"].value
+  start = time.time()
+  stats = curate(f.input, f.out, CurationConfig.from_dict(c))
   removed = ", ".join(f"{k} {v:,}" for k, v in stats["removed"].items() if v)
   skipped = sum(stats["skipped_lines"].values())
   print(f"kept {stats['kept']:,} of {stats['input_lines']:,} lines "
@@ -113,14 +102,5 @@ def main(argv):
           file=sys.stderr)
 
 
-def parse_flags(argv):
-  """absl's parser, with a one-line message instead of a traceback for a bad option."""
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
-    _fail(error, "bad command line: ")
-
-
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main, flags_parser=parse_flags)
+  cli.run_absl(main, define=_define_flags)

@@ -7,7 +7,6 @@
 The main job until the pre-training launcher lands.
 """
 
-import argparse
 import math
 import time
 
@@ -16,12 +15,13 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from llama3_jax import cli
 from llama3_jax.model import SIZES, Transformer
 from llama3_jax.model.summary import parameter_table
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--size", default="debug", choices=sorted(SIZES))
   parser.add_argument("--batch", type=int, default=2)
   parser.add_argument("--seq-len", type=int, default=128)
@@ -57,4 +57,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -20,7 +20,6 @@ nothing is half-written.
 import json
 import os
 import pathlib
-import sys
 import tempfile
 
 from absl import app
@@ -44,7 +43,6 @@ _NEEDLE = flags.DEFINE_string("needle", None, "context lengths for needle in a h
                               "256,512 (depths 0, 25, 50, 75, 100%); writes needle.png by --out")
 _OUT = flags.DEFINE_string("out", None, "results JSON (default: WORKDIR/eval_results.json)")
 _SAMPLES = flags.DEFINE_string("log_samples", None, "per-example JSONL")
-EXIT_INPUT = 2
 _DEFAULT_RUN = pathlib.Path("workdirs/pretrain")
 
 
@@ -75,49 +73,45 @@ def main(argv):
   jax.config.update("jax_num_cpu_devices", 8)   # ignored on GPU/TPU
   from llama3_jax.checkpoint.model import model_and_tokenizer
   from llama3_jax.eval import multiple_choice, robustness, tasks
-  try:
-    task_list = [tasks.read_task(name) for name in filter(None, _TASKS.value.split(","))]
-    if not task_list and not _NEEDLE.value:
-      raise ValueError("--tasks is empty; name a shipped task (arith) or a file")
-    lengths = [int(n) for n in filter(None, (_NEEDLE.value or "").split(","))]
-    checkpoint = _CHECKPOINT.value or _DEFAULT_RUN
-    if not _HF.value and not _CHECKPOINT.value and not (_DEFAULT_RUN / "checkpoints").exists():
-      print(f"no run in {_DEFAULT_RUN}: training the default model first "
-            "(python -m experiments.pretrain)")
-      from experiments.configs.llama3_debug import get_config
-      from llama3_jax.train.loop import train
-      train(get_config(), _DEFAULT_RUN)
-    model, tokenizer = model_and_tokenizer(checkpoint, _HF.value, _AVERAGED.value,
-                                           _TOKENIZER.value)
-    if tokenizer.vocab_size > model.config.vocab_size:
-      raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
-                       f"vocabulary of {model.config.vocab_size}; pass the model's --tokenizer")
-    index = None
-    if _CONTAMINATION.value:
-      from llama3_jax.eval.contamination import NgramIndex
-      index = NgramIndex.from_prepared(_CONTAMINATION.value)
-      print(f"contamination: {index.added:,} 8-grams of {_CONTAMINATION.value} in a "
-            f"{index.bits / 8 / 2**20:.1f} MiB Bloom filter (false-positive rate "
-            f"{index.false_positive_rate:.1e})")
-    results, samples = {}, []
-    for name, examples in task_list:
-      scores = multiple_choice.score_task(model, tokenizer, examples, shots=_SHOTS.value,
-                                          seed=_SEED.value, batch_size=_BATCH.value, task=name)
-      samples += scores.pop("samples")
-      if _ROBUSTNESS.value and any(len(e.choices) == 4 for e in examples):
-        scores["robustness"] = robustness.robustness(model, tokenizer, examples,
-                                                     seed=_SEED.value, batch_size=_BATCH.value)
-      if index is not None:
-        scores["contamination"] = _contamination(index, tokenizer, examples,
-                                                 samples[-len(examples):])
-      results[name] = scores
-    if lengths:
-      from llama3_jax.eval import needle
-      results["needle"] = needle.needle_grid(model, tokenizer, lengths=lengths,
-                                             depths=(0.0, 0.25, 0.5, 0.75, 1.0))
-  except (ValueError, FileNotFoundError) as error:
-    print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-    sys.exit(EXIT_INPUT)
+  task_list = [tasks.read_task(name) for name in filter(None, _TASKS.value.split(","))]
+  if not task_list and not _NEEDLE.value:
+    raise ValueError("--tasks is empty; name a shipped task (arith) or a file")
+  lengths = [int(n) for n in filter(None, (_NEEDLE.value or "").split(","))]
+  checkpoint = _CHECKPOINT.value or _DEFAULT_RUN
+  if not _HF.value and not _CHECKPOINT.value and not (_DEFAULT_RUN / "checkpoints").exists():
+    print(f"no run in {_DEFAULT_RUN}: training the default model first "
+          "(python -m experiments.pretrain)")
+    from experiments.configs.llama3_debug import get_config
+    from llama3_jax.train.loop import train
+    train(get_config(), _DEFAULT_RUN)
+  model, tokenizer = model_and_tokenizer(checkpoint, _HF.value, _AVERAGED.value,
+                                         _TOKENIZER.value)
+  if tokenizer.vocab_size > model.config.vocab_size:
+    raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
+                     f"vocabulary of {model.config.vocab_size}; pass the model's --tokenizer")
+  index = None
+  if _CONTAMINATION.value:
+    from llama3_jax.eval.contamination import NgramIndex
+    index = NgramIndex.from_prepared(_CONTAMINATION.value)
+    print(f"contamination: {index.added:,} 8-grams of {_CONTAMINATION.value} in a "
+          f"{index.bits / 8 / 2**20:.1f} MiB Bloom filter (false-positive rate "
+          f"{index.false_positive_rate:.1e})")
+  results, samples = {}, []
+  for name, examples in task_list:
+    scores = multiple_choice.score_task(model, tokenizer, examples, shots=_SHOTS.value,
+                                        seed=_SEED.value, batch_size=_BATCH.value, task=name)
+    samples += scores.pop("samples")
+    if _ROBUSTNESS.value and any(len(e.choices) == 4 for e in examples):
+      scores["robustness"] = robustness.robustness(model, tokenizer, examples,
+                                                   seed=_SEED.value, batch_size=_BATCH.value)
+    if index is not None:
+      scores["contamination"] = _contamination(index, tokenizer, examples,
+                                               samples[-len(examples):])
+    results[name] = scores
+  if lengths:
+    from llama3_jax.eval import needle
+    results["needle"] = needle.needle_grid(model, tokenizer, lengths=lengths,
+                                           depths=(0.0, 0.25, 0.5, 0.75, 1.0))
   print(f"{'task':<20} {'n':>5} {'chance':>7} {'acc':>15} {'acc_norm':>15} {'nll/char':>9}")
   for name, r in results.items():
     if name == "needle":
@@ -146,4 +140,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from llama3_jax import cli
+  cli.run_absl(main)

@@ -6,14 +6,17 @@ python -m experiments.export_hf --checkpoint workdirs/pretrain --out /tmp/hf [--
 The directory loads with `transformers.AutoModelForCausalLM.from_pretrained(DIR)` and
 `AutoTokenizer.from_pretrained(DIR)` and nothing else (the tokenizer is the one the run's data
 was prepared with, or --tokenizer). Exit code 2: a missing or mismatched checkpoint or
-tokenizer, or an --out that exists (pass --overwrite), in one line.
+tokenizer, or an --out that exists (pass --overwrite), in one line (llama3_jax/cli.py).
 """
 
+import logging
 import pathlib
-import sys
 
 from absl import app
 from absl import flags
+
+from llama3_jax import cli
+from llama3_jax.errors import UserError
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "workdirs/pretrain",
                                   "a training workdir or checkpoint step directory")
@@ -31,21 +34,21 @@ def main(argv):
   from llama3_jax.checkpoint.model import load_model, run_tokenizer
   from llama3_jax.data.tokenizers import load_tokenizer
   out = pathlib.Path(_OUT.value or pathlib.Path(_CHECKPOINT.value) / "hf")
-  try:
-    config, model = load_model(_CHECKPOINT.value, averaged=_AVERAGED.value)
-    tokenizer = (load_tokenizer(_TOKENIZER.value) if _TOKENIZER.value
-                 else run_tokenizer(_CHECKPOINT.value))
-    if tokenizer.vocab_size > config.vocab_size:
-      raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
-                       f"vocabulary of {config.vocab_size}; pass the run's --tokenizer")
-    hf.save(model, config, out, dtype=_DTYPE.value, overwrite=_OVERWRITE.value,
-            tokenizer=tokenizer)
-  except (ValueError, FileNotFoundError, FileExistsError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+  if out.exists() and any(out.iterdir()) and not _OVERWRITE.value:   # before reading anything
+    raise UserError(f"--out {out} exists and is not empty",
+                    "pass --overwrite to replace it, or choose another --out")
+  logging.getLogger("absl").setLevel(logging.WARNING)   # Orbax's progress lines
+  config, model = load_model(_CHECKPOINT.value, averaged=_AVERAGED.value)
+  tokenizer = (load_tokenizer(_TOKENIZER.value) if _TOKENIZER.value
+               else run_tokenizer(_CHECKPOINT.value))
+  if tokenizer.vocab_size > config.vocab_size:
+    raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
+                    f"vocabulary of {config.vocab_size}", "pass the run's --tokenizer")
+  hf.save(model, config, out, dtype=_DTYPE.value, overwrite=_OVERWRITE.value,
+          tokenizer=tokenizer)
   print(f"exported {_CHECKPOINT.value} ({'averaged' if _AVERAGED.value else 'newest'} "
         f"parameters) to {out}: load it with transformers.AutoModelForCausalLM / AutoTokenizer")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_absl(main)

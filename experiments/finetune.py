@@ -6,32 +6,23 @@ Not run by itself: `python -m experiments.sft` / `python -m experiments.dpo`.
 import logging
 import os
 import pathlib
-import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-EXIT_CONFIG = 2
 _CONFIGS = pathlib.Path(__file__).parent / "configs"
 # The runs the defaults start from, made first when absent.
 _DEFAULT_STARTS = {"workdirs/pretrain": "pretrain", "workdirs/sft": "sft"}
 
 
 def define_flags(kind: str):
-  try:   # ml_collections applies --config.* overrides as the flag is defined
-    config = config_flags.DEFINE_config_file("config", str(_CONFIGS / f"{kind}.py"),
-                                             "ml_collections config file")
-  except Exception as error:  # noqa: BLE001 - any bad override: one line, exit 2
-    _fail(f"bad command line: {error}")
-  workdir = flags.DEFINE_string("workdir", f"workdirs/{kind}",
-                                "checkpoints, metrics, eval.json, hf/")
-  return config, workdir
-
-
-def _fail(message: str):
-  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-  sys.exit(EXIT_CONFIG)
+  """The launcher's flag definitions (run by llama3_jax/cli.py, which reports bad ones)."""
+  def define():
+    config_flags.DEFINE_config_file("config", str(_CONFIGS / f"{kind}.py"),
+                                    "ml_collections config file")
+    flags.DEFINE_string("workdir", f"workdirs/{kind}", "checkpoints, metrics, eval.json, hf/")
+  return define
 
 
 def _ensure_start(path: str) -> None:
@@ -63,31 +54,26 @@ def report(summary: dict, workdir) -> None:
         + f"; outputs in {workdir} (metrics.jsonl, eval.json, hf/)")
 
 
-def main_for(kind: str, config_flag, workdir_flag):
+def main_for(kind: str):
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cfg = config_flag.value
+    cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
     import jax
     if cfg.runtime.cpu_devices and "JAX_NUM_CPU_DEVICES" not in os.environ:
       jax.config.update("jax_num_cpu_devices", cfg.runtime.cpu_devices)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     from llama3_jax.posttrain.stage import run_stage
-    try:
-      _ensure_start(cfg.init.path)
-      summary = run_stage(cfg, workdir_flag.value, kind)
-    except (ValueError, FileNotFoundError) as error:   # bad config or data: one line, exit 2
-      _fail(error)
+    _ensure_start(cfg.init.path)
+    summary = run_stage(cfg, workdir, kind)
     if summary.get("complete"):
-      print(f"run complete: {workdir_flag.value}")
+      print(f"run complete: {workdir}")
       return
-    report(summary, workdir_flag.value)
+    report(summary, workdir)
   return main
 
 
-def parse_flags(argv):
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
-    _fail(f"bad command line: {error}")
+def launch(kind: str) -> None:
+  from llama3_jax import cli
+  cli.run_absl(main_for(kind), define=define_flags(kind))

@@ -12,15 +12,19 @@ Greedy unless a sampling option is given. One prompt streams its text to the ter
 sharing one prefill of the prompt) and written as JSONL lines with "prompt", "sample",
 "tokens" (the generated ids) and "text". --chat wraps each prompt as a user turn of the Llama 3
 chat format and stops at <|eot_id|>. --mesh fsdp=4,tensor=2 decodes sharded like training.
-Exit code 2: a bad flag, prompt, file or checkpoint, in one line.
+Exit code 2: a bad flag, prompt, file or checkpoint, in one line (llama3_jax/cli.py).
 """
 
 import json
+import logging
 import pathlib
 import sys
 
 from absl import app
 from absl import flags
+
+from llama3_jax import cli
+from llama3_jax.errors import UserError, check_file
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a training workdir or checkpoint step "
                                   "directory (default: workdirs/pretrain)")
@@ -40,12 +44,11 @@ _SEED = flags.DEFINE_integer("seed", 0, "the requests' seed")
 _MESH = flags.DEFINE_string("mesh", "", "axis sizes to decode sharded, e.g. fsdp=4,tensor=2")
 _DEFAULT_RUN = pathlib.Path("workdirs/pretrain")
 DEFAULT_PROMPTS = ["The history of", "def main():", "Solve 12 + 30 ="]
-EXIT_INPUT = 2
 
 
 def read_prompts(path) -> list[str]:
   prompts = []
-  for number, line in enumerate(pathlib.Path(path).read_text().splitlines(), start=1):
+  for number, line in enumerate(check_file(path, "--prompts").read_text().splitlines(), start=1):
     if not line.strip():
       continue
     try:
@@ -53,11 +56,11 @@ def read_prompts(path) -> list[str]:
       if not isinstance(prompt, str):
         raise TypeError
     except (ValueError, KeyError, TypeError):
-      raise ValueError(f"{path}:{number} is not a JSON object with a \"prompt\" string: "
-                       f"{line[:80]!r}") from None
+      raise UserError(f"{path}:{number} is not a JSON object with a \"prompt\" string: "
+                      f"{line[:80]!r}", 'write one {"prompt": ...} object per line') from None
     prompts.append(prompt)
   if not prompts:
-    raise ValueError(f"{path} holds no prompts; write one {{\"prompt\": ...}} object per line")
+    raise UserError(f"{path} holds no prompts", 'write one {"prompt": ...} object per line')
   return prompts
 
 
@@ -86,50 +89,46 @@ def main(argv):
   jax.config.update("jax_num_cpu_devices", 8)   # ignored on GPU/TPU
   from llama3_jax.infer import chat
   from llama3_jax.infer.generate import Generator, Sampling
-  from llama3_jax.sharding import MeshConfig
-  try:
-    if _PROMPTS.value and _PROMPT.value:
-      raise ValueError("give --prompt or --prompts, not both")
-    texts = read_prompts(_PROMPTS.value) if _PROMPTS.value else _PROMPT.value or DEFAULT_PROMPTS
-    model, tokenizer = load(_CHECKPOINT.value, _HF.value, _AVERAGED.value, _TOKENIZER.value)
-    if tokenizer.vocab_size > model.config.vocab_size:
-      raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
-                       f"vocabulary of {model.config.vocab_size}; pass the run's --tokenizer")
-    if _CHAT.value:
-      prompts = [chat.encode_chat(tokenizer, [{"role": "user", "content": t}],
-                                  add_generation_prompt=True)[0].tolist() for t in texts]
-      stop = [tokenizer.special_id("<|eot_id|>"), tokenizer.special_id("<|end_of_text|>")]
-    else:
-      prompts = [tokenizer.encode(t, bos=True) for t in texts]
-      stop = [tokenizer.special_id("<|end_of_text|>")]
-    sampled = any(f is not None for f in (_TEMPERATURE.value, _TOP_K.value, _TOP_P.value))
-    sampling = Sampling(temperature=(_TEMPERATURE.value if _TEMPERATURE.value is not None
-                                     else 1.0) if sampled else 0.0,
-                        top_k=_TOP_K.value or 0, top_p=_TOP_P.value or 1.0, seed=_SEED.value)
-    mesh = MeshConfig(**{"fsdp": 1, **{k: int(v) for k, v in (
-        item.split("=") for item in _MESH.value.split(",") if item)}}) if _MESH.value else None
-    generator = Generator(model, mesh, stop_ids=stop)
-    stream = len(prompts) == 1 and _SAMPLES.value == 1 and not _OUT.value
+  from llama3_jax.sharding import MeshConfig, parse_mesh
+  if _PROMPTS.value and _PROMPT.value:
+    raise UserError("--prompt and --prompts are both given", "give one of them")
+  texts = read_prompts(_PROMPTS.value) if _PROMPTS.value else _PROMPT.value or DEFAULT_PROMPTS
+  mesh = MeshConfig(**{"fsdp": 1, **parse_mesh(_MESH.value)}) if _MESH.value else None
+  logging.getLogger("absl").setLevel(logging.WARNING)   # Orbax's progress lines
+  model, tokenizer = load(_CHECKPOINT.value, _HF.value, _AVERAGED.value, _TOKENIZER.value)
+  if tokenizer.vocab_size > model.config.vocab_size:
+    raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
+                    f"vocabulary of {model.config.vocab_size}", "pass the run's --tokenizer")
+  if _CHAT.value:
+    prompts = [chat.encode_chat(tokenizer, [{"role": "user", "content": t}],
+                                add_generation_prompt=True)[0].tolist() for t in texts]
+    stop = [tokenizer.special_id("<|eot_id|>"), tokenizer.special_id("<|end_of_text|>")]
+  else:
+    prompts = [tokenizer.encode(t, bos=True) for t in texts]
+    stop = [tokenizer.special_id("<|end_of_text|>")]
+  sampled = any(f is not None for f in (_TEMPERATURE.value, _TOP_K.value, _TOP_P.value))
+  sampling = Sampling(temperature=(_TEMPERATURE.value if _TEMPERATURE.value is not None
+                                   else 1.0) if sampled else 0.0,
+                      top_k=_TOP_K.value or 0, top_p=_TOP_P.value or 1.0, seed=_SEED.value)
+  generator = Generator(model, mesh, stop_ids=stop)
+  stream = len(prompts) == 1 and _SAMPLES.value == 1 and not _OUT.value
 
-    def continuation(prompt, tokens):
-      """The generated text as it reads after the prompt (a word's leading space included)."""
-      return chat.decode(tokenizer, prompt + tokens)[len(chat.decode(tokenizer, prompt)):]
+  def continuation(prompt, tokens):
+    """The generated text as it reads after the prompt (a word's leading space included)."""
+    return chat.decode(tokenizer, prompt + tokens)[len(chat.decode(tokenizer, prompt)):]
 
-    so_far, shown = [], [""]
+  so_far, shown = [], [""]
 
-    def on_tokens(row, ids):
-      so_far.extend(ids)
-      text = continuation(prompts[0], so_far)
-      print(text[len(shown[0]):], end="", flush=True)
-      shown[0] = text
+  def on_tokens(row, ids):
+    so_far.extend(ids)
+    text = continuation(prompts[0], so_far)
+    print(text[len(shown[0]):], end="", flush=True)
+    shown[0] = text
 
-    if stream:
-      print(texts[0], end="", flush=True)
-    results = generator.generate(prompts, max_new_tokens=_MAX_NEW.value, sampling=sampling,
-                                 samples=_SAMPLES.value, on_tokens=on_tokens if stream else None)
-  except (ValueError, FileNotFoundError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(EXIT_INPUT)
+  if stream:
+    print(texts[0], end="", flush=True)
+  results = generator.generate(prompts, max_new_tokens=_MAX_NEW.value, sampling=sampling,
+                               samples=_SAMPLES.value, on_tokens=on_tokens if stream else None)
   rows = [{"prompt": text, "sample": j, "tokens": tokens,
            "text": continuation(prompt, tokens)}
           for text, prompt, result in zip(texts, prompts, results)
@@ -149,4 +148,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_absl(main)

@@ -6,17 +6,16 @@ python -m experiments.pretrain --config.data.path=data/
 
 Run once per source (general, math, code, multilingual, or names of your own) into the same
 --out; stages mix sources by name. Interrupted runs resume; --shard-index/--shard-count split
-the files over machines. See llama3_jax/data/prepare.py.
+the files over machines. See llama3_jax/data/prepare.py. Exit code 2: a bad option or input,
+in one line (llama3_jax/cli.py).
 """
 
-import argparse
-import sys
-
+from llama3_jax import cli
 from llama3_jax.data.prepare import prepare
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--input", nargs="+", required=True, help="files, directories, globs")
   parser.add_argument("--tokenizer", required=True,
                       help="a SentencePiece .model or Meta's Llama 3 tokenizer.model")
@@ -30,14 +29,10 @@ def main(argv=None) -> None:
   parser.add_argument("--shard-count", type=int, default=1)
   parser.add_argument("--provenance", default="", help="where the text came from")
   args = parser.parse_args(argv)
-  try:
-    manifest = prepare(args.input, args.tokenizer, args.out, source=args.source,
-                       workers=args.workers, strict=args.strict, text_field=args.text_field,
-                       shard_index=args.shard_index, shard_count=args.shard_count,
-                       provenance=args.provenance)
-  except (ValueError, FileNotFoundError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+  manifest = prepare(args.input, args.tokenizer, args.out, source=args.source,
+                     workers=args.workers, strict=args.strict, text_field=args.text_field,
+                     shard_index=args.shard_index, shard_count=args.shard_count,
+                     provenance=args.provenance)
   if not manifest:
     print("shards written; other machines still have files to do")
     return
@@ -48,4 +43,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -11,8 +11,9 @@ complete). SIGTERM / SIGINT save a checkpoint and exit 0. Writes WORKDIR/metrics
 TensorBoard events in WORKDIR/tensorboard, WORKDIR/loss_lr.png, checkpoints, the goodput
 timeline WORKDIR/goodput.jsonl and one log per process in WORKDIR/logs. Several processes (on
 SLURM, Kubernetes or launch.local) join one job from the environment
-(llama3_jax/runtime/distributed.py). Exit codes: 0 done or stopped, 2 bad config or data,
-3 diverged (rollbacks did not help), 75 hung (the watchdog; the launcher restarts the job).
+(llama3_jax/runtime/distributed.py). Exit codes: 0 done or stopped, 1 a bug (a traceback),
+2 bad input or refused (one line: llama3_jax/cli.py), 3 diverged (rollbacks did not help),
+75 hung (the watchdog; the launcher restarts the job).
 """
 
 import time
@@ -22,34 +23,24 @@ STARTED_AT = time.time()   # before the heavy imports: start-up counts against g
 import logging  # noqa: E402
 import os  # noqa: E402
 import pathlib  # noqa: E402
-import sys  # noqa: E402
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _DEFAULT = str(pathlib.Path(__file__).parent / "configs" / "llama3_debug.py")
-EXIT_CONFIG, EXIT_DIVERGED = 2, 3
+EXIT_DIVERGED = 3
 
 
-def _bad_command_line(error):
-  message = " ".join(str(error).replace("\\'", "'").replace("\\n", " ").replace("\n", " ")
-                     .strip("'\"").split())
-  print(f"error: bad command line: {message}", file=sys.stderr)
-  sys.exit(EXIT_CONFIG)
-
-
-try:   # ml_collections applies --config.* overrides as the flag is defined
-  _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "ml_collections config file")
-except Exception as _error:  # noqa: BLE001 - any bad override: one line, exit 2
-  _bad_command_line(_error)
-_WORKDIR = flags.DEFINE_string("workdir", "workdirs/pretrain", "checkpoints, metrics, plots")
+def _define_flags():
+  config_flags.DEFINE_config_file("config", _DEFAULT, "ml_collections config file")
+  flags.DEFINE_string("workdir", "workdirs/pretrain", "checkpoints, metrics, plots")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cfg = _CONFIG.value
+  cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   import jax   # configured before its backend starts
   # A launcher's JAX_NUM_CPU_DEVICES (launch.local --devices-per-process) wins over the config.
   if cfg.runtime.cpu_devices and "JAX_NUM_CPU_DEVICES" not in os.environ:
@@ -64,17 +55,9 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)
   from llama3_jax.runtime import distributed
   from llama3_jax.runtime.goodput import report
-  from llama3_jax.runtime.guard import Diverged
-  try:
-    distributed.initialize()
-    from llama3_jax.train.loop import train
-    summary = train(cfg, _WORKDIR.value, started_at=STARTED_AT)
-  except (ValueError, FileNotFoundError) as error:   # bad config or data: one line, exit 2
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(EXIT_CONFIG)
-  except Diverged as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(EXIT_DIVERGED)
+  distributed.initialize()
+  from llama3_jax.train.loop import train
+  summary = train(cfg, workdir, started_at=STARTED_AT)
   if summary.get("complete") or jax.process_index() != 0:
     return
   print(f"done: {summary['steps']} steps"
@@ -83,18 +66,12 @@ def main(argv):
         + (f", loss {summary['loss']:.4f}, {summary['tokens']:,} tokens, "
            f"{summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.1%} "
            f"(peak: {summary['peak_source']})" if "loss" in summary else "")
-        + f", {summary['wall_s']:.0f} s; outputs in {_WORKDIR.value}")
+        + f", {summary['wall_s']:.0f} s; outputs in {workdir}")
   if summary.get("goodput"):
     print(report(summary["goodput"]))
 
 
-def parse_flags(argv):
-  """absl's parser, with a one-line message instead of a traceback for a bad override."""
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
-    _bad_command_line(error)
-
-
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  from llama3_jax import cli
+  from llama3_jax.runtime.guard import Diverged
+  cli.run_absl(main, define=_define_flags, exit_codes={Diverged: EXIT_DIVERGED})

@@ -12,11 +12,7 @@ format in WORKDIR/hf. Data files: llama3_jax/posttrain/conversations.py. Exit co
 2 bad config or data.
 """
 
-from absl import app
-
 from experiments import finetune
 
-_CONFIG, _WORKDIR = finetune.define_flags("sft")
-
 if __name__ == "__main__":
-  app.run(finetune.main_for("sft", _CONFIG, _WORKDIR), flags_parser=finetune.parse_flags)
+  finetune.launch("sft")

@@ -3,18 +3,18 @@
 python -m experiments.train_tokenizer --input raw/ --vocab-size 32000 --out tokenizer.model
 
 Inputs are JSONL (`text` field), plain text or Parquet files, directories or glob patterns.
+Exit code 2: a bad option, no text, or a vocabulary the text cannot fill, in one line.
 """
 
-import argparse
 import itertools
-import sys
 
+from llama3_jax import cli
 from llama3_jax.data.sources import Skips, list_files, read_documents
 from llama3_jax.data.tokenizers import train_sentencepiece
 
 
 def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--input", nargs="+", required=True, help="files, directories, globs")
   parser.add_argument("--vocab-size", type=int, required=True)
   parser.add_argument("--out", required=True, help="the .model file to write")
@@ -24,19 +24,16 @@ def main(argv=None) -> None:
   parser.add_argument("--character-coverage", type=float, default=0.9995,
                       help="share of characters given their own piece; the rest are bytes")
   args = parser.parse_args(argv)
-  try:
-    skips = Skips()
-    texts = (text for path in list_files(args.input)
-             for text in read_documents(path, skips, text_field=args.text_field))
-    tokenizer = train_sentencepiece(itertools.islice(texts, args.max_documents),
-                                    args.vocab_size, args.out,
-                                    character_coverage=args.character_coverage)
-  except (ValueError, FileNotFoundError, RuntimeError) as error:
-    print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
-    sys.exit(2)
+  skips = Skips()
+  texts = (text for path in list_files(args.input)
+           for text in read_documents(path, skips, text_field=args.text_field))
+  tokenizer = train_sentencepiece(itertools.islice(texts, args.max_documents),
+                                  args.vocab_size, args.out,
+                                  character_coverage=args.character_coverage,
+                                  where=f"--input {' '.join(args.input)}")
   print(f"wrote {args.out}: vocab {tokenizer.vocab_size}"
         + (f"; skipped {dict(skips.counts)}" if skips.counts else ""))
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

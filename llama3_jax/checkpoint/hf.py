@@ -36,6 +36,7 @@ from flax import nnx
 from llama3_jax.data.tokenizers import (LLAMA3_PATTERN, Llama3Tokenizer, SentencePieceTokenizer,
                                         Tokenizer)
 from llama3_jax.data.tokenizers import load_tokenizer as load_tokenizer_file
+from llama3_jax.errors import UserError
 from llama3_jax.model import ModelConfig, RopeScaling, Transformer
 
 _INDEX = "model.safetensors.index.json"
@@ -133,7 +134,9 @@ def _tensor_files(path: pathlib.Path) -> dict[str, pathlib.Path]:
   """HF tensor name -> the safetensors file holding it (sharded with an index, or not)."""
   index = path / _INDEX
   if index.exists():
-    weight_map = json.loads(index.read_text())["weight_map"]
+    weight_map = _read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict):
+      raise UserError(f"{index} has no 'weight_map'", "download or export the model again")
     return {name: path / file for name, file in weight_map.items()}
   files = sorted(path.glob("*.safetensors"))
   if not files:
@@ -143,9 +146,33 @@ def _tensor_files(path: pathlib.Path) -> dict[str, pathlib.Path]:
         "load; convert .bin/.pth files with transformers' save_pretrained first.")
   names = {}
   for file in files:
-    with safetensors.safe_open(file, framework="numpy") as f:
+    with _reading(file), safetensors.safe_open(file, framework="numpy") as f:
       names.update({name: file for name in f.keys()})
   return names
+
+
+def _read_json(file: pathlib.Path) -> dict:
+  try:
+    value = json.loads(file.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    raise UserError(f"{file} is not valid JSON ({error})",
+                    "download or export the model again") from None
+  if not isinstance(value, dict):
+    raise UserError(f"{file} holds a {type(value).__name__}, not a JSON object",
+                    "download or export the model again")
+  return value
+
+
+@contextlib.contextmanager
+def _reading(file: pathlib.Path):
+  """A safetensors file that cannot be read (truncated, corrupt) named, not a Rust error."""
+  try:
+    yield
+  except UserError:
+    raise
+  except Exception as error:  # noqa: BLE001 - safetensors raises its own SafetensorError
+    raise UserError(f"{file} cannot be read ({type(error).__name__}: {error}); it is truncated "
+                    "or corrupt", "download or export the model again") from None
 
 
 def load(path, *, param_dtype: str | None = None, **overrides) -> tuple[ModelConfig, Transformer]:
@@ -160,7 +187,16 @@ def load(path, *, param_dtype: str | None = None, **overrides) -> tuple[ModelCon
                             "model directory?")
   if param_dtype is not None:
     overrides["param_dtype"] = param_dtype
-  config = config_from_hf(json.loads((path / "config.json").read_text()), **overrides)
+  file = path / "config.json"
+  try:
+    config = config_from_hf(_read_json(file), **overrides)
+  except UserError:
+    raise
+  except KeyError as error:
+    raise UserError(f"{file} lacks the field {error}", "download or export the model "
+                    "again (a Llama config.json names every size)") from None
+  except (TypeError, ValueError) as error:
+    raise UserError(f"{file}: {error}", "give a Llama 3 config.json") from None
   files = _tensor_files(path)
   abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
@@ -172,11 +208,13 @@ def load(path, *, param_dtype: str | None = None, **overrides) -> tuple[ModelCon
 
     def read(name):
       if name not in files:
-        raise KeyError(f"Tensor {name!r} is missing from the checkpoint in {path}")
+        raise UserError(f"tensor {name!r} is missing from the checkpoint in {path}",
+                        "give a complete Llama checkpoint (every shard of the index)")
       file = files[name]
-      if file not in handles:
-        handles[file] = stack.enter_context(safetensors.safe_open(file, framework="numpy"))
-      return handles[file].get_tensor(name)
+      with _reading(file):
+        if file not in handles:
+          handles[file] = stack.enter_context(safetensors.safe_open(file, framework="numpy"))
+        return handles[file].get_tensor(name)
 
     for our_path, name, stacked, to_ours, _ in _tensor_map(config):
       target = _get(expected, our_path)

@@ -19,7 +19,9 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from llama3_jax.checkpoint.averaging import checkpoint_step_dir, restore_params
+from llama3_jax.checkpoint.averaging import (checkpoint_step_dir, restore_params,
+                                             unreadable_as_user_error)
+from llama3_jax.errors import UserError
 from llama3_jax.model import ModelConfig, RopeScaling, Transformer
 
 
@@ -29,7 +31,11 @@ def model_config_of(step_dir: pathlib.Path) -> ModelConfig:
   if not meta_path.exists():
     raise FileNotFoundError(f"{step_dir} has no meta/metadata; is it a checkpoint written by "
                             "the training loop?")
-  fields = json.loads(meta_path.read_text()).get("model")
+  try:
+    fields = json.loads(meta_path.read_text()).get("model")
+  except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+    raise UserError(f"{meta_path} is not a checkpoint's JSON meta ({error})",
+                    "give another checkpoint step directory") from None
   if fields is None:
     raise ValueError(f"{step_dir} predates checkpoints that record their model; export it with "
                      "the version of llama3_jax that wrote it")
@@ -84,7 +90,8 @@ def load_model(path, *, averaged: bool = False, device=None) -> tuple[ModelConfi
     if not source.exists():
       raise FileNotFoundError(f"{source} does not exist: the run has not finished its anneal "
                               "(drop --averaged to use the newest checkpoint)")
-    params = ocp.StandardCheckpointer().restore(source.resolve(), target)
+    with unreadable_as_user_error(source):
+      params = ocp.StandardCheckpointer().restore(source.resolve(), target)
   else:
     params = restore_params(step_dir, target)
   return config, nnx.merge(graphdef, params)

@@ -49,12 +49,6 @@ class Batches:
     self.position = 0               # batches read so far
     self.stage_index = self.stage = None
 
-  def check_stages(self, stages) -> None:
-    """Fails now, not hours later, where a stage needs what the source does not have."""
-    check = getattr(self.source, "check_stages", None)
-    if check is not None:
-      check(stages)
-
   def set_stage(self, index: int, stage) -> None:
     self.stage_index, self.stage = index, stage
 

@@ -32,6 +32,7 @@ from grain import experimental as grain_experimental
 from llama3_jax.data.corpus import DEFAULT_MIXTURE
 from llama3_jax.data.prepare import read_manifest
 from llama3_jax.data.tokenizers import check_token_ids
+from llama3_jax.errors import UserError
 
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,28 @@ def _tuples_in(x):
   if isinstance(x, list):
     return [_tuples_in(v) for v in x]
   return x
+
+
+def _open_shards(paths: list[str], documents: int, name: str):
+  """The ArrayRecord shards of one source, each checked to open and to hold the documents the
+  manifest counts: a missing, truncated or corrupt shard is named here, at start-up."""
+  from array_record.python.array_record_module import ArrayRecordReader
+  again = "prepare this source again (python -m experiments.prepare_data)"
+  found = 0
+  for path in paths:
+    if not pathlib.Path(path).is_file():
+      raise UserError(f"shard {path} of source {name!r} does not exist", again)
+    try:
+      reader = ArrayRecordReader(path)
+      found += reader.num_records()
+      reader.close()
+    except (RuntimeError, OSError, ValueError) as error:   # ArrayRecord: a bare RuntimeError
+      raise UserError(f"shard {path} of source {name!r} cannot be read (truncated or corrupt: "
+                      f"{str(error).splitlines()[0]})", again) from None
+  if found != documents:
+    raise UserError(f"the shards of source {name!r} hold {found} documents, the manifest says "
+                    f"{documents} ({paths[0]}...)", again)
+  return grain.sources.ArrayRecordDataSource(paths)
 
 
 def _seed(*parts: int) -> int:
@@ -99,7 +122,7 @@ class Loader:
         raise ValueError(f"source {name!r} has {count} documents, fewer than data.streams="
                          f"{streams}; every stream needs documents of every source: use "
                          "fewer streams or more data")
-      self.documents[name] = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths))
+      self.documents[name] = grain.MapDataset.source(_open_shards(paths, count, name))
     self.streams: dict[int, _Stream] = {}
     self._pending: dict[int, dict] = {}
 

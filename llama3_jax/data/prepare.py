@@ -19,6 +19,7 @@ import pathlib
 
 import numpy as np
 
+from llama3_jax.errors import UserError
 from llama3_jax.data.sources import Skips, list_files, read_documents
 from llama3_jax.data.tokenizers import load_tokenizer
 
@@ -55,8 +56,11 @@ def _tokenize_file(job) -> dict:
       writer.write(ids.tobytes())
       documents += 1
       tokens += int(ids.size)
-  finally:
+  except BaseException:
     writer.close()
+    tmp.unlink(missing_ok=True)   # no half-written shard is left behind to be mistaken
+    raise
+  writer.close()
   os.replace(tmp, shard_path)
   summary = {"input": str(input_path), "shard": shard_path.name, "documents": documents,
              "tokens": tokens, "too_short": short, "skipped": skips.as_dict()}
@@ -78,7 +82,12 @@ def prepare(inputs, tokenizer_path, out_dir, *, source: str = "general", workers
             shard_index: int = 0, shard_count: int = 1, provenance: str = "") -> dict:
   """Tokenizes `inputs` (files, dirs or globs) into `out_dir/source/`; returns the manifest."""
   if not source.isidentifier():
-    raise ValueError(f"source name {source!r} must be an identifier (letters, digits, _)")
+    raise UserError(f"--source {source!r} must be an identifier", "use letters, digits and _")
+  if shard_count < 1 or not 0 <= shard_index < shard_count:
+    raise UserError(f"--shard-index {shard_index} with --shard-count {shard_count} selects no "
+                    "files", "give a count >= 1 and an index in 0 .. count - 1 (one per machine)")
+  if workers < 1:
+    raise UserError(f"--workers {workers}", "give at least 1 tokenizing process")
   out_dir = pathlib.Path(out_dir)
   files = list_files(inputs)
   tokenizer_path = str(pathlib.Path(tokenizer_path).resolve())
@@ -136,12 +145,39 @@ def _update_manifest(out_dir, source, files, tokenizer, tokenizer_path, provenan
 
 
 def read_manifest(data_dir) -> dict:
+  """The manifest of a prepared data directory, its fields checked: a truncated or hand-edited
+  manifest is a UserError naming the file and the field, not a KeyError later."""
   path = pathlib.Path(data_dir) / MANIFEST
+  again = "prepare the data again (python -m experiments.prepare_data)"
   if not path.exists():
     raise FileNotFoundError(f"{path} does not exist: {data_dir} is not a prepared data "
                             "directory; make one with python -m experiments.prepare_data")
-  manifest = json.loads(path.read_text())
-  if manifest.get("format") != FORMAT:
-    raise ValueError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}; "
-                     "prepare the data again with this version")
+  try:
+    manifest = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    raise UserError(f"{path} is not valid JSON ({error}); it is truncated or corrupt",
+                    again) from None
+  if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+    raise UserError(f"{path} has format {found!r}, expected {FORMAT!r}", again)
+  problems = _manifest_problems(manifest)
+  if problems:
+    raise UserError(f"{path} is not a valid manifest: {'; '.join(problems)}", again)
   return manifest
+
+
+def _manifest_problems(manifest: dict) -> list[str]:
+  tokenizer, sources = manifest.get("tokenizer"), manifest.get("sources")
+  problems = []
+  if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("vocab_size"), int) or \
+      not isinstance(tokenizer.get("path"), str):
+    problems.append("'tokenizer' needs a 'path' and an integer 'vocab_size'")
+  if not isinstance(sources, dict) or not sources:
+    return problems + ["'sources' must name at least one source"]
+  for name, source in sources.items():
+    shards = source.get("shards") if isinstance(source, dict) else None
+    if not isinstance(shards, list) or not shards or not all(isinstance(s, str) for s in shards):
+      problems.append(f"sources.{name}.shards must be a list of shard paths")
+    if not isinstance(source, dict) or not isinstance(source.get("documents"), int):
+      problems.append(f"sources.{name}.documents must be an integer")
+  return problems

@@ -4,8 +4,10 @@
     for text in read_documents("data/part-0001.jsonl.gz", skips): ...
 
 Bad records (a broken JSON line, a missing or non-string `text`, invalid UTF-8) are counted in
-`skips` with the place of the first few, or raise a ValueError naming file and line when
-`strict`. A bad record never costs the rest of its file.
+`skips` with the place of the first few, or raise a UserError naming file and line when
+`strict`. A bad record never costs the rest of its file. A file that cannot be read to its end
+(a truncated or corrupt gzip) keeps the documents before the damage and counts one
+"unreadable file" skip, as curation does; strict mode raises for it too.
 """
 
 import collections
@@ -13,7 +15,10 @@ import dataclasses
 import gzip
 import json
 import pathlib
+import zlib
 from typing import Iterator
+
+from llama3_jax.errors import UserError
 
 TEXT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json.gz", ".txt", ".txt.gz", ".parquet")
 
@@ -26,8 +31,8 @@ class Skips:
 
   def skip(self, reason: str, where: str, fix: str) -> None:
     if self.strict:
-      raise ValueError(f"{where}: {reason}; {fix} (or run without strict to count and skip "
-                       "bad records)")
+      raise UserError(f"{where}: {reason}", f"{fix} (or run without strict to count and skip "
+                      "bad records)")
     self.counts[reason] += 1
     if len(self.examples) < 5:
       self.examples.append(f"{where}: {reason}")
@@ -85,28 +90,22 @@ def read_documents(path, skips: Skips, *, text_field: str = "text") -> Iterator[
   if name.endswith(".parquet"):
     yield from _read_parquet(path, skips, text_field)
   elif name.endswith((".jsonl", ".jsonl.gz", ".json.gz")):
-    with _open_text(path) as f:
-      for number, line in enumerate(f, 1):
-        where = f"{path}:{number}"
-        if not line.strip():
-          continue
-        if not _valid_utf8(line):
-          skips.skip("invalid UTF-8", where, "re-encode the file as UTF-8")
-          continue
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as error:
-          skips.skip(f"broken JSON ({error.msg})", where, "fix or remove the line")
-          continue
-        text = record.get(text_field) if isinstance(record, dict) else None
-        if not isinstance(text, str):
-          skips.skip(f"no string field {text_field!r}", where,
-                     f"give every record a {text_field!r} string or set the text field name")
-          continue
-        yield text
+    number = 0
+    try:
+      with _open_text(path) as f:
+        for number, line in enumerate(f, 1):
+          text = _json_text(line, f"{path}:{number}", skips, text_field)
+          if text is not None:
+            yield text
+    except _UNREADABLE as error:
+      _unreadable(skips, f"{path}:{number + 1}", error)
   else:   # plain text: the whole file is one document
-    with _open_text(path) as f:
-      text = f.read()
+    try:
+      with _open_text(path) as f:
+        text = f.read()
+    except _UNREADABLE as error:
+      _unreadable(skips, str(path), error)
+      return
     if not _valid_utf8(text):
       skips.skip("invalid UTF-8", str(path), "re-encode the file as UTF-8")
     elif text.strip():
@@ -114,6 +113,35 @@ def read_documents(path, skips: Skips, *, text_field: str = "text") -> Iterator[
   # An empty file is legal but worth knowing about.
   if path.stat().st_size == 0:
     skips.counts["empty files"] += 1
+
+
+# A truncated gzip ends in EOFError, a corrupt one in BadGzipFile (an OSError) or zlib.error.
+_UNREADABLE = (OSError, EOFError, zlib.error)
+
+
+def _unreadable(skips: Skips, where: str, error: BaseException) -> None:
+  skips.skip("unreadable file (truncated or corrupt)", f"{where} ({type(error).__name__}: "
+             f"{error})", "re-create the file, or remove it from the input")
+
+
+def _json_text(line: str, where: str, skips: Skips, text_field: str) -> str | None:
+  """The text of one JSONL line, or None (blank, or a bad record: counted in `skips`)."""
+  if not line.strip():
+    return None
+  if not _valid_utf8(line):
+    skips.skip("invalid UTF-8", where, "re-encode the file as UTF-8")
+    return None
+  try:
+    record = json.loads(line)
+  except json.JSONDecodeError as error:
+    skips.skip(f"broken JSON ({error.msg})", where, "fix or remove the line")
+    return None
+  text = record.get(text_field) if isinstance(record, dict) else None
+  if not isinstance(text, str):
+    skips.skip(f"no string field {text_field!r}", where,
+               f"give every record a {text_field!r} string or set the text field name")
+    return None
+  return text
 
 
 def _read_parquet(path, skips, text_field):

@@ -14,10 +14,13 @@ the chat tokens when trained with `special_tokens=CHAT_SPECIAL_TOKENS`).
 
 import base64
 import io
+import itertools
 import pathlib
 from typing import Iterable, Protocol, Sequence
 
 import numpy as np
+
+from llama3_jax.errors import UserError
 
 # Llama 3's pre-tokenisation split (Meta's reference tokenizer.py).
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
@@ -140,12 +143,15 @@ def load_tokenizer(path) -> Tokenizer:
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, out, *,
                         character_coverage: float = 0.9995,
-                        special_tokens: Sequence[str] = ()) -> SentencePieceTokenizer:
+                        special_tokens: Sequence[str] = (),
+                        where: str = "the training texts") -> SentencePieceTokenizer:
   """Trains a byte-fallback BPE model (like Llama 2's) on `texts`, written to `out`.
 
   Characters outside `character_coverage` of the text are spelled as bytes; lower it when a
   small vocabulary must cover many scripts. `special_tokens` (e.g. CHAT_SPECIAL_TOKENS) become
-  control symbols with ids 3, 4, ... right after <unk>, <s>, </s>.
+  control symbols with ids 3, 4, ... right after <unk>, <s>, </s>. No text, or a text that
+  cannot train `vocab_size` pieces, is a UserError naming `where` (SentencePiece would say only
+  "INTERNAL: ... [!sentences_.empty()]").
   """
   import sentencepiece as spm
   out = pathlib.Path(out)
@@ -153,6 +159,23 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, out, *,
   model = io.BytesIO()
   # SentencePiece skips "sentences" over max_sentence_length bytes: feed it lines.
   lines = (line for text in texts for line in text.splitlines() if line.strip())
+  first = next(lines, None)
+  if first is None:
+    raise UserError(f"{where}: no text to train a tokenizer on",
+                    "give files with non-empty documents (check the text field name)")
+  try:
+    _train_bpe(spm, itertools.chain([first], lines), model, vocab_size, character_coverage,
+               special_tokens)
+  except RuntimeError as error:   # SentencePiece's own checks: a bare RuntimeError
+    raise UserError(f"SentencePiece cannot train on {where}: {str(error).splitlines()[0]}",
+                    "check --vocab-size against the amount of text") from None
+  tmp = out.with_suffix(out.suffix + ".tmp")
+  tmp.write_bytes(model.getvalue())
+  tmp.replace(out)
+  return SentencePieceTokenizer(out)
+
+
+def _train_bpe(spm, lines, model, vocab_size, character_coverage, special_tokens):
   spm.SentencePieceTrainer.train(
       sentence_iterator=lines, model_writer=model, vocab_size=vocab_size, model_type="bpe",
       byte_fallback=True, character_coverage=character_coverage, bos_id=1, eos_id=2,
@@ -163,10 +186,6 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, out, *,
       num_threads=1, input_sentence_size=0, shuffle_input_sentence=False, minloglevel=2, split_digits=True,
       allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,
       normalization_rule_name="identity")
-  tmp = out.with_suffix(out.suffix + ".tmp")
-  tmp.write_bytes(model.getvalue())
-  tmp.replace(out)
-  return SentencePieceTokenizer(out)
 
 
 def check_token_ids(ids: np.ndarray, vocab_size: int, where: str = "") -> None:

@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.experimental import mesh_utils
 
+from llama3_jax.errors import UserError
+
 # Mesh axes, outermost (slowest links) first.
 AXES = ("data", "fsdp", "stage", "context", "tensor")
 
@@ -58,6 +60,18 @@ class MeshConfig:
 
   def dcn_sizes(self) -> dict[str, int]:
     return {axis: getattr(self, "dcn_" + axis) for axis in AXES}
+
+
+def parse_mesh(text: str, flag: str = "--mesh") -> dict[str, int]:
+  """`tensor=8,stage=16,fsdp=128` as axis sizes (axes not named: absent)."""
+  sizes = {}
+  for item in filter(None, text.split(",")):
+    axis, _, value = item.strip().partition("=")
+    if axis not in AXES or not value.lstrip("-").isdigit():
+      raise UserError(f"{flag}: bad entry {item!r}", f"write axis=size with axes from {AXES}, "
+                      "e.g. tensor=8,stage=16,fsdp=128")
+    sizes[axis] = int(value)
+  return sizes
 
 
 def make_mesh(config: MeshConfig, devices=None) -> jax.sharding.Mesh:
@@ -117,6 +131,11 @@ def validate(config: MeshConfig, model, *, n_devices: int, global_batch: int | N
     problems.append(f"tensor={t} is not a multiple of n_kv_heads={model.n_kv_heads}; "
                     "replicated KV heads need whole copies per head; choose tensor as a multiple "
                     f"of {model.n_kv_heads}")
+  if model.d_model % sizes["fsdp"]:
+    problems.append(f"d_model={model.d_model} is not divisible by fsdp={sizes['fsdp']} (FSDP "
+                    "splits every weight along d_model); choose fsdp among "
+                    f"{_divisors(model.d_model, limit=n_devices)}, or a d_model that is a "
+                    f"multiple of {sizes['fsdp']}")
   if model.n_layers % sizes["stage"]:
     problems.append(f"n_layers={model.n_layers} is not divisible by stage={sizes['stage']}; "
                     f"choose stage among {_divisors(model.n_layers, limit=n_devices)}")

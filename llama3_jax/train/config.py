@@ -15,10 +15,12 @@ ml_collections placeholder, so the command line can still set it.
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 
 import ml_collections
 from ml_collections import config_dict
 
+from llama3_jax.errors import UserError
 from llama3_jax.model import SIZES, ModelConfig, RopeScaling
 from llama3_jax.optim.schedules import Stage
 from llama3_jax.runtime.faults import FaultsConfig
@@ -316,6 +318,11 @@ def _stage(index: int, stage) -> Stage:
   if isinstance(stage, (tuple, list)):
     raise ValueError(f"train.stages[{index}]={tuple(stage)} is positional; write it as "
                      "dict(until_tokens=..., batch_tokens=..., seq_len=..., mixture=None)")
+  if not isinstance(stage, Mapping):
+    raise UserError(f"train.stages[{index}]={stage!r} is not a stage",
+                    "write each stage as {'until_tokens': ..., 'batch_tokens': ..., "
+                    "'seq_len': ..., 'mixture': None} (a dict literal, in a config file or "
+                    "--config.train.stages)")
   fields = dict(stage)
   if fields.get("mixture"):
     fields["mixture"] = tuple((str(k), float(v)) for k, v in dict(fields["mixture"]).items())

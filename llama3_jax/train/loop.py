@@ -28,6 +28,7 @@ from llama3_jax.checkpoint import model as model_lib
 from llama3_jax.checkpoint.run import RunCheckpoints, model_meta
 from llama3_jax.data import corpus
 from llama3_jax.data.batches import Batches, source_for
+from llama3_jax.errors import writable_dir
 from llama3_jax.optim.optimizer import build_optimizer, nonfinite_counts
 from llama3_jax.optim.schedules import lr_schedule, stage_at
 from llama3_jax.parallel.pipeline import Schedule
@@ -59,8 +60,15 @@ def train(cfg, workdir, *, objective=NEXT_TOKEN, source=None,
   run = run_config(cfg)
   init_model = model_lib.init_model_config(run.init.path) if run.init.path else None
   plan = make_plan(run, jax.device_count(), jax.process_count(), init_model)
-  workdir = pathlib.Path(workdir).resolve()   # Orbax needs absolute paths
-  workdir.mkdir(parents=True, exist_ok=True)
+  # The data is opened and every stage checked against it before the workdir is touched, so
+  # bad data leaves an existing run's files as they were.
+  if source is None:
+    source = source_for(run.data, run.train.seed, plan.model.vocab_size,
+                        run.dpo.max_examples_per_row)
+  if hasattr(source, "check_stages"):   # fails now, not when a later stage begins
+    source.check_stages(plan.stages)
+  # Orbax needs absolute paths; a workdir that cannot be written fails here, not at step N.
+  workdir = writable_dir(pathlib.Path(workdir).resolve(), "workdir")
   with logs.process_log(workdir) as log_file:
     # ---- everything the run holds, made here ---------------------------------------------
     primary = jax.process_index() == 0
@@ -73,10 +81,7 @@ def train(cfg, workdir, *, objective=NEXT_TOKEN, source=None,
                            t.floor_ratio)
     s = setup(plan.model, plan.mesh, sharding=plan.sharding, optimizer=tx, objective=objective,
               micro_batches=t.micro_batches, seed=t.seed)
-    if source is None:
-      source = source_for(run.data, t.seed, plan.model.vocab_size, run.dpo.max_examples_per_row)
     batches = Batches(faults.wrap(source), s.fns.batch_sharding, objective.fields)
-    batches.check_stages(plan.stages)
     checkpoints = RunCheckpoints(
         workdir, run.checkpoint, s, batches, plan, faults=faults,
         meta={"seed": t.seed, "model": model_meta(plan.model),

@@ -11,6 +11,7 @@ do not fit a short run (a first smoke run of a few steps) are scaled down with a
 import dataclasses
 import logging
 
+from llama3_jax.errors import UserError
 from llama3_jax.model import ModelConfig
 from llama3_jax.optim.schedules import Stage, tokens_after, validate_stages
 from llama3_jax.posttrain.data import is_conversation_data
@@ -47,6 +48,7 @@ def make_plan(run: RunConfig, n_devices: int, n_processes: int = 1,
   model, train, data = run.model.resolve(init_model), run.train, run.data
   sizes = run.mesh.sizes(n_devices)
   stages = train.stages
+  _check_stages(stages, model, sizes, train.micro_batches)
   validate_stages(list(stages), batch_shards=sizes["data"] * sizes["fsdp"] * train.micro_batches)
   if not data.synthetic and not (data.path and is_conversation_data(data.path)):
     for stage in stages:
@@ -74,7 +76,31 @@ def make_plan(run: RunConfig, n_devices: int, n_processes: int = 1,
   tokens = tokens_after(list(stages), horizon)
   warmup, anneal = warmup_and_anneal(train, tokens[-1], horizon)
   sharding = run.sharding.resolve(model.vocab_size, max(s.batch_tokens for s in stages), sizes)
+  split = sizes["tensor"] * sizes["fsdp"]
+  if sharding.vocab_over_fsdp and model.vocab_size % split:
+    raise UserError(f"sharding.vocab_over_fsdp splits the vocabulary over tensor*fsdp={split}, "
+                    f"which does not divide model.vocab_size={model.vocab_size}",
+                    f"make vocab_size a multiple of {split}, or set "
+                    "--config.sharding.vocab_over_fsdp=False")
   return Plan(model, run.mesh, sharding, stages, train.steps, tokens, warmup, anneal)
+
+
+def _check_stages(stages, model: ModelConfig, sizes: dict, micro_batches: int) -> None:
+  """What every stage needs of the model and the micro-batches, named by stage and field."""
+  shards = sizes["data"] * sizes["fsdp"]
+  for i, stage in enumerate(stages):
+    if stage.seq_len > model.max_seq_len:
+      raise UserError(f"train.stages[{i}].seq_len={stage.seq_len} exceeds model.max_seq_len="
+                      f"{model.max_seq_len}", "raise model.max_seq_len (the context the model "
+                      "is built for) or shorten the stage's sequences")
+    rows = stage.batch_tokens // max(stage.seq_len, 1)
+    if micro_batches > 1 and rows % (micro_batches * shards):
+      raise UserError(
+          f"train.stages[{i}] has {rows} rows per batch, which do not split into "
+          f"train.micro_batches={micro_batches} micro-batches of a multiple of data*fsdp="
+          f"{shards} rows", f"make the stage's rows a multiple of {micro_batches * shards} "
+          f"(batch_tokens a multiple of {micro_batches * shards * stage.seq_len}), or choose "
+          f"micro_batches among {[d for d in range(1, rows + 1) if rows % (d * shards) == 0]}")
 
 
 def warmup_and_anneal(train, total_tokens: int, horizon: int) -> tuple[int, int]:

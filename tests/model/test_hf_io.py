@@ -90,8 +90,22 @@ def test_clear_errors(model, tmp_path):
     hf.load(tmp_path / "ckpt")
 
   config_json.write_text(json.dumps({**good, "num_hidden_layers": 5}))
-  with pytest.raises(KeyError, match="model.layers.4.* is missing"):
+  with pytest.raises(ValueError, match="model.layers.4.* is missing"):   # a UserError
     hf.load(tmp_path / "ckpt")
+
+  config_json.write_text(json.dumps(good)[:40])
+  with pytest.raises(ValueError, match="config.json is not valid JSON"):
+    hf.load(tmp_path / "ckpt")
+  config_json.write_text(json.dumps({k: v for k, v in good.items() if k != "hidden_size"}))
+  with pytest.raises(ValueError, match="config.json lacks the field 'hidden_size'"):
+    hf.load(tmp_path / "ckpt")
+  weights = tmp_path / "ckpt" / "model.safetensors"
+  whole = weights.read_bytes()
+  weights.write_bytes(whole[:len(whole) // 2])
+  config_json.write_text(json.dumps(good))
+  with pytest.raises(ValueError, match="model.safetensors cannot be read.*truncated or corrupt"):
+    hf.load(tmp_path / "ckpt")
+  weights.write_bytes(whole)
 
   config_json.write_text(json.dumps({**good, "model_type": "mistral"}))
   with pytest.raises(ValueError, match="only Llama"):

@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Iterator
 
 from llama3_jax.data.curation.config import ReadConfig
+from llama3_jax.errors import UserError
 
 SUFFIXES = (".jsonl", ".jsonl.gz")
 MAX_EXAMPLES = 20   # skipped lines listed in stats.json, per file
@@ -35,8 +36,9 @@ _FIXES = {
 }
 
 
-class CurationInputError(ValueError):
-  """Bad input in strict mode, or no input at all."""
+class CurationInputError(UserError):
+  """Bad input in strict mode, or no input at all (a UserError: one line from the launcher,
+  also when raised in a worker process, where the frame that raised it is lost)."""
 
 
 @dataclasses.dataclass

@@ -1,0 +1,310 @@
+"""Hostile input through the real command lines: every launcher in experiments/ given a bad flag,
+config, data file, checkpoint or path ends with exit code 2 and exactly one stderr line,
+`error: ...`, naming the file or field, no traceback, and a workdir it was pointed at keeps its
+checkpoints and metrics byte for byte (llama3_jax/cli.py is the one place that says so).
+
+Each case runs in its own subprocess (2 at a time) on its own copy of one small trained run;
+every case fails before anything compiles but the two that resume a run (they compile while
+the checkpoint's model is read), so the table costs mostly Python and JAX imports.
+"""
+
+import concurrent.futures
+import gzip
+import hashlib
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from llama3_jax import hf
+from llama3_jax.checkpoint.model import load_model, run_tokenizer
+from llama3_jax.data.corpus import embedded_corpus
+from llama3_jax.train.loop import train
+from tests.runtime import tiny_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TC = "tests/runtime/tiny_config.py"
+DEBUG = "experiments/configs/llama3_debug.py"
+STAGE = '({"until_tokens": None, "batch_tokens": 128, "seq_len": 16, "mixture": %s},)'
+
+# (id, module, arguments, what stderr's line must name). {RUN} is a copy of a 2-step run of
+# tests/runtime/tiny_config.py, {IN} the folder of bad inputs, {OUT} a new folder for the case,
+# {TOK} the run's tokenizer.
+CASES = [
+    # ---- pretrain: the command line and the config file
+    ("config-missing", "pretrain", ["--config", "{IN}/nowhere.py", "--workdir", "{RUN}"],
+     "{IN}/nowhere.py does not exist"),
+    ("config-syntax", "pretrain", ["--config", "{IN}/syntax.py", "--workdir", "{RUN}"],
+     "{IN}/syntax.py:1: invalid syntax"),
+    ("config-raises", "pretrain", ["--config", "{IN}/raises.py", "--workdir", "{RUN}"],
+     "{IN}/raises.py:2: get_config raised ZeroDivisionError"),
+    ("config-arg", "pretrain", ["--config", f"{DEBUG}:foo=bar", "--workdir", "{RUN}"],
+     "unknown config argument 'foo'"),
+    ("config-arg-value", "pretrain", ["--config", f"{DEBUG}:steps=x", "--workdir", "{RUN}"],
+     f"{DEBUG}:steps=x: get_config raised ValueError"),
+    ("positional", "pretrain", ["--config", TC, "--workdir", "{RUN}", "extra"],
+     "unexpected arguments: ['extra']"),
+    ("unknown-flag", "pretrain", ["--config", TC, "--nosuch", "--workdir", "{RUN}"], "nosuch"),
+    ("unknown-field", "pretrain", ["--config", TC, "--config.train.stepz=3", "--workdir", "{RUN}"],
+     "--config.train.stepz: the config has no field 'stepz'"),
+    ("unknown-field-default-config", "pretrain", ["--config.train.stepz=3", "--workdir", "{RUN}"],
+     "--config.train.stepz: the config has no field 'stepz'"),
+    ("field-type", "pretrain", ["--config", TC, "--config.train.steps=abc", "--workdir", "{RUN}"],
+     "--config.train.steps=abc"),
+    ("stages-not-dicts", "pretrain", ["--config", TC, "--config.train.stages=5", "--workdir",
+                                      "{RUN}"], "train.stages[0]=5 is not a stage"),
+    ("stages-positional", "pretrain", ["--config", TC, "--config.train.stages=((None,128,16),)",
+                                       "--workdir", "{RUN}"], "train.stages[0]=(None, 128, 16)"),
+    ("stage-missing-source", "pretrain", ["--config", TC, "--config.train.stages="
+                                          + STAGE % '{"nosuch": 1.0}', "--workdir", "{RUN}"],
+     "nosuch"),
+    ("stage-longer-than-model", "pretrain", ["--config", TC, "--config.model.max_seq_len=8",
+                                             "--workdir", "{RUN}"],
+     "train.stages[0].seq_len=16 exceeds model.max_seq_len=8"),
+    ("micro-batches", "pretrain", ["--config", TC, "--config.train.micro_batches=5",
+                                   "--workdir", "{RUN}"], "train.micro_batches=5"),
+    ("d-model-over-fsdp", "pretrain", ["--config", TC, "--config.model.d_model=34",
+                                       "--workdir", "{RUN}"],
+     "d_model=34 is not divisible by fsdp=4"),
+    ("peak-lr", "pretrain", ["--config", TC, "--config.train.peak_lr=-1", "--workdir", "{RUN}"],
+     "train.peak_lr=-1"),
+    ("mesh", "pretrain", ["--config", TC, "--config.mesh.tensor=3", "--workdir", "{RUN}"],
+     "multiply to 12, but there are 8 devices"),
+    ("model-size", "pretrain", ["--config", TC, "--config.model.size=llama9", "--workdir", "{RUN}"],
+     "model.size='llama9'"),
+    # ---- pretrain: data
+    ("data-missing", "pretrain", ["--config", TC, "--config.data.path={IN}/nowhere", "--workdir",
+                                  "{RUN}"], "{IN}/nowhere/manifest.json does not exist"),
+    ("manifest-truncated", "pretrain", ["--config", TC, "--config.data.path={IN}/data_badjson",
+                                        "--workdir", "{RUN}"],
+     "{IN}/data_badjson/manifest.json is not valid JSON"),
+    ("manifest-field", "pretrain", ["--config", TC, "--config.data.path={IN}/data_badfield",
+                                    "--workdir", "{RUN}"],
+     "{IN}/data_badfield/manifest.json is not a valid manifest: sources.general.shards"),
+    ("shard-truncated", "pretrain", ["--config", TC, "--config.data.path={IN}/data_halfshard",
+                                     "--workdir", "{RUN}"],
+     "{IN}/data_halfshard/math/shard-00000.array_record of source 'math' cannot be read"),
+    ("shard-tiny", "pretrain", ["--config", TC, "--config.data.path={IN}/data_tinyshard",
+                                "--workdir", "{RUN}"],
+     "{IN}/data_tinyshard/code/shard-00000.array_record of source 'code' cannot be read"),
+    ("shard-missing", "pretrain", ["--config", TC, "--config.data.path={IN}/data_noshard",
+                                   "--workdir", "{RUN}"],
+     "{IN}/data_noshard/code/shard-00000.array_record of source 'code' does not exist"),
+    # ---- pretrain: the workdir
+    ("workdir-is-a-file", "pretrain", ["--config", TC, "--workdir", "{IN}/good.jsonl"],
+     "workdir {IN}/good.jsonl is a file"),
+    ("workdir-under-a-file", "pretrain", ["--config", TC, "--workdir", "{IN}/good.jsonl/run"],
+     "workdir {IN}/good.jsonl/run cannot be written"),
+    ("workdir-read-only", "pretrain", ["--config", TC, "--workdir", "/sys/llama3_jax_run"],
+     "workdir /sys/llama3_jax_run cannot be written"),
+    ("workdir-other-model", "pretrain", ["--config", TC, "--config.model.n_layers=3",
+                                         "--workdir", "{RUN}"],
+     "holds checkpoints of another model (n_layers=2 (now 3))"),
+    ("workdir-other-streams", "pretrain", ["--config", TC, "--config.data.streams=4",
+                                           "--workdir", "{RUN}"], "data.streams=8, now 4"),
+    # ---- prepare_data
+    ("prepare-no-arguments", "prepare_data", [], "the following arguments are required"),
+    ("prepare-input-missing", "prepare_data", ["--input", "{IN}/nowhere", "--tokenizer", "{TOK}",
+                                               "--out", "{OUT}"],
+     "input {IN}/nowhere does not exist"),
+    ("prepare-truncated-gz-strict", "prepare_data", ["--input", "{IN}/raw", "--tokenizer", "{TOK}",
+                                                     "--out", "{OUT}", "--strict"],
+     "{IN}/raw/trunc.jsonl.gz:"),
+    ("prepare-shard-index", "prepare_data", ["--input", "{IN}/raw", "--tokenizer", "{TOK}", "--out",
+                                             "{OUT}", "--shard-index", "3", "--shard-count", "2"],
+     "--shard-index 3 with --shard-count 2"),
+    ("prepare-tokenizer-missing", "prepare_data", ["--input", "{IN}/raw", "--tokenizer",
+                                                   "{IN}/nowhere.model", "--out", "{OUT}"],
+     "{IN}/nowhere.model does not exist"),
+    ("prepare-tokenizer-not-one", "prepare_data", ["--input", "{IN}/raw", "--tokenizer",
+                                                   "{IN}/good.jsonl", "--out", "{OUT}"],
+     "{IN}/good.jsonl is neither a SentencePiece model"),
+    ("prepare-source-name", "prepare_data", ["--input", "{IN}/raw", "--tokenizer", "{TOK}",
+                                             "--out", "{OUT}", "--source", "my source"],
+     "--source 'my source'"),
+    ("prepare-workers", "prepare_data", ["--input", "{IN}/raw", "--tokenizer", "{TOK}", "--out",
+                                         "{OUT}", "--workers", "x"], "argument --workers"),
+    # ---- train_tokenizer
+    ("tokenizer-empty-input", "train_tokenizer", ["--input", "{IN}/empty.txt", "--vocab-size",
+                                                  "100", "--out", "{OUT}/t.model"],
+     "--input {IN}/empty.txt: no text"),
+    ("tokenizer-no-vocab-size", "train_tokenizer", ["--input", "{IN}/good.jsonl", "--out",
+                                                    "{OUT}/t.model"], "--vocab-size"),
+    # ---- curate
+    ("curate-input-missing", "curate", ["--input", "{IN}/nowhere", "--out", "{OUT}"],
+     "{IN}/nowhere"),
+    ("curate-unknown-field", "curate", ["--input", "{IN}/raw", "--out", "{OUT}",
+                                        "--config.minhash.nosuch=1"], "--config.minhash.nosuch"),
+    ("curate-positional", "curate", ["--input", "{IN}/raw", "--out", "{OUT}", "extra"],
+     "unexpected arguments ['extra']"),
+    # ---- average_checkpoints
+    ("average-other-model", "average_checkpoints", ["{RUN}", "{IN}/other_model", "--out",
+                                                    "{OUT}/a"],
+     "{IN}/other_model holds another model than {RUN}"),
+    ("average-corrupt", "average_checkpoints", ["{RUN}", "{IN}/ck_corrupt", "--out", "{OUT}/a"],
+     "checkpoint {IN}/ck_corrupt cannot be read"),
+    ("average-not-a-checkpoint", "average_checkpoints", ["{IN}/raw", "--out", "{OUT}/a"],
+     "{IN}/raw is neither a checkpoint step directory"),
+    ("average-out-exists", "average_checkpoints", ["{RUN}", "--out", "{IN}/raw"],
+     "--out {IN}/raw exists"),
+    # ---- generate
+    ("generate-checkpoint-missing", "generate", ["--checkpoint", "{IN}/nowhere"],
+     "checkpoint {IN}/nowhere does not exist"),
+    ("generate-checkpoint-corrupt", "generate", ["--checkpoint", "{IN}/ck_corrupt", "--prompt",
+                                                 "x"], "checkpoint {IN}/ck_corrupt cannot be read"),
+    ("generate-prompts-bad", "generate", ["--checkpoint", "{RUN}", "--prompts",
+                                          "{IN}/prompts.jsonl"], "{IN}/prompts.jsonl:2"),
+    ("generate-prompts-missing", "generate", ["--checkpoint", "{RUN}", "--prompts",
+                                              "{IN}/nowhere.jsonl"],
+     "--prompts {IN}/nowhere.jsonl"),
+    ("generate-flag-value", "generate", ["--checkpoint", "{RUN}", "--max-new-tokens=abc"],
+     "--max-new-tokens=abc"),
+    ("generate-mesh", "generate", ["--checkpoint", "{RUN}", "--mesh", "fsdp=x"],
+     "--mesh: bad entry 'fsdp=x'"),
+    ("generate-positional", "generate", ["--checkpoint", "{RUN}", "extra"],
+     "unexpected arguments: ['extra']"),
+    ("generate-hf-config-json", "generate", ["--hf", "{IN}/hf_badjson", "--prompt", "x"],
+     "{IN}/hf_badjson/config.json is not valid JSON"),
+    ("generate-hf-config-field", "generate", ["--hf", "{IN}/hf_nofield", "--prompt", "x"],
+     "{IN}/hf_nofield/config.json lacks the field 'hidden_size'"),
+    ("generate-hf-truncated", "generate", ["--hf", "{IN}/hf_truncated", "--prompt", "x"],
+     "{IN}/hf_truncated/model.safetensors cannot be read"),
+    # ---- export_hf
+    ("export-out-exists", "export_hf", ["--checkpoint", "{RUN}", "--out", "{IN}/raw"],
+     "--out {IN}/raw exists and is not empty"),
+    ("export-checkpoint-missing", "export_hf", ["--checkpoint", "{IN}/nowhere", "--out", "{OUT}/h"],
+     "checkpoint {IN}/nowhere does not exist"),
+    ("export-positional", "export_hf", ["--checkpoint", "{RUN}", "extra"],
+     "unexpected arguments: ['extra']"),
+    # ---- inspect_sharding, demo
+    ("inspect-heads-over-tensor", "inspect_sharding", ["--size", "debug", "--mesh", "tensor=3"],
+     "would refuse this layout"),
+    ("inspect-d-model-over-fsdp", "inspect_sharding", ["--size", "debug", "--mesh", "fsdp=3"],
+     "d_model=160 is not divisible by fsdp=3"),
+    ("inspect-mesh-entry", "inspect_sharding", ["--mesh", "foo=3"], "--mesh: bad entry 'foo=3'"),
+    ("demo-size", "demo", ["--size", "nosuch"], "argument --size"),
+]
+
+
+def _truncate(path: pathlib.Path, keep: float = 0.5) -> None:
+  data = path.read_bytes()
+  path.write_bytes(data[:int(len(data) * keep)])
+
+
+def _corrupt_checkpoint(step: pathlib.Path) -> None:
+  for file in step.glob("state/**/d/*"):
+    file.write_bytes(file.read_bytes()[:20])
+
+
+def _bad_data(inputs: pathlib.Path, corpus: pathlib.Path) -> None:
+  for name in ("badjson", "badfield", "halfshard", "tinyshard", "noshard"):
+    shutil.copytree(corpus, inputs / f"data_{name}", ignore=shutil.ignore_patterns("raw"))
+  _truncate(inputs / "data_badjson" / "manifest.json", 0.1)
+  manifest = json.loads((corpus / "manifest.json").read_text())
+  manifest["sources"]["general"]["shards"] = 3
+  (inputs / "data_badfield" / "manifest.json").write_text(json.dumps(manifest))
+  _truncate(inputs / "data_halfshard" / "math" / "shard-00000.array_record")
+  _truncate(inputs / "data_tinyshard" / "code" / "shard-00000.array_record", 0.0005)
+  (inputs / "data_noshard" / "code" / "shard-00000.array_record").unlink()
+
+
+def _bad_hf(inputs: pathlib.Path, run: pathlib.Path) -> None:
+  config, model = load_model(run)
+  hf.save(model, config, inputs / "hf_good", tokenizer=run_tokenizer(run))
+  for name in ("badjson", "nofield", "truncated"):
+    shutil.copytree(inputs / "hf_good", inputs / f"hf_{name}")
+  _truncate(inputs / "hf_badjson" / "config.json", 0.3)
+  fields = json.loads((inputs / "hf_good" / "config.json").read_text())
+  del fields["hidden_size"]
+  (inputs / "hf_nofield" / "config.json").write_text(json.dumps(fields))
+  _truncate(inputs / "hf_truncated" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, job_env):
+  """The trained run and every bad input the cases name."""
+  run = tmp_path_factory.mktemp("run")
+  cfg = tiny_config.get_config()
+  cfg.train.steps = 2
+  train(cfg, run)
+  inputs = tmp_path_factory.mktemp("inputs")
+  lines = "".join(json.dumps({"text": f"document {i} " * 20}) + "\n" for i in range(50))
+  (inputs / "good.jsonl").write_text(lines)
+  (inputs / "raw").mkdir()
+  (inputs / "raw" / "good.jsonl").write_text(lines)
+  zipped = gzip.compress(lines.encode())
+  (inputs / "raw" / "trunc.jsonl.gz").write_bytes(zipped[:len(zipped) // 2])
+  (inputs / "empty.txt").write_text("")
+  (inputs / "syntax.py").write_text("def get_config(:\n  pass\n")
+  (inputs / "raises.py").write_text("def get_config(arg=None):\n  return 1 / 0\n")
+  (inputs / "prompts.jsonl").write_text('{"prompt": "fine"}\n{"text": "no prompt"}\n')
+  shutil.copytree(run / "checkpoints" / "2", inputs / "ck_corrupt")
+  _corrupt_checkpoint(inputs / "ck_corrupt")
+  ocp.StandardCheckpointer().save((inputs / "other_model" / "state").resolve(),
+                                  {"model": {"w": np.zeros(3, np.float32)}})
+  _bad_data(inputs, embedded_corpus())
+  _bad_hf(inputs, run)
+  return {"run": run, "inputs": inputs, "tokenizer": run_tokenizer(run).path,
+          "env": {**job_env, "HF_HUB_OFFLINE": "1"}}
+
+
+def _fingerprint(workdir: pathlib.Path) -> dict:
+  """sha256 of every file a run must never lose or change: checkpoints, metrics, average."""
+  files = [workdir / "metrics.jsonl", *sorted((workdir / "checkpoints").rglob("*")),
+           *sorted((workdir / "averaged_params").rglob("*"))]
+  return {str(f.relative_to(workdir)): hashlib.sha256(f.read_bytes()).hexdigest()
+          for f in files if f.is_file()}
+
+
+def _run_case(case, setup, base: pathlib.Path) -> dict:
+  _, module, args, _ = case
+  run, out = base / "run", base / "out"
+  shutil.copytree(setup["run"], run)
+  before = _fingerprint(run)
+  places = {"RUN": str(run), "IN": str(setup["inputs"]), "OUT": str(out),
+            "TOK": str(setup["tokenizer"])}
+
+  def fill(text):
+    for key, value in places.items():
+      text = text.replace(f"{{{key}}}", value)
+    return text
+
+  result = subprocess.run([sys.executable, "-m", f"experiments.{module}", *map(fill, args)],
+                          cwd=ROOT, env=setup["env"], capture_output=True, text=True, check=False,
+                          timeout=300)
+  return {"result": result, "unchanged": _fingerprint(run) == before, "fill": fill,
+          "stale": sorted(str(p) for p in out.rglob("*.tmp")) if out.exists() else []}
+
+
+@pytest.fixture(scope="module")
+def outcomes(setup, tmp_path_factory):
+  """Every case, 2 subprocesses at a time (the 2 CPU cores of CI)."""
+  base = tmp_path_factory.mktemp("cases")
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    futures = {case[0]: pool.submit(_run_case, case, setup, base / case[0]) for case in CASES}
+    return {name: future.result() for name, future in futures.items()}
+
+
+def test_enough_cases():
+  assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+  modules = {c[1] for c in CASES}
+  assert modules == {p.stem for p in (ROOT / "experiments").glob("*.py")} - {"__init__"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_exit_2(case, outcomes):
+  outcome = outcomes[case[0]]
+  result = outcome["result"]
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+  assert outcome["fill"](case[3]) in lines[0]
+  assert outcome["unchanged"], "the run's checkpoints or metrics changed"
+  assert not outcome["stale"], outcome["stale"]
