@@ -12,7 +12,7 @@ format in WORKDIR/hf. Data files: llama3_jax/posttrain/conversations.py. Exit co
 2 bad config or data.
 """
 
-from experiments import finetune
+from experiments import _finetune as finetune
 
 if __name__ == "__main__":
   finetune.launch("dpo")

@@ -18,6 +18,7 @@ nothing is half-written.
 """
 
 import json
+import logging
 import os
 import pathlib
 import tempfile
@@ -71,12 +72,16 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax
   jax.config.update("jax_num_cpu_devices", 8)   # ignored on GPU/TPU
+  logging.getLogger("absl").setLevel(logging.WARNING)   # Orbax's progress lines
   from llama3_jax.checkpoint.model import model_and_tokenizer
   from llama3_jax.eval import multiple_choice, robustness, tasks
   task_list = [tasks.read_task(name) for name in filter(None, _TASKS.value.split(","))]
   if not task_list and not _NEEDLE.value:
     raise ValueError("--tasks is empty; name a shipped task (arith) or a file")
   lengths = [int(n) for n in filter(None, (_NEEDLE.value or "").split(","))]
+  if _CONTAMINATION.value:   # checked before the model is read
+    from llama3_jax.eval.contamination import check_prepared
+    check_prepared(_CONTAMINATION.value)
   checkpoint = _CHECKPOINT.value or _DEFAULT_RUN
   if not _HF.value and not _CHECKPOINT.value and not (_DEFAULT_RUN / "checkpoints").exists():
     print(f"no run in {_DEFAULT_RUN}: training the default model first "

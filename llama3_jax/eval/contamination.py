@@ -95,13 +95,8 @@ class NgramIndex:
                     sources: list[str] | None = None) -> "NgramIndex":
     """The n-grams of prepared pre-training data (experiments.prepare_data's shards)."""
     import grain
-    from llama3_jax.data.prepare import read_manifest
     data_dir = pathlib.Path(data_dir)
-    try:
-      manifest = read_manifest(data_dir)
-    except (FileNotFoundError, ValueError, KeyError) as error:
-      raise ValueError(f"{data_dir} is not prepared pre-training data ({error}); give a "
-                       "directory made by python -m experiments.prepare_data") from None
+    manifest = check_prepared(data_dir)
     names = sources or sorted(manifest["sources"])
     tokens = sum(manifest["sources"][s]["tokens"] for s in names)
     index = cls(tokens, n=n, false_positive_rate=false_positive_rate)
@@ -111,6 +106,16 @@ class NgramIndex:
         for i in range(len(records)):
           index.add(np.frombuffer(records[i], dtype="<i4"))
     return index
+
+
+def check_prepared(data_dir) -> dict:
+  """The manifest of prepared pre-training data, or a clear error."""
+  from llama3_jax.data.prepare import read_manifest
+  try:
+    return read_manifest(pathlib.Path(data_dir))
+  except (FileNotFoundError, ValueError, KeyError) as error:
+    raise ValueError(f"{data_dir} is not prepared pre-training data ({error}); give a "
+                     "directory made by python -m experiments.prepare_data") from None
 
 
 def contamination_report(scores, correct, *, thresholds=(0.2, 0.4, 0.6, 0.8),

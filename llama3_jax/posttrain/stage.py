@@ -20,6 +20,7 @@ from llama3_jax.checkpoint.model import is_hf_dir, load_model, run_tokenizer
 from llama3_jax.posttrain import task
 from llama3_jax.posttrain.data import is_conversation_data, prepare_conversations, sha256
 from llama3_jax.posttrain.dpo import DPOLoss
+from llama3_jax.train.config import run_config
 from llama3_jax.train.objectives import NEXT_TOKEN
 
 KINDS = {"sft": ("sft", "sft"), "dpo": ("preference", "preferences")}   # data kind, task file
@@ -104,6 +105,7 @@ def run_stage(cfg, workdir, kind: str) -> dict:
   """Runs (or resumes) the stage; returns the training summary plus the evaluation."""
   from llama3_jax.train.loop import train
   workdir = pathlib.Path(workdir)
+  run_config(cfg)   # every field checked before anything is read or written
   if not cfg.init.path:
     raise ValueError(f"{kind} needs a starting model: set --config.init.path=WORKDIR")
   tokenizer = init_tokenizer(cfg.init.path)

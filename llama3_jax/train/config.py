@@ -111,6 +111,21 @@ class DPOConfig:
   # computed once before training and stored with the data (one model per step).
   reference: str = "in_step"
 
+  def __post_init__(self):
+    problems = []
+    if not self.beta > 0:
+      problems.append(f"dpo.beta={self.beta} must be > 0")
+    if self.nll_weight < 0:
+      problems.append(f"dpo.nll_weight={self.nll_weight} must be >= 0")
+    if self.max_examples_per_row < 1:
+      problems.append(f"dpo.max_examples_per_row={self.max_examples_per_row} must be >= 1")
+    if self.layout not in ("shared", "separate"):
+      problems.append(f"dpo.layout={self.layout!r}: use shared or separate")
+    if self.reference not in ("in_step", "precomputed"):
+      problems.append(f"dpo.reference={self.reference!r}: use in_step or precomputed")
+    if problems:
+      raise ValueError("; ".join(problems))
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:

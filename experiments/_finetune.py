@@ -1,6 +1,6 @@
 """What `experiments.sft` and `experiments.dpo` share: flags, the default runs, the report.
 
-Not run by itself: `python -m experiments.sft` / `python -m experiments.dpo`.
+Not a launcher: `python -m experiments.sft` / `python -m experiments.dpo` use it.
 """
 
 import logging
