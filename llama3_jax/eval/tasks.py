@@ -144,27 +144,32 @@ def read_file(path, format: str | None = None) -> list[Example]:
 
 # ---- tasks the project ships ------------------------------------------------------------------
 
-def arithmetic_task(n: int = 400, seed: int = 1234) -> list[Example]:
-  """Sums and differences in the math source's own phrasing ("What is a + b?\\nAnswer: c"),
-  with three wrong answers: the other operation's result, and the answer off by 10 and 100
-  (never the same number twice). Seeded apart from the corpus (seed 0), so the questions are
-  new to the model."""
+def arithmetic_task(n: int = 400, seed: int = 2000) -> list[Example]:
+  """Sums and differences in the math source's own phrasing ("What is 512 + 89?\nAnswer:")
+  with the true answer and three near misses: off by 1, by 10, and with its last two digits
+  swapped (or off by 100), so that only the arithmetic tells them apart (all about as long).
+  Seeded apart from the corpus (seed 0): the questions are new to the model."""
   rng = random.Random(seed)
   examples = []
-  while len(examples) < n:
-    a, b = rng.randint(10, 999), rng.randint(10, 999)
+  for index in range(n):
+    a, b = rng.randint(2, 999), rng.randint(2, 999)
     if rng.random() < 0.5:
-      query, right, other = f"What is {a} + {b}?\nAnswer:", a + b, abs(a - b)
+      question, value = f"What is {a} + {b}?", a + b
     else:
       a, b = max(a, b), min(a, b)
-      query, right, other = f"What is {a} - {b}?\nAnswer:", a - b, a + b
-    wrong = [w for w in dict.fromkeys((other, right + 10, abs(right - 100), right + 100))
-             if w != right][:3]
-    choices = [right] + wrong
+      question, value = f"What is {a} - {b}?", a - b
+    wrong = {value + rng.choice((-1, 1)), value + rng.choice((-10, 10))}
+    digits = str(value)
+    swapped = digits[:-2] + digits[-1] + digits[-2] if len(digits) >= 2 else digits
+    wrong.add(int(swapped) if swapped != digits and int(swapped) != value else value + 100)
+    wrong = sorted(w for w in wrong if w >= 0 and w != value)
+    while len(wrong) < 3:
+      wrong.append(value + 100 * (len(wrong) + 1))
+    choices = [str(value)] + [str(w) for w in wrong[:3]]
     rng.shuffle(choices)
-    choices = tuple(str(c) for c in choices)
-    examples.append(Example(query, choices, choices.index(str(right)), len(examples),
-                            shot=f"{query} {right}"))
+    query = f"{question}\nAnswer:"
+    examples.append(Example(query, tuple(choices), choices.index(str(value)), index,
+                            shot=f"{query} {value}"))
   return examples
 
 
