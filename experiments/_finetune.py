@@ -32,9 +32,8 @@ def _ensure_start(path: str) -> None:
   start = _DEFAULT_STARTS[path]
   print(f"no run in {path}: running the default {start} first (python -m experiments.{start})")
   if start == "pretrain":
-    from experiments.configs.llama3_debug import get_config
-    from llama3_jax.train.loop import train
-    train(get_config(), path)
+    from experiments._defaults import ensure_pretrained
+    ensure_pretrained(path)
   else:
     from experiments.configs import sft
     _ensure_start(sft.get_config().init.path)

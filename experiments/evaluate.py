@@ -44,7 +44,6 @@ _NEEDLE = flags.DEFINE_string("needle", None, "context lengths for needle in a h
                               "256,512 (depths 0, 25, 50, 75, 100%); writes needle.png by --out")
 _OUT = flags.DEFINE_string("out", None, "results JSON (default: WORKDIR/eval_results.json)")
 _SAMPLES = flags.DEFINE_string("log_samples", None, "per-example JSONL")
-_DEFAULT_RUN = pathlib.Path("workdirs/pretrain")
 
 
 def _atomic_write(path: pathlib.Path, text: str) -> None:
@@ -82,13 +81,10 @@ def main(argv):
   if _CONTAMINATION.value:   # checked before the model is read
     from llama3_jax.eval.contamination import check_prepared
     check_prepared(_CONTAMINATION.value)
-  checkpoint = _CHECKPOINT.value or _DEFAULT_RUN
-  if not _HF.value and not _CHECKPOINT.value and not (_DEFAULT_RUN / "checkpoints").exists():
-    print(f"no run in {_DEFAULT_RUN}: training the default model first "
-          "(python -m experiments.pretrain)")
-    from experiments.configs.llama3_debug import get_config
-    from llama3_jax.train.loop import train
-    train(get_config(), _DEFAULT_RUN)
+  checkpoint = _CHECKPOINT.value
+  if not _HF.value and checkpoint is None:
+    from experiments._defaults import ensure_pretrained
+    checkpoint = ensure_pretrained()
   model, tokenizer = model_and_tokenizer(checkpoint, _HF.value, _AVERAGED.value,
                                          _TOKENIZER.value)
   if tokenizer.vocab_size > model.config.vocab_size:

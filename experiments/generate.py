@@ -17,7 +17,6 @@ Exit code 2: a bad flag, prompt, file or checkpoint, in one line (llama3_jax/cli
 
 import json
 import logging
-import pathlib
 import sys
 
 from absl import app
@@ -42,7 +41,6 @@ _TOP_K = flags.DEFINE_integer("top-k", None, "keep the k most likely tokens")
 _TOP_P = flags.DEFINE_float("top-p", None, "keep the most likely tokens up to this mass")
 _SEED = flags.DEFINE_integer("seed", 0, "the requests' seed")
 _MESH = flags.DEFINE_string("mesh", "", "axis sizes to decode sharded, e.g. fsdp=4,tensor=2")
-_DEFAULT_RUN = pathlib.Path("workdirs/pretrain")
 DEFAULT_PROMPTS = ["The history of", "def main():", "Solve 12 + 30 ="]
 
 
@@ -66,20 +64,12 @@ def read_prompts(path) -> list[str]:
 
 def load(args_checkpoint, hf_dir, averaged, tokenizer_path):
   """(model, tokenizer) from a workdir, a step directory or a Hugging Face directory."""
-  from llama3_jax import hf
-  from llama3_jax.checkpoint.model import load_model, run_tokenizer
-  from llama3_jax.data.tokenizers import load_tokenizer
-  if hf_dir:
-    _, model = hf.load(hf_dir)
-    return model, load_tokenizer(tokenizer_path) if tokenizer_path else hf.load_tokenizer(hf_dir)
-  path = pathlib.Path(args_checkpoint or _DEFAULT_RUN)
-  if args_checkpoint is None and not (path / "checkpoints").exists():
-    print(f"no run in {path}: training the default model first (python -m experiments.pretrain)")
-    from experiments.configs.llama3_debug import get_config
-    from llama3_jax.train.loop import train
-    train(get_config(), path)
-  _, model = load_model(path, averaged=averaged)
-  return model, load_tokenizer(tokenizer_path) if tokenizer_path else run_tokenizer(path)
+  from experiments._defaults import ensure_pretrained
+  from llama3_jax.checkpoint.model import model_and_tokenizer
+  checkpoint = args_checkpoint
+  if not hf_dir and checkpoint is None:
+    checkpoint = ensure_pretrained()
+  return model_and_tokenizer(checkpoint, hf_dir, averaged, tokenizer_path)
 
 
 def main(argv):
