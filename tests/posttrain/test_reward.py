@@ -14,7 +14,7 @@ from llama3_jax.posttrain.reward import (RewardLoss, RewardModel, ranked_pair_su
                                          response_rewards)
 from llama3_jax.sharding import MeshConfig
 from llama3_jax.train.setup import setup
-from tests.helpers import OPTIMIZER, RTOL, assert_trees_close
+from tests.helpers import OPTIMIZER, assert_trees_close
 from tests.posttrain.conftest import TINY
 
 PROMPT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 7 + 5?"}]
