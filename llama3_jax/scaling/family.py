@@ -25,7 +25,7 @@ from llama3_jax.model import ModelConfig
 from llama3_jax.train import metrics
 
 VOCAB = 512          # the embedded corpus' tokenizer
-HEAD_DIM = 16
+HEAD_DIM = 8
 KV_GROUPS = 2        # query heads per KV head (Llama 3: 8 KV heads for 32..128 query heads)
 ASPECT = 16          # d_model per layer at these tiny widths (Llama 3: ~128); deeper than
 #                      Llama 3's ratio because a 1-layer model cannot form induction heads and
@@ -33,7 +33,7 @@ ASPECT = 16          # d_model per layer at these tiny widths (Llama 3: ~128); d
 MIN_LAYERS = 2
 FFN_MULTIPLE = 8
 WIDTH_STEP = HEAD_DIM * KV_GROUPS   # whole KV groups of whole heads
-SMALLEST = 32_000    # about the smallest model here: 2 layers, width 32, FFN 48 (31,744)
+SMALLEST = 12_000    # about the smallest model here: 2 layers, width 16, FFN 24 (12,032)
 
 
 def matmul_params(config: ModelConfig) -> int:
@@ -89,12 +89,12 @@ def family_config(target: float, tolerance: float = 0.03) -> ModelConfig:
         (low + high) / 2, high)
   depth = max(MIN_LAYERS, round(low))
   best = None
-  for layers in (depth, depth - 1, depth + 1):   # the nominal depth first, then its neighbours
+  for layers in (depth, depth - 1, depth + 1, depth + 2):   # nominal first, then neighbours
     if layers < MIN_LAYERS:
       continue
     nominal_width = ASPECT * layers / WIDTH_STEP
     for width in sorted({WIDTH_STEP * max(1, math.floor(nominal_width) + k)
-                         for k in (-1, 0, 1, 2)}):
+                         for k in (-3, -2, -1, 0, 1, 2)}):
       base = _shape(layers, width, FFN_MULTIPLE)
       per_f = 3 * width * layers   # matmul parameters per unit of ffn_dim
       ffn = FFN_MULTIPLE * round((target - matmul_params(base) + per_f * FFN_MULTIPLE)
