@@ -8,11 +8,13 @@ python -m experiments.scaling_laws --fit-only --sweep FILE --workdir OUT
 Trains every point of the grid (budgets x model sizes, llama3_jax/scaling/sweep.py) through the
 pre-training loop in W/points/<name>/, one after another, appending one line per finished point
 to W/sweep.jsonl; run it again after a kill and it resumes (finished points are never rerun).
-Then fits (llama3_jax/scaling/analysis.py): a parabola per budget, the power laws D*(C) and
+Each point's model is also scored on an arithmetic multiple-choice task (accuracy and the
+correct answers' NLL per character, llama3_jax/eval/multiple_choice.py) for the report's
+two-step forecast. Then fits (llama3_jax/scaling/analysis.py): a parabola per budget, the power laws D*(C) and
 N*(C) with bootstrap 95% intervals, Chinchilla's approach 3 as a cross-check; the largest budget
 is held out (--holdout) and its optimal loss, tokens and parameters are forecast from the others
 and compared with its measurement. Writes W/fit.json, W/isoflops.png, W/power_law.png (and
-W/forecast.png where the sweep has nll_per_char / accuracy columns). Exit codes: 0 done, 2 bad
+W/forecast.png, fitted on the task's columns). Exit codes: 0 done, 2 bad
 input (a message `error: <what>: <fix>`).
 """
 
@@ -102,6 +104,7 @@ def train_sweep(args, workdir: pathlib.Path) -> None:
   print(f"sweep: {len(points)} points over {len(set(p.budget for p in points))} budgets, "
         f"{total:.3g} FLOPs in all; points in {workdir / 'points'}", flush=True)
   sweep.run_sweep(points, workdir, seed=args.seed, peak_flops=peak)
+  sweep.add_task_columns(workdir)   # points trained before the task columns existed
 
 
 def fit_and_plot(args, sweep_file: pathlib.Path, workdir: pathlib.Path) -> dict:

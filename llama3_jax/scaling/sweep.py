@@ -13,7 +13,8 @@ embedded corpus, through `llama3_jax.train.loop.train` in W/points/<name>/. Afte
 held-out loss (llama3_jax/eval/perplexity.py, the embedded held-out split) is measured and one
 line appended to W/sweep.jsonl: budget, params (the family's matmul count, the N the fits use),
 total_params, tokens, flops, loss (held-out, nats per token), bits_per_byte, train_loss, the
-shape and timings. A point with a line is never rerun; a killed point resumes from its newest
+shape and timings, and the two-step forecast's columns: accuracy and nll_per_char on an
+arithmetic multiple-choice task (llama3_jax/eval/multiple_choice.py). A point with a line is never rerun; a killed point resumes from its newest
 checkpoint (the loop does that), so a killed sweep picks up where it stopped.
 """
 
@@ -30,6 +31,7 @@ from llama3_jax.scaling import family
 SEQ_LEN = 128
 BATCH_CHOICES = (1024, 2048, 4096, 8192)   # tokens per step, one per budget
 MIN_STEPS = 120                            # the fewest steps of any point of a budget
+TASK_EXAMPLES = 200                        # arithmetic multiple-choice questions per model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +146,41 @@ def train_and_measure(point: Point, workdir: pathlib.Path, seed: int, peak_flops
   return {"loss": result["loss"], "bits_per_byte": result["bits_per_byte"],
           "heldout": {name: s["loss"] for name, s in result["per_source"].items()},
           "train_loss": rows[-1]["loss"] if rows else summary.get("loss"),
-          "tokens_per_s": summary.get("tokens_per_s"), "train_s": train_s}
+          "tokens_per_s": summary.get("tokens_per_s"), "train_s": train_s,
+          **task_columns(model, workdir)}
+
+
+def task_columns(model, workdir) -> dict:
+  """The two-step forecast's columns: the arithmetic multiple-choice task's accuracy and the
+  correct answers' NLL per character (llama3_jax/eval/multiple_choice.py)."""
+  from llama3_jax.checkpoint.model import run_tokenizer
+  from llama3_jax.eval import multiple_choice
+  result = multiple_choice.evaluate_choices(model, run_tokenizer(workdir),
+                                            multiple_choice.arithmetic_examples(TASK_EXAMPLES))
+  return {"accuracy": result["accuracy"], "nll_per_char": result["nll_per_char"],
+          "task": f"arithmetic multiple choice, {result['examples']} examples, chance "
+                  f"{result['chance']:.2f}"}
+
+
+def add_task_columns(workdir, out=sys.stdout) -> int:
+  """Measures the task columns for the points of W/sweep.jsonl that lack them (their models
+  are read from W/points/<name>); rewrites the file atomically. Returns how many it added."""
+  from llama3_jax.checkpoint.model import load_model
+  workdir = pathlib.Path(workdir)
+  path = workdir / "sweep.jsonl"
+  records = read_records(path)
+  missing = [r for r in records if r.get("accuracy") is None
+             and (workdir / "points" / r["name"]).exists()]
+  for r in missing:
+    _, model = load_model(workdir / "points" / r["name"])
+    r.update(task_columns(model, workdir / "points" / r["name"]))
+  if missing:
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
+    print(f"sweep: measured the multiple-choice task on {len(missing)} points", file=out,
+          flush=True)
+  return len(missing)
 
 
 def run_sweep(points: list[Point], workdir, *, seed: int = 0, measure=train_and_measure,
@@ -162,8 +198,7 @@ def run_sweep(points: list[Point], workdir, *, seed: int = 0, measure=train_and_
   if done:
     print(f"sweep: {len(points) - len(todo)} of {len(points)} points already done in {path}",
           file=out, flush=True)
-  total_flops = sum(p.flops for p in todo)
-  spent, started = 0.0, time.perf_counter()
+  started, walls = time.perf_counter(), []
   for i, point in enumerate(todo):
     start = time.perf_counter()
     measured = measure(point, workdir / "points" / point.name, seed, peak_flops)
@@ -176,13 +211,27 @@ def run_sweep(points: list[Point], workdir, *, seed: int = 0, measure=train_and_
       f.write(json.dumps(record) + "\n")
       f.flush()
       os.fsync(f.fileno())
-    spent += point.flops
+    walls.append(record["wall_s"])
     elapsed = time.perf_counter() - started
-    eta = elapsed * (total_flops - spent) / spent if spent else 0.0   # FLOP-weighted
+    eta = _eta(todo[:i + 1], walls, todo[i + 1:])
     print(f"sweep {_bar((i + 1) / len(todo))} {i + 1}/{len(todo)} {point.name}: held-out loss "
           f"{record['loss']:.4f} ({record['wall_s']:.0f} s); elapsed {elapsed / 60:.1f} min, "
           f"ETA {eta / 60:.1f} min", file=out, flush=True)
   return read_records(path)
+
+
+def _eta(done: list[Point], walls: list[float], todo: list[Point]) -> float:
+  """Seconds left: wall = a + b * steps + c * FLOPs fitted to the points done (start-up, the
+  per-step overhead that dominates tiny models, compute), FLOP-weighted until that is fitted."""
+  import numpy as np
+  if not todo:
+    return 0.0
+  features = lambda ps: np.array([[1.0, p.steps, p.flops / 1e12] for p in ps])  # noqa: E731
+  if len(done) >= 4:
+    coef, *_ = np.linalg.lstsq(features(done), np.array(walls), rcond=None)
+    if np.all(coef >= 0):
+      return float(features(todo).dot(coef).sum())
+  return sum(walls) * sum(p.flops for p in todo) / sum(p.flops for p in done)
 
 
 def _drop_cut_line(path: pathlib.Path) -> None:

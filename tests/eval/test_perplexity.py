@@ -57,6 +57,7 @@ def test_loss_is_the_mean_next_token_nll_and_shapes_never_change():
   assert perplexity._nll_sums._cache_size() == before
 
 
+@pytest.mark.slow   # builds the embedded corpus and its held-out split (~20-50 s)
 def test_heldout_split_is_disjoint_and_leaves_the_corpus_unchanged():
   train_dir = corpus.embedded_corpus()
   before = {name: (train_dir / "raw" / f"{name}.jsonl").read_bytes()
