@@ -1,6 +1,6 @@
 """Scaling laws end to end (Llama 3 report §3.2.1): an IsoFLOP sweep, its fits, a forecast.
 
-python -m experiments.scaling_laws                             # default sweep, ~30 min on 2 cores
+python -m experiments.scaling_laws                             # default sweep: 15 points
 python -m experiments.scaling_laws --workdir W --budgets 2.5e11,5e11,1e12 --sizes 5
 python -m experiments.scaling_laws --workdir W --fit-only      # refit W/sweep.jsonl, no training
 python -m experiments.scaling_laws --fit-only --sweep FILE --workdir OUT
@@ -25,7 +25,7 @@ import os
 import pathlib
 import sys
 
-DEFAULT_BUDGETS = "2e11,4e11,8e11,1.6e12"
+DEFAULT_BUDGETS = "2e11,4e11,8e11"
 EXIT_BAD_INPUT = 2
 
 
