@@ -47,7 +47,7 @@ def parse(argv):
                  help="sizes span the expected optimum / spread .. * spread")
   p.add_argument("--holdout", default="largest",
                  help="budget left out of the fits and forecast: 'largest', a number or 'none'")
-  p.add_argument("--extrapolate", type=float, default=1e14, help="a budget to extrapolate to")
+  p.add_argument("--extrapolate", type=float, default=1e13, help="a budget to extrapolate to")
   p.add_argument("--chance", type=float, default=0.25,
                  help="the multiple-choice task's chance accuracy (two-step forecast)")
   p.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates")

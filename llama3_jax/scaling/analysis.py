@@ -91,8 +91,8 @@ def _measured(budget: float, records) -> dict:
 def _forecast(fitted_records, held, extrapolate, chance, replicates, seed) -> dict:
   usable = [r for r in fitted_records if r.get("accuracy") is not None]
   if not usable or chance is None:
-    return {"status": "not measured: the sweep has no nll_per_char / accuracy columns (the "
-                      "multiple-choice scorer is the evaluation issue's)"}
+    return {"status": "not measured: the sweep has no nll_per_char / accuracy columns (a run "
+                      "without --fit-only measures them on every trained point)"}
   try:
     fc = forecast.two_step(usable, chance=chance, replicates=replicates, seed=seed)
   except fits.FitError as error:

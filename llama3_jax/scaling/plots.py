@@ -72,14 +72,18 @@ def power_law(result, path) -> None:
     a_lo, a_hi = result[f"{what}_alpha_95"]
     ax.fill_between(grid, *_band(result, what, grid), color="C0", alpha=0.15,
                     label=f"95%: alpha in [{a_lo:.3f}, {a_hi:.3f}]")
+    for key, color, label in (("holdout", "C1", "held-out budget: predicted"),
+                              ("extrapolation", "C2", "extrapolation")):
+      if key in result:
+        h = result[key]
+        pred = h["predicted"]
+        ax.errorbar([h["budget"]], [pred[what]],
+                    yerr=[[pred[what] - pred[f"{what}_95"][0]],
+                          [pred[f"{what}_95"][1] - pred[what]]],
+                    fmt="s", color=color, capsize=3, label=f"{label} (95%)")
     if "holdout" in result:
-      h = result["holdout"]
-      pred = h["predicted"]
-      ax.errorbar([h["budget"]], [pred[what]],
-                  yerr=[[pred[what] - pred[f"{what}_95"][0]], [pred[f"{what}_95"][1] - pred[what]]],
-                  fmt="s", color="C1", capsize=3, label="held-out budget: predicted")
-      ax.scatter([h["budget"]], [h["measured"][what]], marker="*", s=160, color="C3",
-                 zorder=4, label="held-out budget: measured")
+      ax.scatter([result["holdout"]["budget"]], [result["holdout"]["measured"][what]],
+                 marker="*", s=160, color="C3", zorder=4, label="held-out budget: measured")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("compute budget C (FLOPs)")
