@@ -7,7 +7,8 @@ python -m experiments.scaling_laws --fit-only --sweep FILE --workdir OUT
 
 Trains every point of the grid (budgets x model sizes, llama3_jax/scaling/sweep.py) through the
 pre-training loop in W/points/<name>/, one after another, appending one line per finished point
-to W/sweep.jsonl; run it again after a kill and it resumes (finished points are never rerun).
+to W/sweep.jsonl; run it again after a kill and it resumes (finished points are never rerun;
+SIGTERM or Ctrl-C checkpoints the point in training and exits 0).
 Each point's model is also scored on an arithmetic multiple-choice task (accuracy and the
 correct answers' NLL per character, llama3_jax/eval/multiple_choice.py) for the report's
 two-step forecast. Then fits (llama3_jax/scaling/analysis.py): a parabola per budget, the power laws D*(C) and
@@ -103,15 +104,21 @@ def train_sweep(args, workdir: pathlib.Path) -> None:
   total = sum(p.flops for p in points)
   print(f"sweep: {len(points)} points over {len(set(p.budget for p in points))} budgets, "
         f"{total:.3g} FLOPs in all; points in {workdir / 'points'}", flush=True)
-  sweep.run_sweep(points, workdir, seed=args.seed, peak_flops=peak)
+  try:
+    sweep.run_sweep(points, workdir, seed=args.seed, peak_flops=peak)
+  except sweep.SweepStopped as stopped:
+    print(f"sweep: {stopped}")
+    sys.exit(0)
   sweep.add_task_columns(workdir)   # points trained before the task columns existed
+  return {p.name for p in points}
 
 
-def fit_and_plot(args, sweep_file: pathlib.Path, workdir: pathlib.Path) -> dict:
+def fit_and_plot(args, sweep_file: pathlib.Path, workdir: pathlib.Path, names=None) -> dict:
+  """Fits the sweep's records (`names`: only those points, e.g. the grid just run)."""
   from llama3_jax.scaling import analysis, plots
   from llama3_jax.scaling.fit import FitError
   from llama3_jax.scaling.sweep import read_records
-  records = read_records(sweep_file)
+  records = [r for r in read_records(sweep_file) if names is None or r["name"] in names]
   if not records:
     _fail(f"{sweep_file} has no sweep points", "run the sweep first (without --fit-only) or "
           "give --sweep FILE")
@@ -171,9 +178,10 @@ def main(argv=None):
   sweep_file = pathlib.Path(args.sweep) if args.sweep else workdir / "sweep.jsonl"
   if args.fit_only and not sweep_file.exists():
     _fail(f"{sweep_file} does not exist", "run the sweep first, or give --sweep FILE")
-  if not args.fit_only:
-    train_sweep(args, workdir)
-  fit_and_plot(args, sweep_file, workdir)
+  # A run fits the grid it ran (the workdir may hold other budgets' points); --fit-only fits
+  # every line of the file.
+  names = None if args.fit_only else train_sweep(args, workdir)
+  fit_and_plot(args, sweep_file, workdir, names)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@
 Per IsoFLOP budget a second-degree polynomial of held-out loss in log10(tokens) (the report's
 Figure 2); its minimum gives the compute-optimal tokens D*(C), and N*(C) from the budget's
 points (log params is linear in log tokens along an IsoFLOP curve: C = flops_per_token(N) D).
-The power laws D*(C) = A C^alpha and N*(C) are straight lines in log space (Figure 3). Bootstrap:
-the points of every budget are resampled with replacement and everything refitted; 95% intervals
+The power laws D*(C) = A C^alpha and N*(C) are straight lines in log space (Figure 3). Bootstrap
+(residual): every budget's losses are redrawn as its parabola plus its residuals resampled with
+replacement, and everything refitted; 95% intervals
 are the 2.5 and 97.5 percentiles. Cross-check, Chinchilla's approach 3: L(N, D) = E + A / N^a +
 B / D^b fitted to all points by a Huber loss on log L with L-BFGS from a grid of starts; with
 C = 6ND its compute-optimal exponents are b / (a + b) for N and a / (a + b) for D.
@@ -76,11 +77,19 @@ def isoflop_minimum(budget: float, tokens, params, losses, *, edge: str = "error
 def power_law(budgets, values) -> tuple[float, float]:
   """(A, alpha) of values = A * budgets^alpha, least squares in log10 space."""
   budgets, values = np.asarray(budgets, float), np.asarray(values, float)
+  if np.any(values <= 0) or not np.all(np.isfinite(values)):
+    raise FitError(f"a power law needs positive values, got {values.tolist()}")
   if len(budgets) < 2:
     raise FitError(f"a power law needs at least 2 budgets, got {len(budgets)}: run more "
                    "budgets (--budgets)")
   alpha, log_a = np.polyfit(np.log10(budgets), np.log10(values), 1)
-  return float(10**log_a), float(alpha)
+  return float(10**np.clip(log_a, -300, 300)), float(alpha)
+
+
+def law_at(a: float, alpha: float, budget: float) -> float:
+  """a * budget^alpha, computed in log space (a bootstrap replicate's wild exponent gives a
+  huge number, not an OverflowError)."""
+  return float(np.exp(np.clip(np.log(a) + alpha * np.log(budget), -700, 700)))
 
 
 def recommend(tokens_a: float, tokens_alpha: float, budget: float) -> tuple[float, float]:
@@ -115,9 +124,10 @@ def _laws(found: list[IsoFlopMinimum]) -> dict:
 
 def bootstrap(groups: dict, replicates: int = 1000, seed: int = 0,
               at: tuple[float, ...] = ()) -> dict:
-  """Resamples every budget's points; refits the minima and the power laws. Returns lists per
-  quantity (replicates that cannot be fitted, e.g. fewer than 3 distinct sizes drawn or a
-  concave curve, are dropped and counted in "dropped"); `at`: budgets to extrapolate to."""
+  """Residual bootstrap of every budget's parabola; refits the minima and the power laws.
+  Returns lists per quantity (replicates that cannot be fitted, e.g. a curve made concave by
+  its redrawn residuals, are dropped and counted in "dropped"); `at`: budgets to extrapolate
+  to."""
   rng = np.random.default_rng(seed)
   out = {"dropped": 0, "minima_tokens": [], "minima_params": [], "minima_loss": []}
   for key in ("tokens_A", "tokens_alpha", "params_A", "params_alpha", "loss_A", "loss_alpha"):
@@ -125,8 +135,18 @@ def bootstrap(groups: dict, replicates: int = 1000, seed: int = 0,
   for budget in at:
     out[f"tokens_at_{budget:.3g}"], out[f"loss_at_{budget:.3g}"] = [], []
     out[f"params_at_{budget:.3g}"] = []
+  fitted = {}
+  for budget, rs in groups.items():   # the parabola of each budget and its residuals
+    x = np.log10([r["tokens"] for r in rs])
+    coeffs = np.polyfit(x, [r["loss"] for r in rs], 2)
+    fitted[budget] = (np.polyval(coeffs, x), np.array([r["loss"] for r in rs]) - np.polyval(
+        coeffs, x))
   for _ in range(replicates):
-    sample = {b: [rs[i] for i in rng.integers(0, len(rs), len(rs))] for b, rs in groups.items()}
+    # Residual bootstrap: the grid (tokens, params) stays; each budget's losses are its
+    # parabola plus its residuals drawn with replacement. (Resampling the points themselves
+    # leaves fewer than 3 distinct sizes in most replicates of a 5-point budget.)
+    sample = {b: [{**r, "loss": float(fitted[b][0][j] + rng.choice(fitted[b][1]))}
+                  for j, r in enumerate(rs)] for b, rs in groups.items()}
     try:
       found = minima(sample, edge="allow")
       laws = _laws(found)
@@ -139,9 +159,9 @@ def bootstrap(groups: dict, replicates: int = 1000, seed: int = 0,
     for key, value in laws.items():
       out[key].append(value)
     for budget in at:
-      out[f"tokens_at_{budget:.3g}"].append(laws["tokens_A"] * budget**laws["tokens_alpha"])
-      out[f"params_at_{budget:.3g}"].append(laws["params_A"] * budget**laws["params_alpha"])
-      out[f"loss_at_{budget:.3g}"].append(laws["loss_A"] * budget**laws["loss_alpha"])
+      for what in ("tokens", "params", "loss"):
+        out[f"{what}_at_{budget:.3g}"].append(
+            law_at(laws[f"{what}_A"], laws[f"{what}_alpha"], budget))
   if len(out["tokens_alpha"]) < replicates // 2:
     raise FitError(f"{out['dropped']} of {replicates} bootstrap replicates could not be fitted; "
                    "the sweep has too few or too noisy points per budget: run more sizes")

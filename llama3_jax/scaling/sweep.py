@@ -34,6 +34,10 @@ MIN_STEPS = 120                            # the fewest steps of any point of a 
 TASK_EXAMPLES = 200                        # arithmetic multiple-choice questions per model
 
 
+class SweepStopped(Exception):
+  """A point's training was stopped (SIGTERM, Ctrl-C) before its last step."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Point:
   name: str
@@ -140,6 +144,9 @@ def train_and_measure(point: Point, workdir: pathlib.Path, seed: int, peak_flops
   start = time.perf_counter()
   summary = train(cfg, workdir)
   train_s = time.perf_counter() - start
+  if summary.get("stopped_by"):   # SIGTERM / Ctrl-C: checkpointed, not finished: no record
+    raise SweepStopped(f"stopped by {summary['stopped_by']} during {point.name} (checkpoint "
+                       f"saved at step {summary['steps']}); run again to resume")
   _, model = load_model(workdir)
   result = evaluate(model, heldout_rows(seq_len=SEQ_LEN))
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
