@@ -114,11 +114,16 @@ def forecast_plot(records, result, path) -> bool:
   from llama3_jax.scaling.forecast import compute_optimal, sigmoid
   plt = _pyplot()
   usable = [r for r in records if r.get("accuracy") is not None]
-  optimal = compute_optimal(usable)
+  held = result.get("holdout", {}).get("budget")
+  optimal = compute_optimal([r for r in usable if r["budget"] != held])   # what step 1 fitted
   fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
   flops = np.array([r["flops"] for r in optimal])
   left.scatter(flops, [r["nll_per_char"] for r in optimal], color="C0",
                label="compute-optimal models")
+  held_best = compute_optimal([r for r in usable if r["budget"] == held])
+  if held_best:
+    left.scatter([held_best[0]["flops"]], [held_best[0]["nll_per_char"]], marker="*", s=160,
+                 color="C3", zorder=4, label="held-out budget: measured")
   grid = np.geomspace(flops.min() / 1.5, max(flops.max(), *[fc[k]["budget"] for k in
                                                               ("holdout", "extrapolation")
                                                               if k in fc]) * 1.5, 100)
