@@ -91,3 +91,13 @@ def test_real_points_train_resume_and_are_deterministic(tmp_path):
   assert same[0]["loss"] == first[0]["loss"]
   assert json.loads((tmp_path / "a" / "sweep.jsonl").read_text().splitlines()[0])["loss"] \
       == first[0]["loss"]
+
+
+def test_a_stopped_point_is_not_recorded(tmp_path, monkeypatch):
+  """SIGTERM / Ctrl-C: the loop checkpoints and returns early; the sweep stops, no record."""
+  from llama3_jax.train import loop
+  monkeypatch.setattr(loop, "train", lambda cfg, workdir: {"stopped_by": "SIGTERM", "steps": 3})
+  point = sweep.plan_sweep([2.5e11], sizes=3)[0]
+  with pytest.raises(sweep.SweepStopped, match="run again to resume"):
+    sweep.run_sweep([point], tmp_path, out=io.StringIO())
+  assert sweep.read_records(tmp_path / "sweep.jsonl") == []
