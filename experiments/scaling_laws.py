@@ -8,15 +8,15 @@ python -m experiments.scaling_laws --fit-only --sweep FILE --workdir OUT
 Trains every point of the grid (budgets x model sizes, llama3_jax/scaling/sweep.py) through the
 pre-training loop in W/points/<name>/, one after another, appending one line per finished point
 to W/sweep.jsonl; run it again after a kill and it resumes (finished points are never rerun;
-SIGTERM or Ctrl-C checkpoints the point in training and exits 0).
-Each point's model is also scored on an arithmetic multiple-choice task (accuracy and the
-correct answers' NLL per character, llama3_jax/eval/multiple_choice.py) for the report's
-two-step forecast. Then fits (llama3_jax/scaling/analysis.py): a parabola per budget, the power laws D*(C) and
-N*(C) with bootstrap 95% intervals, Chinchilla's approach 3 as a cross-check; the largest budget
-is held out (--holdout) and its optimal loss, tokens and parameters are forecast from the others
-and compared with its measurement. Writes W/fit.json, W/isoflops.png, W/power_law.png (and
-W/forecast.png, fitted on the task's columns). Exit codes: 0 done, 2 bad
-input (a message `error: <what>: <fix>`).
+SIGTERM or Ctrl-C checkpoints the point in training and exits 0). Each point's model is also
+scored on an arithmetic multiple-choice task (accuracy and the correct answers' NLL per
+character, llama3_jax/eval/multiple_choice.py) for the report's two-step forecast. Then fits
+(llama3_jax/scaling/analysis.py): a parabola per budget, the power laws D*(C) and N*(C) with
+bootstrap 95% intervals, Chinchilla's approach 3 as a cross-check; the largest budget is held
+out (--holdout) and its optimal loss, tokens and parameters are forecast from the others and
+compared with its measurement. Writes W/fit.json, W/isoflops.png, W/power_law.png (and
+W/forecast.png, fitted on the task's columns). Exit codes: 0 done (or stopped by SIGTERM /
+Ctrl-C), 2 bad input (a message `error: <what>: <fix>`).
 """
 
 import argparse

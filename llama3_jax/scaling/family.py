@@ -70,9 +70,9 @@ def family_config(target: float, tolerance: float = 0.03) -> ModelConfig:
   """The family's model with `target` matmul parameters (within `tolerance`, relative).
 
   The depth is the continuous family's (d_model = ASPECT * L, Meta's FFN) rounded, so it grows
-  with the target; the width a whole number of KV groups of heads within a step or so of ASPECT * L, and
-  the FFN size (1.5x..6x d_model) fine-tunes the count. Where the nominal depth cannot reach
-  the target within `tolerance`, a neighbouring depth does.
+  with the target; the width a whole number of KV groups of heads within a step or so of ASPECT
+  * L, and the FFN size (1.5x..6x d_model) fine-tunes the count. Where the nominal depth cannot
+  reach the target within `tolerance`, a neighbouring depth does.
   """
   if target < SMALLEST:
     raise ValueError(f"{target:,.0f} parameters is below the family's smallest model "

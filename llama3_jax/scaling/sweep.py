@@ -4,18 +4,20 @@
     records = run_sweep(points, "W")                          # W/points/<name>/, W/sweep.jsonl
 
 Per budget C (FLOPs), `sizes` models of the family (llama3_jax/scaling/family.py) spread
-geometrically over `spread`^-1..`spread` around the expected optimum (N with D = tokens_per_param
-* N tokens spends C; 30 by default, from a pilot at 2.5e11 FLOPs whose optimum lay near 40:
-these models are limited by their few hundred steps more than Chinchilla's, at ~20); each trains for D = C / flops_per_token tokens (the
-launcher's MFU count, so the budget is what MFU says was spent) with a schedule like the report's
-(§3.2.1: linear warm-up, cosine decay to 10% of the peak; one batch size per budget), on the
-embedded corpus, through `llama3_jax.train.loop.train` in W/points/<name>/. After training the
-held-out loss (llama3_jax/eval/perplexity.py, the embedded held-out split) is measured and one
-line appended to W/sweep.jsonl: budget, params (the family's matmul count, the N the fits use),
-total_params, tokens, flops, loss (held-out, nats per token), bits_per_byte, train_loss, the
-shape and timings, and the two-step forecast's columns: accuracy and nll_per_char on an
-arithmetic multiple-choice task (llama3_jax/eval/multiple_choice.py). A point with a line is never rerun; a killed point resumes from its newest
-checkpoint (the loop does that), so a killed sweep picks up where it stopped.
+geometrically over `spread`^-1..`spread` around the expected optimum (N with D =
+tokens_per_param * N tokens spends C; 30 by default, from a pilot at 2.5e11 FLOPs whose optimum
+lay near 40: these models are limited by their few hundred steps more than Chinchilla's, at
+~20); each trains for D = C / flops_per_token tokens (the launcher's MFU count, so the budget is
+what MFU says was spent) with a schedule like the report's (§3.2.1: linear warm-up, cosine decay
+to 10% of the peak; one batch size per budget), on the embedded corpus, through
+`llama3_jax.train.loop.train` in W/points/<name>/. After training the held-out loss
+(llama3_jax/eval/perplexity.py, the embedded held-out split) is measured and one line appended
+to W/sweep.jsonl: budget, params (the family's matmul count, the N the fits use), total_params,
+tokens, flops, loss (held-out, nats per token), bits_per_byte, train_loss, the shape and
+timings, and the two-step forecast's columns: accuracy and nll_per_char on an arithmetic
+multiple-choice task (llama3_jax/eval/multiple_choice.py). A point with a line is never rerun; a
+killed point resumes from its newest checkpoint (the loop does that), so a killed sweep picks up
+where it stopped.
 """
 
 import dataclasses
