@@ -1,6 +1,7 @@
 """The embedded corpus: four named sources built on first use from text every install carries.
 
     data_dir = embedded_corpus()     # cached under ~/.cache/llama3_jax (or $LLAMA3_JAX_CACHE)
+    heldout_dir = embedded_heldout() # the same four sources from text the corpus never uses
 
 - general: the `pydoc` topics of the running Python (its language reference) and the
   docstrings of its standard library modules, read with `ast` (nothing is imported);
@@ -13,6 +14,14 @@ A byte-fallback BPE SentencePiece tokenizer (with Llama 3's chat tokens) is trai
 corpus, and each source is prepared into ArrayRecord shards (`prepare.py`). The manifest records
 every source's provenance, including the Python and Faker versions: the corpus is identical on
 machines with the same versions.
+
+The held-out split (`embedded_heldout`, for held-out loss and bits per byte:
+llama3_jax/eval/perplexity.py) is built from documents the corpus builder never reads, so the
+training data is unchanged: `general` from the docstrings of methods (the corpus takes only
+module and top-level docstrings) of standard-library files past the code source's byte limit;
+`code` from those files' source (their module and top-level docstrings are in the training
+`general` source: the held-out code shares them, no whole document); `math` from another seed;
+`multilingual` from other Faker seeds. It is tokenized with the corpus' own tokenizer.
 """
 
 import ast
@@ -82,20 +91,24 @@ def code_documents(limit_bytes: int = 1_000_000, chunk_chars: int = 3000) -> lis
   docs, total = [], 0
   for path in _stdlib_files(limit_bytes):
     source = path.read_text(encoding="utf-8", errors="replace")
-    lines = source.splitlines(keepends=True)
-    chunk = []
-    for line in lines:
-      # Cut before a top-level statement once the chunk is long enough.
-      if chunk and len("".join(chunk)) > chunk_chars and line[:1].strip():
-        docs.append("".join(chunk))
-        chunk = []
-      chunk.append(line)
-    if chunk:
-      docs.append("".join(chunk))
+    docs.extend(_chunks(source, chunk_chars))
     total += len(source)
     if total > limit_bytes:
       break
   return docs
+
+
+def _chunks(source: str, chunk_chars: int = 3000) -> list[str]:
+  """Python source cut before a top-level statement once a chunk passes `chunk_chars`."""
+  chunks, chunk = [], []
+  for line in source.splitlines(keepends=True):
+    if chunk and len("".join(chunk)) > chunk_chars and line[:1].strip():
+      chunks.append("".join(chunk))
+      chunk = []
+    chunk.append(line)
+  if chunk:
+    chunks.append("".join(chunk))
+  return chunks
 
 
 def math_documents(count: int = 4000, seed: int = 0) -> list[str]:
@@ -138,6 +151,73 @@ def multilingual_documents(per_locale: int = 60, seed: int = 0) -> list[str]:
     for _ in range(per_locale):
       docs.append("\n\n".join(fake.paragraph(nb_sentences=6) for _ in range(3)))
   return docs
+
+
+HELDOUT_SEED = 1000   # math and Faker seeds the training corpus never uses (it uses 0..18)
+
+
+def heldout_documents(limit_bytes: int = 200_000) -> dict[str, list[str]]:
+  """The held-out split's documents per source, each ~`limit_bytes` (multilingual: 10 per
+  locale); disjoint from `build`'s documents (module docstring)."""
+  used_by_code = set(_stdlib_files(1_000_000))   # code_documents' files (same default limit)
+  rest = [path for path in _stdlib_files(10**12) if path not in used_by_code]
+  general, code = [], []
+  for path in rest:
+    source = path.read_text(encoding="utf-8", errors="replace")
+    if sum(map(len, code)) < limit_bytes:
+      # One chunk per file (many files), the second where there is one: the first holds the
+      # module docstring, which the training `general` source has.
+      chunks = _chunks(source)
+      code.append(chunks[min(1, len(chunks) - 1)])
+    try:
+      tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+      continue
+    methods = [f"{cls.name}.{node.name}: {ast.get_docstring(node)}"
+               for cls in tree.body if isinstance(cls, ast.ClassDef)
+               for node in cls.body
+               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+               and not node.name.startswith("_") and ast.get_docstring(node)]
+    text = "\n\n".join(methods)
+    if len(text) > 200 and sum(map(len, general)) < limit_bytes:
+      general.append(text)
+    if sum(map(len, general)) >= limit_bytes and sum(map(len, code)) >= limit_bytes:
+      break
+  return {"general": general, "code": code,
+          "math": math_documents(count=400, seed=HELDOUT_SEED),
+          "multilingual": multilingual_documents(per_locale=10, seed=HELDOUT_SEED)}
+
+
+def embedded_heldout(vocab_size: int = 512) -> pathlib.Path:
+  """The held-out split, prepared with the embedded corpus' tokenizer (built on first use)."""
+  corpus_dir = embedded_corpus(vocab_size)
+  target = cache_dir() / f"heldout-v{VERSION}-vocab{vocab_size}"
+  if (target / "manifest.json").exists():
+    return target
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+  try:
+    raw = tmp / "raw"
+    raw.mkdir()
+    tokenizer = corpus_dir / "tokenizer.model"
+    for name, docs in heldout_documents().items():
+      with open(raw / f"{name}.jsonl", "w", encoding="utf-8") as f:
+        for text in docs:
+          f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+      prepare(raw / f"{name}.jsonl", tokenizer, tmp, source=name,
+              provenance=f"held-out {name} (llama3_jax.data.corpus.heldout_documents)")
+    _relocate(tmp, target)
+    manifest = json.loads((tmp / "manifest.json").read_text())
+    manifest["tokenizer"]["path"] = str(tokenizer)   # the corpus' own file, not a copy
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    try:
+      os.rename(tmp, target)
+    except OSError:   # another process won the race; its split is the same
+      shutil.rmtree(tmp, ignore_errors=True)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  read_manifest(target)
+  return target
 
 
 def _provenance() -> dict:

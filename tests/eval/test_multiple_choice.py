@@ -131,3 +131,15 @@ def test_bad_task_lines_name_the_file_and_line(tmp_path, row, problem):
   path = _write(tmp_path / "t.jsonl", [{"query": "q", "choices": ["a", "b"], "gold": 0}, row])
   with pytest.raises(tasks.TaskError, match=f"t.jsonl:2: {problem}"):
     tasks.read_file(path)
+
+
+def test_arithmetic_task_has_one_true_answer_among_four_near_misses():
+  examples = tasks.arithmetic_task(100, seed=3)
+  assert examples == tasks.arithmetic_task(100, seed=3)   # seeded
+  for e in examples:
+    a, op, b = e.query.split("?")[0].split()[-3:]
+    value = int(a) + int(b) if op == "+" else int(a) - int(b)
+    assert len(set(e.choices)) == 4 and e.choices[e.gold] == str(value)
+    # near misses: about as long as the answer, so length cannot tell them apart
+    assert all(abs(len(c) - len(str(value))) <= 1 for c in e.choices)
+  assert 0.15 < np.mean([e.gold == 0 for e in examples]) < 0.35   # answers shuffled
