@@ -19,7 +19,6 @@ W/forecast.png, fitted on the task's columns). Exit codes: 0 done (or stopped by
 Ctrl-C), 2 bad input (a message `error: <what>: <fix>`).
 """
 
-import argparse
 import json
 import logging
 import os
@@ -27,17 +26,18 @@ import pathlib
 import sys
 
 DEFAULT_BUDGETS = "2e11,4e11,8e11"
-EXIT_BAD_INPUT = 2
 
 
 def _fail(what: str, fix: str = "") -> None:
-  print(f"error: {what}" + (f": {fix}" if fix else ""), file=sys.stderr)
-  sys.exit(EXIT_BAD_INPUT)
+  """Bad input: one line, exit 2 (llama3_jax/cli.py)."""
+  from llama3_jax.errors import UserError
+  raise UserError(what, fix)
 
 
 def parse(argv):
-  p = argparse.ArgumentParser(prog="python -m experiments.scaling_laws",
-                              description=__doc__.split("\n\n")[0])
+  from llama3_jax import cli
+  p = cli.ArgumentParser(prog="python -m experiments.scaling_laws",
+                         description=__doc__.split("\n\n")[0])
   p.add_argument("--workdir", default="workdirs/scaling_laws",
                  help="sweep points, sweep.jsonl, fit.json and the figures")
   p.add_argument("--fit-only", action="store_true", help="refit the sweep without training")
@@ -54,10 +54,6 @@ def parse(argv):
   p.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates")
   p.add_argument("--seed", type=int, default=0)
 
-  def error(message):   # one line, exit 2, like the rest of the launchers
-    _fail(f"bad command line: {message}", "see --help")
-
-  p.error = error
   return p.parse_args(argv)
 
 
@@ -169,8 +165,8 @@ def summary(r: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv=None):
-  args = parse(sys.argv[1:] if argv is None else argv)
+def main(argv):
+  args = parse(argv)
   logging.basicConfig(level=logging.WARNING, format="%(message)s")
   workdir = pathlib.Path(args.workdir)
   if args.sweep and not args.fit_only:
@@ -185,4 +181,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from llama3_jax import cli
+  cli.run(main)

@@ -199,6 +199,13 @@ CASES = [
     ("dpo-data-not-conversations", "dpo", ["--config.init.path={RUN}", "--config.data.path={IN}/raw",
                                            "--workdir", "{OUT}/w"],
      "data.path {IN}/raw is neither a JSONL file of conversations"),
+    # ---- scaling_laws
+    ("scaling-fit-only-missing", "scaling_laws", ["--fit-only", "--workdir", "{OUT}/w"],
+     "{OUT}/w/sweep.jsonl does not exist"),
+    ("scaling-budget-too-small", "scaling_laws", ["--budgets", "1e9,1e10,1e11", "--workdir",
+                                                  "{OUT}/w"], "too small for the model family"),
+    ("scaling-budgets-not-numbers", "scaling_laws", ["--budgets", "1e12,lots", "--workdir",
+                                                     "{OUT}/w"], "not a list of numbers"),
     # ---- evaluate
     ("evaluate-task-missing", "evaluate", ["--checkpoint", "{RUN}", "--tasks",
                                            "{IN}/nowhere.jsonl"],

@@ -62,8 +62,9 @@ def test_two_step_recovers_its_laws():
 
 
 def _error(capsys, argv):
+  from llama3_jax import cli
   with pytest.raises(SystemExit) as exit_info:
-    scaling_laws.main(argv)
+    cli.run(scaling_laws.main, argv=argv)
   assert exit_info.value.code == 2
   err = capsys.readouterr().err.strip()
   assert err.startswith("error: ") and len(err.splitlines()) == 1
