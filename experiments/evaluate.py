@@ -8,7 +8,8 @@ python -m experiments.evaluate --tasks arith --contamination ~/.cache/llama3_jax
 python -m experiments.evaluate --hf /models/Llama-3.2-1B --tasks mmlu_test.parquet \
     --out results.json --log-samples samples.jsonl
 
-Tasks: shipped ones by name (arith) or files (JSONL of {"query", "choices", "gold"}, or ARC,
+Tasks: `heldout` (loss and bits per byte per source on the embedded corpus' held-out split, or
+name a prepared data directory), shipped ones by name (arith) or files (JSONL of {"query", "choices", "gold"}, or ARC,
 MMLU, HellaSwag records as JSON, JSONL or Parquet; llama3_jax/eval/tasks.py). Scoring follows
 lm-evaluation-harness's definitions (llama3_jax/eval/multiple_choice.py) and does not depend on
 the batch size. Prints a table; `--out` maps each task (a file's stem) to acc, acc_norm, acc_ci,
@@ -31,7 +32,8 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a training workdir or che
 _HF = flags.DEFINE_string("hf", None, "a Hugging Face model directory instead")
 _AVERAGED = flags.DEFINE_bool("averaged", False, "the workdir's anneal average")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "a tokenizer file (default: the model's)")
-_TASKS = flags.DEFINE_string("tasks", "arith", "comma-separated shipped task names or files")
+_TASKS = flags.DEFINE_string("tasks", "heldout,arith", "comma-separated: heldout (perplexity), "
+                             "a prepared data dir, shipped task names, task files")
 _SHOTS = flags.DEFINE_integer("shots", 0, "few-shot examples per question")
 _SEED = flags.DEFINE_integer("seed", 1234, "the choice of the shots")
 _BATCH = flags.DEFINE_integer("batch_size", 8, "rows per forward pass (scores do not depend "
@@ -74,8 +76,11 @@ def main(argv):
   logging.getLogger("absl").setLevel(logging.WARNING)   # Orbax's progress lines
   from llama3_jax.checkpoint.model import model_and_tokenizer
   from llama3_jax.eval import multiple_choice, robustness, tasks
-  task_list = [tasks.read_task(name) for name in filter(None, _TASKS.value.split(","))]
-  if not task_list and not _NEEDLE.value:
+  names = list(filter(None, _TASKS.value.split(",")))
+  # Held-out perplexity: "heldout" (the embedded corpus' held-out split) or a prepared data dir.
+  heldout = [n for n in names if n == "heldout" or pathlib.Path(n).is_dir()]
+  task_list = [tasks.read_task(name) for name in names if name not in heldout]
+  if not task_list and not heldout and not _NEEDLE.value:
     raise ValueError("--tasks is empty; name a shipped task (arith) or a file")
   lengths = [int(n) for n in filter(None, (_NEEDLE.value or "").split(","))]
   if _CONTAMINATION.value:   # checked before the model is read
@@ -98,6 +103,11 @@ def main(argv):
           f"{index.bits / 8 / 2**20:.1f} MiB Bloom filter (false-positive rate "
           f"{index.false_positive_rate:.1e})")
   results, samples = {}, []
+  for name in heldout:
+    from llama3_jax.eval import perplexity
+    rows = perplexity.heldout_rows(None if name == "heldout" else name,
+                                   seq_len=min(128, model.config.max_seq_len))
+    results[pathlib.Path(name).name] = perplexity.evaluate(model, rows)
   for name, examples in task_list:
     scores = multiple_choice.score_task(model, tokenizer, examples, shots=_SHOTS.value,
                                         seed=_SEED.value, batch_size=_BATCH.value, task=name)
@@ -116,6 +126,11 @@ def main(argv):
   print(f"{'task':<20} {'n':>5} {'chance':>7} {'acc':>15} {'acc_norm':>15} {'nll/char':>9}")
   for name, r in results.items():
     if name == "needle":
+      continue
+    if "bits_per_byte" in r:   # held-out perplexity
+      sources = ", ".join(f"{k} {v['loss']:.3f}" for k, v in r["per_source"].items())
+      print(f"{name:<20} {r['tokens']:>5} tokens: loss {r['loss']:.4f} nats, "
+            f"{r['bits_per_byte']:.4f} bits/byte ({sources})")
       continue
     print(f"{name:<20} {r['n']:>5} {r['chance']:>7.3f} {r['acc']:>7.3f} ± {r['acc_ci']:.3f} "
           f"{r['acc_norm']:>7.3f} ± {r['acc_norm_ci']:.3f} {r['gold_nll_per_char']:>9.3f}")

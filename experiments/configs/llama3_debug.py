@@ -21,7 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   first, second = c.train.stages
   c.train.stages = (first, {**second, "mixture": {"general": 40.0, "math": 30.0, "code": 17.0,
                                                   "multilingual": 13.0}})
-  # The shipped arithmetic task scored on the current model every 20 steps (metrics.jsonl).
+  # Held-out loss per source and the shipped arithmetic task, every 20 steps (metrics.jsonl).
   c.eval.every_steps = 20
   for item in filter(None, (arg or "").split(",")):
     key, _, value = item.partition("=")

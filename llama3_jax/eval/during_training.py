@@ -4,8 +4,9 @@ into the step's metrics row (metrics.jsonl and TensorBoard).
     evaluator = Evaluator(run.eval, tokenizer_path)        # built by the training loop
     if evaluator.due(step): values.update(evaluator(model))
 
-Each task logs `eval/<task>/acc`, `acc_norm` and `gold_nll_per_char` on its first
-`eval.examples` examples, scored as `python -m experiments.evaluate` scores them
+`heldout` logs `eval/heldout/loss`, `bits_per_byte` and `<source>_loss` on the embedded
+corpus' held-out split (llama3_jax/eval/perplexity.py); each task logs `eval/<task>/acc`,
+`acc_norm` and `gold_nll_per_char` on its first `eval.examples` examples, scored as `python -m experiments.evaluate` scores them
 (llama3_jax/eval/multiple_choice.py): the same numbers for the same parameters.
 """
 
@@ -21,8 +22,11 @@ class Evaluator:
                        "data?); set eval.every_steps=0")
     self.every = config.every_steps
     self.tokenizer = load_tokenizer(tokenizer_path)
-    self.tasks = {}
+    self.tasks, self.heldout = {}, False
     for name in filter(None, config.tasks.split(",")):
+      if name == "heldout":   # held-out loss per source (llama3_jax/eval/perplexity.py)
+        self.heldout = True
+        continue
       task_name, examples = tasks.read_task(name)
       self.tasks[task_name] = examples[:config.examples]
 
@@ -31,6 +35,15 @@ class Evaluator:
 
   def __call__(self, model) -> dict[str, float]:
     out = {}
+    if self.heldout:
+      from llama3_jax.eval import perplexity
+      rows = perplexity.heldout_rows(seq_len=min(128, model.config.max_seq_len),
+                                     rows_per_source=16)
+      result = perplexity.evaluate(model, rows)
+      out["eval/heldout/loss"], out["eval/heldout/bits_per_byte"] = (result["loss"],
+                                                                     result["bits_per_byte"])
+      out.update({f"eval/heldout/{name}_loss": r["loss"]
+                  for name, r in result["per_source"].items()})
     for name, examples in self.tasks.items():
       lls = multiple_choice.loglikelihoods(model, self.tokenizer, examples)
       scores = multiple_choice.metrics(examples, lls)

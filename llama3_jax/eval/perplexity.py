@@ -3,7 +3,7 @@
     rows = heldout_rows(embedded_heldout(), seq_len=128, rows_per_source=64)   # numpy, cached
     result = evaluate(model, rows)          # {"loss", "bits_per_byte", "tokens", "per_source"}
 
-    python -c "from llama3_jax.eval.perplexity import main; main()" WORKDIR   # a trained run
+    python -m experiments.evaluate --checkpoint WORKDIR --tasks heldout     # a trained run
 
 Rows: each source's documents (a prepared data directory: ArrayRecord shards of token ids,
 llama3_jax/data/prepare.py) in their stored order, each document's (input, next-token target)
@@ -136,13 +136,3 @@ def evaluate(model, rows: dict, batch_rows: int = 16) -> dict:
   return {"loss": total_nll / max(total_tokens, 1), "tokens": int(total_tokens),
           "bits_per_byte": total_nll / math.log(2) / max(total_bytes, 1),
           "per_source": per_source}
-
-
-def main(argv=None):
-  """Prints the held-out loss of a training workdir's newest checkpoint."""
-  import json
-  import sys
-  from llama3_jax.checkpoint.model import load_model
-  argv = sys.argv[1:] if argv is None else argv
-  _, model = load_model(argv[0])
-  print(json.dumps(evaluate(model, heldout_rows()), indent=1))

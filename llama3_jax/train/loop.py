@@ -157,8 +157,7 @@ def train(cfg, workdir, *, objective=NEXT_TOKEN, source=None,
                                 step + 1, hooks, faults)
           done = step + 1
           if evaluator is not None and evaluator.due(done):   # into this step's metrics row
-            with jax.set_mesh(s.mesh):
-              result.values.update(evaluator(nnx.merge(s.graphdef, state).model))
+            result.values.update(evaluator(nnx.merge(s.graphdef, state).model))
           log.debug("step %d: loss %.6f, %.3f s (host %.3f s)%s", done, result.values["loss"],
                     result.step_s, result.host_s, ", compiled" if result.compiled else "")
           verdict = guard.check(done, float(result.values["loss"]), result.skipped)

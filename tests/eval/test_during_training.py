@@ -13,7 +13,7 @@ from tests.helpers import tiny_run_config
 
 def test_scores_go_into_the_rows_and_match_the_checkpoint(tmp_path):
   cfg = tiny_run_config(steps=4)
-  cfg.eval.update(every_steps=2, tasks="arith", examples=24)
+  cfg.eval.update(every_steps=2, tasks="heldout,arith", examples=24)
   train(cfg, tmp_path)
   rows = {r["step"]: r for r in read_metrics(tmp_path)}
   assert [s for s, r in rows.items() if "eval/arith/acc" in r] == [2, 4]
@@ -23,6 +23,10 @@ def test_scores_go_into_the_rows_and_match_the_checkpoint(tmp_path):
   expected = multiple_choice.metrics(examples, lls)
   for key in ("acc", "acc_norm", "gold_nll_per_char"):
     assert rows[4][f"eval/arith/{key}"] == pytest.approx(expected[key], rel=1e-5)
+  from llama3_jax.eval import perplexity
+  heldout = perplexity.evaluate(model, perplexity.heldout_rows(seq_len=64, rows_per_source=16))
+  assert rows[4]["eval/heldout/loss"] == pytest.approx(heldout["loss"], rel=1e-5)
+  assert {f"eval/heldout/{s}_loss" for s in heldout["per_source"]} <= set(rows[4])
 
 
 def test_eval_steps_must_fall_on_metrics_rows():

@@ -34,12 +34,16 @@ def test_results_and_samples(run, tmp_path):
                                       str(i + 2)], "gold": 0}) + "\n" for i in range(5)))
   out, samples = tmp_path / "results.json", tmp_path / "samples.jsonl"
   from llama3_jax.data import corpus
-  result = _evaluate(f"--checkpoint={run}", f"--tasks=arith,{task}", "--shots=1", "--robustness",
+  result = _evaluate(f"--checkpoint={run}", f"--tasks=heldout,arith,{task}", "--shots=1",
+                     "--robustness",
                      f"--contamination={corpus.embedded_corpus()}", "--needle=128",
                      f"--out={out}", f"--log_samples={samples}")
   assert result.returncode == 0, result.stderr[-2000:]
   results = json.loads(out.read_text())
-  assert set(results) == {"arith", "mine", "needle"}
+  assert set(results) == {"heldout", "arith", "mine", "needle"}
+  heldout = results.pop("heldout")
+  assert heldout["loss"] > 0 and set(heldout["per_source"]) == {"code", "general", "math",
+                                                                "multilingual"}
   assert (tmp_path / "needle.png").exists() and len(results.pop("needle")["accuracy"][0]) == 5
   for scores in results.values():
     assert {"acc", "acc_norm", "acc_ci", "n"} <= set(scores) and 0 <= scores["acc"] <= 1
