@@ -48,7 +48,8 @@ def report(summary: dict, workdir) -> None:
           f", preference accuracy {scores['preference_accuracy']:.3f} ± "
           f"{scores['preference_accuracy_ci']:.3f} (n={scores['n']}; answers e.g. "
           f"{scores['answers'][:3]})")
-  print(f"done: {summary.get('steps')} steps"
+  status = "run complete" if summary.get("complete") else "done"
+  print(f"{status}: {summary.get('steps')} steps"
         + (f", loss {summary['loss']:.4f}" if "loss" in summary else "")
         + f"; outputs in {workdir} (metrics.jsonl, eval.json, hf/)")
 
@@ -65,11 +66,7 @@ def main_for(kind: str):
     logging.getLogger("absl").setLevel(logging.WARNING)
     from llama3_jax.posttrain.stage import run_stage
     _ensure_start(cfg.init.path)
-    summary = run_stage(cfg, workdir, kind)
-    if summary.get("complete"):
-      print(f"run complete: {workdir}")
-      return
-    report(summary, workdir)
+    report(run_stage(cfg, workdir, kind), workdir)
   return main
 
 

@@ -123,6 +123,9 @@ def run_stage(cfg, workdir, kind: str) -> dict:
   summary = train(cfg, workdir, objective=objective_of(cfg, kind))
   if summary.get("stopped_by"):
     return summary
+  finished = (workdir / "hf" / "config.json").exists() and (not examples or "after" in evaluation)
+  if summary.get("complete") and finished:   # a rerun of a finished stage: nothing to redo
+    return {**summary, "evaluation": evaluation, "hf": str(workdir / "hf")}
   config, model = load_model(workdir)
   if examples:
     evaluation["after"] = task.evaluate(model, tokenizer, examples)

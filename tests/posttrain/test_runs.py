@@ -102,6 +102,9 @@ def test_sft_launcher_evaluates_and_exports(start, tmp_path):
   assert 0 <= evaluation["after"]["exact_match"] <= 1 and evaluation["after"]["n"] > 0
   assert (tmp_path / "sft" / "hf" / "config.json").exists()
   assert (tmp_path / "sft" / "hf" / "tokenizer.json").exists()
+  again = _launch("experiments.sft", *common, f"--workdir={tmp_path / 'sft'}")   # finished
+  assert again.returncode == 0 and "run complete: 3 steps" in again.stdout, again.stderr[-2000:]
+  assert json.loads((tmp_path / "sft" / "eval.json").read_text()) == evaluation
   # DPO from the SFT run's Hugging Face export, its reference log-probs precomputed.
   hf_dir = tmp_path / "sft" / "hf"
   result = _launch("experiments.dpo", *common[1:], f"--config.init.path={hf_dir}",
