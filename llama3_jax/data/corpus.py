@@ -191,33 +191,22 @@ def heldout_documents(limit_bytes: int = 200_000) -> dict[str, list[str]]:
 def embedded_heldout(vocab_size: int = 512) -> pathlib.Path:
   """The held-out split, prepared with the embedded corpus' tokenizer (built on first use)."""
   corpus_dir = embedded_corpus(vocab_size)
-  target = cache_dir() / f"heldout-v{VERSION}-vocab{vocab_size}"
-  if (target / "manifest.json").exists():
-    return target
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-  try:
+  tokenizer = corpus_dir / "tokenizer.model"
+
+  def build_heldout(tmp: pathlib.Path) -> None:
     raw = tmp / "raw"
     raw.mkdir()
-    tokenizer = corpus_dir / "tokenizer.model"
     for name, docs in heldout_documents().items():
       with open(raw / f"{name}.jsonl", "w", encoding="utf-8") as f:
         for text in docs:
           f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
       prepare(raw / f"{name}.jsonl", tokenizer, tmp, source=name,
               provenance=f"held-out {name} (llama3_jax.data.corpus.heldout_documents)")
-    _relocate(tmp, target)
     manifest = json.loads((tmp / "manifest.json").read_text())
     manifest["tokenizer"]["path"] = str(tokenizer)   # the corpus' own file, not a copy
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    try:
-      os.rename(tmp, target)
-    except OSError:   # another process won the race; its split is the same
-      shutil.rmtree(tmp, ignore_errors=True)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  read_manifest(target)
-  return target
+
+  return _built_once(cache_dir() / f"heldout-v{VERSION}-vocab{vocab_size}", build_heldout)
 
 
 def _provenance() -> dict:
@@ -258,18 +247,26 @@ def build(out_dir, vocab_size: int = 512) -> pathlib.Path:
 def embedded_corpus(vocab_size: int = 512) -> pathlib.Path:
   """The prepared corpus directory, built on first use (a few seconds) and then reused."""
   target = cache_dir() / f"corpus-v{VERSION}-vocab{vocab_size}"
+
+  def build_corpus(tmp: pathlib.Path) -> None:
+    build(tmp, vocab_size)
+    _relocate(tmp, target)
+
+  return _built_once(target, build_corpus)
+
+
+def _built_once(target: pathlib.Path, make) -> pathlib.Path:
+  """`target`, made by `make(tmp)` in a directory beside it and renamed into place, so that a
+  concurrent or interrupted build never leaves a half-written one where a reader would look."""
   if (target / "manifest.json").exists():
     return target
   target.parent.mkdir(parents=True, exist_ok=True)
-  # Build beside the target and rename: a concurrent or interrupted build never leaves a
-  # half-written corpus where a reader would look.
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
   try:
-    build(tmp, vocab_size)
-    _relocate(tmp, target)
+    make(tmp)
     try:
       os.rename(tmp, target)
-    except OSError:   # another process won the race; its corpus is the same
+    except OSError:   # another process won the race; what it built is the same
       shutil.rmtree(tmp, ignore_errors=True)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
