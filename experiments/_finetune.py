@@ -3,8 +3,6 @@
 Not a launcher: `python -m experiments.sft` / `python -m experiments.dpo` use it.
 """
 
-import logging
-import os
 import pathlib
 
 from absl import app
@@ -59,11 +57,8 @@ def main_for(kind: str):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-    import jax
-    if cfg.runtime.cpu_devices and "JAX_NUM_CPU_DEVICES" not in os.environ:
-      jax.config.update("jax_num_cpu_devices", cfg.runtime.cpu_devices)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    from experiments._defaults import start_jax
+    start_jax(cfg)   # before JAX's backend starts
     from llama3_jax.posttrain.stage import run_stage
     _ensure_start(cfg.init.path)
     report(run_stage(cfg, workdir, kind), workdir)

@@ -20,8 +20,6 @@ import time
 
 STARTED_AT = time.time()   # before the heavy imports: start-up counts against goodput
 
-import logging  # noqa: E402
-import os  # noqa: E402
 import pathlib  # noqa: E402
 
 from absl import app  # noqa: E402
@@ -41,18 +39,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-  import jax   # configured before its backend starts
-  # A launcher's JAX_NUM_CPU_DEVICES (launch.local --devices-per-process) wins over the config.
-  if cfg.runtime.cpu_devices and "JAX_NUM_CPU_DEVICES" not in os.environ:
-    jax.config.update("jax_num_cpu_devices", cfg.runtime.cpu_devices)
-  if cfg.runtime.get("compilation_cache", True) and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    # JAX's persistent cache: a relaunch (a restart after preemption, the next run of the same
-    # config) loads its compiled programs instead of compiling them again.
-    from llama3_jax.data.corpus import cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  logging.basicConfig(level=logging.INFO, format="%(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  import jax
+  from experiments._defaults import start_jax
+  start_jax(cfg)   # before JAX's backend starts
   from llama3_jax.runtime import distributed
   from llama3_jax.runtime.goodput import report
   distributed.initialize()
