@@ -9,8 +9,9 @@ python -m experiments.evaluate --hf /models/Llama-3.2-1B --tasks mmlu_test.parqu
     --out results.json --log-samples samples.jsonl
 
 Tasks: `heldout` (loss and bits per byte per source on the embedded corpus' held-out split, or
-name a prepared data directory), shipped ones by name (arith) or files (JSONL of {"query", "choices", "gold"}, or ARC,
-MMLU, HellaSwag records as JSON, JSONL or Parquet; llama3_jax/eval/tasks.py). Scoring follows
+name a prepared data directory), shipped ones by name (arith) or files (JSONL of {"query",
+"choices", "gold"}, or ARC, MMLU, HellaSwag records as JSON, JSONL or Parquet;
+llama3_jax/eval/tasks.py). Scoring follows
 lm-evaluation-harness's definitions (llama3_jax/eval/multiple_choice.py) and does not depend on
 the batch size. Prints a table; `--out` maps each task (a file's stem) to acc, acc_norm, acc_ci,
 acc_norm_ci, gold_nll_per_char and n; `--log-samples` writes one line per example (task, index,

@@ -6,8 +6,9 @@ into the step's metrics row (metrics.jsonl and TensorBoard).
 
 `heldout` logs `eval/heldout/loss`, `bits_per_byte` and `<source>_loss` on the embedded
 corpus' held-out split (llama3_jax/eval/perplexity.py); each task logs `eval/<task>/acc`,
-`acc_norm` and `gold_nll_per_char` on its first `eval.examples` examples, scored as `python -m experiments.evaluate` scores them
-(llama3_jax/eval/multiple_choice.py): the same numbers for the same parameters.
+`acc_norm` and `gold_nll_per_char` on its first `eval.examples` examples, scored as
+`python -m experiments.evaluate` scores them (llama3_jax/eval/multiple_choice.py): the same
+numbers for the same parameters.
 """
 
 from llama3_jax.eval import multiple_choice, tasks

@@ -80,7 +80,8 @@ def test_shots_are_seeded_and_exclude_the_example():
 def test_interval_and_metrics():
   assert mc.interval(0.5, 100) == pytest.approx(1.96 * 0.05)
   examples = [tasks.Example("q", ("a", "bbbb"), 1, 0, "x"),
-              tasks.Example("q", ("a", "bb"), 0, 1, "y"), tasks.Example("q", ("a", "bb"), 0, 2, "y")]
+              tasks.Example("q", ("a", "bb"), 0, 1, "y"),
+              tasks.Example("q", ("a", "bb"), 0, 2, "y")]
   lls = [[-1.0, -2.0], [-1.0, -4.0], [-1.0, -0.5]]
   m = mc.metrics(examples, lls)
   # acc: wrong, right, wrong -> subjects x: 0, y: 0.5 -> macro 0.25
