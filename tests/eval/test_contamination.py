@@ -48,6 +48,7 @@ def test_report_gain_and_interval():
   assert row["gain_ci"][0] < row["gain"] < row["gain_ci"][1]
 
 
+@pytest.mark.slow
 def test_prepared_corpus_is_indexed_and_its_text_found(tmp_path):
   from llama3_jax.data import corpus
   from llama3_jax.data.prepare import read_manifest

@@ -11,6 +11,7 @@ from llama3_jax.train.plan import make_plan
 from tests.helpers import tiny_run_config
 
 
+@pytest.mark.slow
 def test_scores_go_into_the_rows_and_match_the_checkpoint(tmp_path):
   cfg = tiny_run_config(steps=4)
   cfg.eval.update(every_steps=2, tasks="heldout,arith", examples=24)

@@ -97,6 +97,7 @@ def test_format_tokens_do_not_change_the_loss(tokenizer):
   assert abs(loss(swap_chosen_content) - base) > 1e-4   # the check can fail
 
 
+@pytest.mark.slow
 def test_sharded_and_micro_batched_equal_one_device(tokenizer):
   batch = batch_of(tokenizer, "shared", pairs=PAIRS * 3 + PAIRS[:1] * 3)  # 12 rows
   one = make()

@@ -93,6 +93,7 @@ def test_reward_model_learns_and_starts_from_a_pretrained_backbone(tokenizer):
   assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_packed_shuffled_rows_score_each_response_as_alone(tokenizer, tokenizer_path, model,
                                                            tmp_path):
   import json

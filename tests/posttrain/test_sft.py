@@ -32,7 +32,7 @@ def test_micro_batches_hold_uneven_weighted_tokens(sft_batch):
 
 
 @pytest.mark.parametrize("mesh, micro", [
-    (MeshConfig(fsdp=2, tensor=2), 1),
+    pytest.param(MeshConfig(fsdp=2, tensor=2), 1, marks=pytest.mark.slow),
     pytest.param(MeshConfig(fsdp=2, context=2), 1, marks=pytest.mark.slow),
     (MeshConfig(fsdp=1), 4),
     pytest.param(MeshConfig(fsdp=2, tensor=2, context=2), 2, marks=pytest.mark.slow),

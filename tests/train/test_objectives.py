@@ -59,6 +59,7 @@ def rows(workdir):
   return [(r["step"], r["loss"], r["grad_norm"], r["accuracy"]) for r in read_metrics(workdir)]
 
 
+@pytest.mark.slow
 def test_weighted_objective_trains_checkpoints_and_resumes_exactly(tmp_path):
   straight = run(tmp_path / "straight", 6)
   assert straight["steps"] == 6 and rows(tmp_path / "straight")[-1][1] < rows(
