@@ -4,6 +4,7 @@
     hf.save(model, config, "/tmp/exported")   # transformers.LlamaForCausalLM.from_pretrained
     hf.save(model, config, "/tmp/exported", tokenizer="tokenizer.model")   # + AutoTokenizer
     tokenizer = hf.load_tokenizer("/tmp/exported")                          # ours, read back
+    hf.save(reward_model, config, "/tmp/rm")  # LlamaForSequenceClassification, num_labels=1
 
 Both directions stream: `load` reads one tensor at a time into the parameter it belongs to
 and hands each finished parameter to JAX before reading the next, so host memory holds the model
@@ -33,6 +34,7 @@ import safetensors
 import safetensors.numpy
 from flax import nnx
 
+from llama3_jax.checkpoint.model import new_module
 from llama3_jax.data.tokenizers import (LLAMA3_PATTERN, Llama3Tokenizer, SentencePieceTokenizer,
                                         Tokenizer)
 from llama3_jax.data.tokenizers import load_tokenizer as load_tokenizer_file
@@ -96,10 +98,11 @@ def config_to_hf(config: ModelConfig, dtype: str) -> dict:
   }
 
 
-def _tensor_map(c: ModelConfig):
+def _tensor_map(c: ModelConfig, reward: bool = False):
   """(our parameter path, HF name, stacked over layers, HF -> ours, ours -> HF) per tensor.
 
-  HF linear weights are [out, in]; ours are [in, out] with heads split out.
+  HF linear weights are [out, in]; ours are [in, out] with heads split out. `reward`: a
+  RewardModel, in HF's LlamaForSequenceClassification layout (no LM head; `score` [1, D]).
   """
   D, N, K, H = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim
   same = lambda w: w
@@ -125,9 +128,15 @@ def _tensor_map(c: ModelConfig):
       (("blocks", "mlp", "w_down_fd"), layer + "mlp.down_proj.weight", True, np.transpose,
        np.transpose),
   ]
-  if not c.tie_embeddings:
+  if reward:   # the backbone under "backbone", and the scalar head as a 1-label classifier
+    rows = [(("backbone",) + ours, *rest) for ours, *rest in rows]
+    rows.append((("head_d",), "score.weight", False, lambda w: w[0], lambda w: w[None]))
+  elif not c.tie_embeddings:
     rows.append((("lm_head_dv",), "lm_head.weight", False, np.transpose, np.transpose))
   return rows
+
+
+REWARD_ARCHITECTURE = "LlamaForSequenceClassification"
 
 
 def _tensor_files(path: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -198,7 +207,8 @@ def load(path, *, param_dtype: str | None = None, **overrides) -> tuple[ModelCon
   except (TypeError, ValueError) as error:
     raise UserError(f"{file}: {error}", "give a Llama 3 config.json") from None
   files = _tensor_files(path)
-  abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+  reward = REWARD_ARCHITECTURE in _read_json(file).get("architectures", [])
+  abstract = nnx.eval_shape(lambda: new_module(config, "reward" if reward else "lm"))
   graphdef, state = nnx.split(abstract)
   expected = nnx.to_pure_dict(state)
   values = {}
@@ -216,7 +226,10 @@ def load(path, *, param_dtype: str | None = None, **overrides) -> tuple[ModelCon
           handles[file] = stack.enter_context(safetensors.safe_open(file, framework="numpy"))
         return handles[file].get_tensor(name)
 
-    for our_path, name, stacked, to_ours, _ in _tensor_map(config):
+    if reward and not config.tie_embeddings:   # the backbone's unused LM head
+      _set(values, ("backbone", "lm_head_dv"), jnp.zeros(
+          _get(expected, ("backbone", "lm_head_dv")).shape, config.param_dtype))
+    for our_path, name, stacked, to_ours, _ in _tensor_map(config, reward):
       target = _get(expected, our_path)
       if stacked:
         buffer = np.empty(target.shape, target.dtype)
@@ -251,6 +264,7 @@ def save(model: Transformer, config: ModelConfig, path, *, dtype: str | None = N
                        "trained with")
   dtype = dtype or config.param_dtype
   np_dtype = jnp.dtype(dtype)
+  reward = hasattr(model, "head_d")   # a RewardModel (llama3_jax/posttrain/reward.py)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
@@ -273,7 +287,7 @@ def save(model: Transformer, config: ModelConfig, path, *, dtype: str | None = N
       shard[name] = array
       shard_bytes += array.nbytes
 
-    for our_path, name, stacked, _, to_hf in _tensor_map(config):
+    for our_path, name, stacked, _, to_hf in _tensor_map(config, reward):
       host = np.asarray(jax.device_get(_get(params, our_path)))
       if stacked:
         for i in range(config.n_layers):
@@ -294,6 +308,10 @@ def save(model: Transformer, config: ModelConfig, path, *, dtype: str | None = N
       (tmp / _INDEX).write_text(json.dumps(
           {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     hf_config = config_to_hf(config, dtype)
+    if reward:
+      hf_config.update(architectures=[REWARD_ARCHITECTURE], num_labels=1,
+                       llama3_jax_head="reward: one scalar per sequence, read at its last "
+                       "token (a response's <|eot_id|>); -log sigmoid(r_better - r_worse)")
     if tokenizer is not None:
       # transformers' generate stops at these: end of text, and end of turn where the tokenizer
       # has it (the chat format's).
@@ -303,6 +321,8 @@ def save(model: Transformer, config: ModelConfig, path, *, dtype: str | None = N
       except (ValueError, KeyError):
         pass
       hf_config.update(bos_token_id=tokenizer.bos_id, eos_token_id=stops)
+      if reward:   # HF reads a classifier at the last token that is not padding
+        hf_config.update(pad_token_id=tokenizer.eos_id)
       (tmp / "generation_config.json").write_text(json.dumps(
           {"bos_token_id": tokenizer.bos_id, "eos_token_id": stops}, indent=2))
       save_tokenizer(tokenizer, tmp, max_seq_len=config.max_seq_len)

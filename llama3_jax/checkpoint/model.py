@@ -3,6 +3,7 @@
     config, model = load_model("workdirs/pretrain")                 # the newest checkpoint
     config, model = load_model("workdirs/pretrain", averaged=True)  # the anneal's average
     config, model = load_model("workdirs/pretrain/checkpoints/40")  # one step
+    config, rm = load_model("workdirs/reward_model", kind="reward")  # a RewardModel
     tokenizer = run_tokenizer("workdirs/pretrain")                   # what its data was made with
 
 Only the parameters are read (Orbax partial restore: the optimizer's moments stay on disk); the
@@ -72,16 +73,39 @@ def run_tokenizer(path):
   return load_tokenizer(manifest["tokenizer"]["path"])
 
 
-def load_model(path, *, averaged: bool = False, device=None) -> tuple[ModelConfig, Transformer]:
+def model_kind_of(step_dir: pathlib.Path) -> str:
+  """What a checkpoint step holds: "lm" (a Transformer) or "reward" (a RewardModel)."""
+  meta = json.loads((step_dir / "meta" / "metadata").read_text())
+  return meta.get("model_kind", "lm")
+
+
+def new_module(config: ModelConfig, kind: str = "lm"):
+  """A new model of `kind`: "lm" (Transformer) or "reward" (RewardModel)."""
+  if kind == "reward":
+    from llama3_jax.posttrain.reward import RewardModel
+    return RewardModel(config, rngs=nnx.Rngs(0))
+  return Transformer(config, rngs=nnx.Rngs(0))
+
+
+def load_model(path, *, averaged: bool = False, device=None,
+               kind: str = "lm") -> tuple[ModelConfig, Transformer]:
   """(config, model) of a workdir or checkpoint step directory, on `device` (default: the
-  first). `averaged`: the Polyak average of the final anneal (WORKDIR/averaged_params)."""
+  first). `averaged`: the Polyak average of the final anneal (WORKDIR/averaged_params).
+  `kind`: "lm" for a language model, "reward" for a reward model (RewardModel)."""
   path = pathlib.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"checkpoint {path} does not exist; give a training workdir or a "
                             "checkpoint step directory")
   step_dir = checkpoint_step_dir(path)
   config = model_config_of(step_dir)
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+  saved = model_kind_of(step_dir)
+  if saved != kind:
+    what = {"lm": "a language model (policy)", "reward": "a reward model"}
+    raise UserError(f"{path} holds {what.get(saved, saved)}, not {what.get(kind, kind)}",
+                    f"give {what.get(kind, kind)} run" + (
+                        " (python -m experiments.reward_model trains one)" if kind == "reward"
+                        else ""))
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: new_module(config, kind)))
   sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                         abstract)

@@ -142,8 +142,8 @@ def response_weights(tokenizer, ids, roles) -> np.ndarray:
 
 def preference_pieces(tokenizer, messages, responses: dict, layout: str = "shared",
                       reward: bool = False) -> list[Piece]:
-  """The prompt and each response (name -> text: chosen, rejected, edited; in the dict's
-  order) as pieces. `reward`: each response's `<|eot_id|>` is also an input (its last), where a
+  """The prompt and each response (name -> text: chosen, rejected, edited, or a response id
+  1, 2, ... -> text; in the dict's order) as pieces. `reward`: each response's `<|eot_id|>` is also an input (its last), where a
   reward model reads the response's score."""
   if layout not in LAYOUTS:
     raise ValueError(f"layout={layout!r}; use one of {LAYOUTS}")
@@ -159,7 +159,7 @@ def preference_pieces(tokenizer, messages, responses: dict, layout: str = "share
       ids, weights = np.r_[ids, ids[-1:]], np.r_[weights, False]
     encoded[name] = (ids, weights)
   if layout == "separate":
-    return [_piece(ids, w, 0, doc=i, response=RESPONSES[name])
+    return [_piece(ids, w, 0, doc=i, response=_response_id(name))
             for i, (name, (ids, w)) in enumerate(encoded.items())]
   # The shared prompt: the tokens every response starts with, none of them weighed.
   first = next(iter(encoded.values()))[0]
@@ -174,8 +174,12 @@ def preference_pieces(tokenizer, messages, responses: dict, layout: str = "share
   for r, (name, (ids, w)) in enumerate(encoded.items(), start=1):
     # The prompt's last token opens the response piece: its input predicts the first token.
     pieces.append(_piece(ids[start:], w[start:], start, doc=0, share=r if pieces and shared > 1
-                         else 0, response=RESPONSES[name]))
+                         else 0, response=_response_id(name)))
   return pieces
+
+
+def _response_id(name) -> int:
+  return RESPONSES[name] if isinstance(name, str) else int(name)
 
 
 def truncate_left(pieces: list[Piece], room: int, keep: int = 1) -> tuple[list[Piece], int]:

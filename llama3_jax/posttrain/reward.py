@@ -10,15 +10,25 @@ llama3_jax/posttrain/conversations.py: each response attends to the prompt and t
 positions continuing after the prompt), so the prompt is encoded once. The loss is the Llama 2
 objective without the margin, -log sigmoid(r_better - r_worse), averaged over every ranked pair
 of an example (edited > chosen > rejected: 1 or 3 pairs), then over the examples of the batch.
+
+    rewards = score_responses(model, tokenizer, [messages], [["12", "13", "It is 12"]])
+    report = pairwise_accuracy(model, tokenizer, heldout_examples)   # held-out pairs
+
+score the responses of a prompt the same way: the prompt once, then every response in the same
+row (rows of a fixed shape, so the scores do not depend on how many prompts come together).
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from llama3_jax.model import Transformer
 from llama3_jax.model.layers import param
-from llama3_jax.posttrain.data import CONVERSATION_FIELDS
+from llama3_jax.posttrain import conversations
+from llama3_jax.posttrain.data import (CONVERSATION_FIELDS, decode_record, encode_record,
+                                       example_rows)
+from llama3_jax.posttrain.task import interval
 
 # (better, worse) slot offsets within an example's three slots: chosen 0, rejected 1, edited 2
 PAIRS = ((2, 0), (2, 1), (0, 1))
@@ -77,6 +87,7 @@ def ranked_pair_sums(rewards_bs, present_bs):
 
 class RewardLoss:
   fields = CONVERSATION_FIELDS
+  model_kind = "reward"   # recorded in checkpoints: they hold a RewardModel
 
   def __init__(self, max_examples_per_row: int = 16):
     self.slots = 3 * max_examples_per_row + 1
@@ -92,3 +103,67 @@ class RewardLoss:
                        batch.get("indices"), run_blocks=run_blocks)
     rewards_bs, present_bs = response_rewards(rewards_bt, batch["response"], self.slots)
     return ranked_pair_sums(rewards_bs, present_bs)
+
+
+def _response_rows(tokenizer, messages, responses, seq_len):
+  """Records holding the prompt and its responses (ids 1..K); as few as fit `seq_len`."""
+  records, group = [], []
+
+  def record(ids):
+    return decode_record(encode_record(conversations.preference_pieces(
+        tokenizer, messages, {i + 1: responses[i] for i in ids}, "shared", reward=True)))
+
+  for i in range(len(responses)):
+    trial = record(group + [i])
+    if trial["inputs"].size <= seq_len:
+      group.append(i)
+      continue
+    if not group:
+      raise ValueError(f"a response of {trial['inputs'].size} tokens with its prompt does not "
+                       f"fit seq_len={seq_len}; raise seq_len or shorten the prompt")
+    records.append((group, record(group)))
+    group = [i]
+  records.append((group, record(group)))
+  return records
+
+
+def score_responses(model, tokenizer, prompts, responses, *, seq_len: int = 256,
+                    rows: int = 8) -> list[np.ndarray]:
+  """The reward of each response: prompts[i] (messages) with responses[i] (texts) -> float32
+  [len(responses[i])] per prompt. A prompt and its responses share a row (several if they do
+  not fit `seq_len`); batches are `rows` x `seq_len`, padded, so one program serves all."""
+  seq_len = min(seq_len, model.config.max_seq_len)
+  work = []   # (prompt index, response indices, record)
+  for p, (messages, texts) in enumerate(zip(prompts, responses)):
+    if not texts:
+      raise ValueError(f"prompt {p} has no responses to score")
+    work += [(p, group, rec) for group, rec in _response_rows(tokenizer, messages, texts,
+                                                               seq_len)]
+  out = [np.zeros(len(texts), np.float32) for texts in responses]
+  for start in range(0, len(work), rows):
+    chunk = work[start:start + rows]
+    records = [rec for _, _, rec in chunk]
+    batch = example_rows(records + [records[-1]] * (rows - len(records)), seq_len)
+    rewards_bt = np.asarray(_rewards(model, batch["inputs"], batch["segment_ids"],
+                                     batch["positions"]))
+    for b, (p, group, _) in enumerate(chunk):
+      for slot, i in enumerate(group, start=1):
+        last = np.flatnonzero(batch["response"][b] == slot)[-1]   # its <|eot_id|> input
+        out[p][i] = rewards_bt[b, last]
+  return out
+
+
+@nnx.jit
+def _rewards(model, tokens_bt, segment_bt, positions_bt):
+  return model(tokens_bt, segment_bt, positions_bt)
+
+
+def pairwise_accuracy(model, tokenizer, examples, *, seq_len: int = 256) -> dict:
+  """On held-out preference examples (messages, chosen, rejected): the share whose chosen
+  answer gets the higher reward, with its 95% interval, and the mean margin."""
+  rewards = score_responses(model, tokenizer, [e["messages"] for e in examples],
+                            [[e["chosen"], e["rejected"]] for e in examples], seq_len=seq_len)
+  margins = np.array([r[0] - r[1] for r in rewards])
+  accuracy = float(np.mean(margins > 0))
+  return {"rm_accuracy": accuracy, "rm_accuracy_ci": interval(accuracy, len(margins)),
+          "reward_margin": float(margins.mean()), "n": len(margins)}

@@ -85,6 +85,8 @@ def train(cfg, workdir, *, objective=NEXT_TOKEN, source=None,
     checkpoints = RunCheckpoints(
         workdir, run.checkpoint, s, batches, plan, faults=faults,
         meta={"seed": t.seed, "model": model_meta(plan.model),
+              # what the checkpoint holds: "lm" (a Transformer) or "reward" (a RewardModel)
+              "model_kind": getattr(objective, "model_kind", "lm"),
               # what generation, evaluation and fine-tuning must encode with (path, sha256)
               "tokenizer": getattr(source, "manifest", {}).get("tokenizer"),
               "config": json.loads(cfg.to_json_best_effort())},

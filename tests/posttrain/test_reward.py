@@ -129,3 +129,56 @@ def test_packed_shuffled_rows_score_each_response_as_alone(tokenizer, tokenizer_
       np.testing.assert_allclose(rewards[b, slot], expected, rtol=1e-5, atol=1e-6)
       checked += 1
   assert checked >= 6
+
+
+def test_score_responses_equals_each_response_alone(tokenizer, model):
+  from llama3_jax.posttrain.reward import score_responses
+  texts = [ANSWERS["chosen"], ANSWERS["rejected"], ANSWERS["edited"], "twelve", "12 or 13"]
+  prompts = [PROMPT, PROMPT[1:]]
+  together = score_responses(model, tokenizer, prompts, [texts, texts[:2]], rows=4)
+  # Rows too short for all five responses with their prompt: the responses split over rows.
+  split = score_responses(model, tokenizer, prompts, [texts, texts[:2]], seq_len=48, rows=4)
+  for p, messages in enumerate(prompts):
+    for i, text in enumerate([texts, texts[:2]][p]):
+      ids, _ = conversations.encode_chat(tokenizer, messages + [{"role": "assistant",
+                                                                 "content": text}])
+      alone_reward = float(model(jnp.asarray(ids[None]))[0, -1])
+      np.testing.assert_allclose(together[p][i], alone_reward, rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(split[p][i], alone_reward, rtol=1e-5, atol=1e-6)
+
+
+def test_pairwise_accuracy_counts_the_pairs_the_reward_orders(tokenizer, model):
+  from llama3_jax.posttrain.reward import pairwise_accuracy, score_responses
+  examples = [{"messages": PROMPT, "chosen": a, "rejected": b}
+              for a, b in (("12", "13"), ("13", "12"), ("It is 12", "11"))]
+  rewards = score_responses(model, tokenizer, [e["messages"] for e in examples],
+                            [[e["chosen"], e["rejected"]] for e in examples])
+  report = pairwise_accuracy(model, tokenizer, examples)
+  expected = np.mean([r[0] > r[1] for r in rewards])
+  assert report["rm_accuracy"] == expected and report["n"] == 3
+  np.testing.assert_allclose(report["reward_margin"], np.mean([r[0] - r[1] for r in rewards]),
+                             rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_exported_reward_model_equals_transformers_and_reads_back(tokenizer, model, tmp_path):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from llama3_jax.checkpoint import hf
+  hf.save(model, TINY, tmp_path / "rm", tokenizer=tokenizer)
+  torch_model = transformers.LlamaForSequenceClassification.from_pretrained(
+      tmp_path / "rm", torch_dtype=torch.float32)
+  for text in ANSWERS.values():
+    ids, _ = conversations.encode_chat(tokenizer, PROMPT + [{"role": "assistant",
+                                                             "content": text}])
+    with torch.no_grad():
+      theirs = float(torch_model(torch.tensor(ids[None].astype(np.int64))).logits[0, 0])
+    np.testing.assert_allclose(theirs, alone(model, tokenizer, text), rtol=1e-5, atol=1e-6)
+  _, back = hf.load(tmp_path / "rm")
+  assert isinstance(back, RewardModel)
+  assert_trees_close(jax.device_get(nnx.state(back.head_d)), jax.device_get(
+      nnx.state(model.head_d)))
+  ids, _ = conversations.encode_chat(tokenizer, PROMPT + [{"role": "assistant",
+                                                           "content": "12"}])
+  np.testing.assert_allclose(float(back(jnp.asarray(ids[None]))[0, -1]),
+                             alone(model, tokenizer, "12"), rtol=1e-6)
