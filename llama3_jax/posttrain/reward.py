@@ -106,12 +106,13 @@ class RewardLoss:
 
 
 def _response_rows(tokenizer, messages, responses, seq_len):
-  """Records holding the prompt and its responses (ids 1..K); as few as fit `seq_len`."""
+  """(response indices, record) for rows holding the prompt and its responses (slots 1, 2, ...
+  in each row); as few rows as fit `seq_len`."""
   records, group = [], []
 
   def record(ids):
     return decode_record(encode_record(conversations.preference_pieces(
-        tokenizer, messages, {i + 1: responses[i] for i in ids}, "shared", reward=True)))
+        tokenizer, messages, {slot: responses[i] for slot, i in enumerate(ids, start=1)}, "shared", reward=True)))
 
   for i in range(len(responses)):
     trial = record(group + [i])

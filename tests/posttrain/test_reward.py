@@ -137,7 +137,7 @@ def test_score_responses_equals_each_response_alone(tokenizer, model):
   prompts = [PROMPT, PROMPT[1:]]
   together = score_responses(model, tokenizer, prompts, [texts, texts[:2]], rows=4)
   # Rows too short for all five responses with their prompt: the responses split over rows.
-  split = score_responses(model, tokenizer, prompts, [texts, texts[:2]], seq_len=48, rows=4)
+  split = score_responses(model, tokenizer, prompts, [texts, texts[:2]], seq_len=72, rows=4)
   for p, messages in enumerate(prompts):
     for i, text in enumerate([texts, texts[:2]][p]):
       ids, _ = conversations.encode_chat(tokenizer, messages + [{"role": "assistant",
@@ -176,8 +176,7 @@ def test_exported_reward_model_equals_transformers_and_reads_back(tokenizer, mod
     np.testing.assert_allclose(theirs, alone(model, tokenizer, text), rtol=1e-5, atol=1e-6)
   _, back = hf.load(tmp_path / "rm")
   assert isinstance(back, RewardModel)
-  assert_trees_close(jax.device_get(nnx.state(back.head_d)), jax.device_get(
-      nnx.state(model.head_d)))
+  np.testing.assert_array_equal(np.asarray(back.head_d[...]), np.asarray(model.head_d[...]))
   ids, _ = conversations.encode_chat(tokenizer, PROMPT + [{"role": "assistant",
                                                            "content": "12"}])
   np.testing.assert_allclose(float(back(jnp.asarray(ids[None]))[0, -1]),
