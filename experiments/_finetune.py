@@ -1,6 +1,6 @@
-"""What `experiments.sft` and `experiments.dpo` share: flags, the default runs, the report.
+"""What `experiments.sft`, `dpo` and `reward_model` share: flags, the default runs, the report.
 
-Not a launcher: `python -m experiments.sft` / `python -m experiments.dpo` use it.
+Not a launcher: `python -m experiments.sft` / `dpo` / `reward_model` use it.
 """
 
 import pathlib
@@ -14,12 +14,12 @@ _CONFIGS = pathlib.Path(__file__).parent / "configs"
 _DEFAULT_STARTS = {"workdirs/pretrain": "pretrain", "workdirs/sft": "sft"}
 
 
-def define_flags(kind: str):
+def define_flags(name: str):
   """The launcher's flag definitions (run by llama3_jax/cli.py, which reports bad ones)."""
   def define():
-    config_flags.DEFINE_config_file("config", str(_CONFIGS / f"{kind}.py"),
+    config_flags.DEFINE_config_file("config", str(_CONFIGS / f"{name}.py"),
                                     "ml_collections config file")
-    flags.DEFINE_string("workdir", f"workdirs/{kind}", "checkpoints, metrics, eval.json, hf/")
+    flags.DEFINE_string("workdir", f"workdirs/{name}", "checkpoints, metrics, eval.json, hf/")
   return define
 
 
@@ -42,6 +42,11 @@ def _ensure_start(path: str) -> None:
 def report(summary: dict, workdir) -> None:
   evaluation = summary.get("evaluation") or {}
   for name, scores in evaluation.items():
+    if "rm_accuracy" in scores:
+      print(f"{name:>7}: held-out pairwise accuracy {scores['rm_accuracy']:.3f} ± "
+            f"{scores['rm_accuracy_ci']:.3f}, mean margin {scores['reward_margin']:.3f} "
+            f"(n={scores['n']})")
+      continue
     print(f"{name:>7}: exact match {scores['exact_match']:.3f} ± {scores['exact_match_ci']:.3f}"
           f", preference accuracy {scores['preference_accuracy']:.3f} ± "
           f"{scores['preference_accuracy_ci']:.3f} (n={scores['n']}; answers e.g. "
@@ -65,6 +70,7 @@ def main_for(kind: str):
   return main
 
 
-def launch(kind: str) -> None:
+def launch(kind: str, name: str | None = None) -> None:
+  """`name`: the launcher's, its config's and its default workdir's (default: `kind`)."""
   from llama3_jax import cli
-  cli.run_absl(main_for(kind), define=define_flags(kind))
+  cli.run_absl(main_for(kind), define=define_flags(name or kind))

@@ -1,15 +1,19 @@
-"""One post-training stage (SFT or DPO) end to end: data, training, evaluation, export.
+"""One post-training stage (SFT, DPO or a reward model) end to end: data, training, evaluation,
+export.
 
     summary = run_stage(cfg, workdir, kind="sft")       # python -m experiments.sft
     summary = run_stage(cfg, workdir, kind="dpo")       # python -m experiments.dpo
+    summary = run_stage(cfg, workdir, kind="reward")    # python -m experiments.reward_model
 
 `cfg.init.path` is the starting model (a workdir, a step or a Hugging Face directory). The data
 is `cfg.data.path`: prepared conversations, or a JSONL file (prepared into WORKDIR/data), or
 unset: the shipped arithmetic task (llama3_jax/posttrain/task.py), written to WORKDIR/task.
-The run is the one training loop (`train`), with SFT's weighted next-token loss or the DPO
-objective; it resumes like pre-training. Afterwards the model is scored on the task's held-out
-questions (greedy exact match, preference accuracy; the starting model too, once) into
-WORKDIR/eval.json, and exported to Hugging Face format (weights and tokenizer) in WORKDIR/hf.
+The run is the one training loop (`train`), with SFT's weighted next-token loss, the DPO
+objective or the reward model's ranked pairs; it resumes like pre-training. Afterwards the model
+is scored on the task's held-out questions into WORKDIR/eval.json (a policy: greedy exact match
+and preference accuracy, the starting model too, once; a reward model: pairwise accuracy and
+margin), and exported to Hugging Face format (weights and tokenizer) in WORKDIR/hf (a reward
+model as LlamaForSequenceClassification).
 """
 
 import json
@@ -19,11 +23,15 @@ from llama3_jax.checkpoint import hf
 from llama3_jax.checkpoint.model import is_hf_dir, load_model, run_tokenizer
 from llama3_jax.posttrain import task
 from llama3_jax.posttrain.data import is_conversation_data, prepare_conversations, sha256
+from llama3_jax.errors import UserError
 from llama3_jax.posttrain.dpo import DPOLoss
+from llama3_jax.posttrain.reward import RewardLoss, pairwise_accuracy
 from llama3_jax.train.config import run_config
 from llama3_jax.train.objectives import NEXT_TOKEN
 
-KINDS = {"sft": ("sft", "sft"), "dpo": ("preference", "preferences")}   # data kind, task file
+# stage -> (data kind, the shipped task's file)
+KINDS = {"sft": ("sft", "sft"), "dpo": ("preference", "preferences"),
+         "reward": ("preference", "preferences")}
 
 
 def init_tokenizer(path):
@@ -54,8 +62,10 @@ def prepare_data(cfg, workdir: pathlib.Path, kind: str, tokenizer) -> pathlib.Pa
   source = pathlib.Path(source)
   if source.is_file():
     out = workdir / "data"
+    # The reward model reads every response's <|eot_id|>, in one row with its prompt.
     manifest = prepare_conversations(source, _tokenizer_path(tokenizer), out, kind=data_kind,
-                                     max_tokens=seq_len, layout=cfg.dpo.layout)
+                                     max_tokens=seq_len, reward=kind == "reward",
+                                     layout="shared" if kind == "reward" else cfg.dpo.layout)
     skipped = sum(manifest["skipped"].values())
     print(f"data: {manifest['examples']} examples from {source} -> {out} ({skipped} skipped, "
           f"{manifest['truncated']} truncated; details in {out}/manifest.json)")
@@ -66,6 +76,10 @@ def prepare_data(cfg, workdir: pathlib.Path, kind: str, tokenizer) -> pathlib.Pa
   manifest = json.loads((source / "manifest.json").read_text())
   if manifest["kind"] != data_kind:
     raise ValueError(f"{source} holds {manifest['kind']} data; {kind} needs {data_kind} data")
+  if kind == "reward" and not manifest.get("reward"):
+    raise UserError(f"{source} was prepared for DPO, not for a reward model (its responses do "
+                    "not end in an <|eot_id|> input)", "give the JSONL file, or prepare it with "
+                    "prepare_conversations(..., reward=True)")
   expected = _tokenizer_path(tokenizer)
   if expected and sha256(expected) != manifest["tokenizer"]["sha256"]:
     raise ValueError(f"{source} was tokenized with {manifest['tokenizer']['path']}, not the "
@@ -77,6 +91,8 @@ def prepare_data(cfg, workdir: pathlib.Path, kind: str, tokenizer) -> pathlib.Pa
 def objective_of(cfg, kind: str):
   if kind == "sft":
     return NEXT_TOKEN   # on rows whose weights select the assistant's tokens
+  if kind == "reward":
+    return RewardLoss(cfg.dpo.max_examples_per_row)
   return DPOLoss(cfg.dpo.beta, cfg.dpo.nll_weight, cfg.dpo.max_examples_per_row,
                  cfg.dpo.reference)
 
@@ -101,24 +117,26 @@ def precompute_reference(cfg, workdir: pathlib.Path) -> None:
   cfg.data.path = str(workdir / "data_reference")
 
 
-def run_stage(cfg, workdir, kind: str) -> dict:
-  """Runs (or resumes) the stage; returns the training summary plus the evaluation."""
+def run_stage(cfg, workdir, kind: str, heldout=None) -> dict:
+  """Runs (or resumes) the stage; returns the training summary plus the evaluation.
+  `heldout`: the shipped task's held-out file to score (default: when the data is the task)."""
   from llama3_jax.train.loop import train
   workdir = pathlib.Path(workdir)
   run_config(cfg)   # every field checked before anything is read or written
   if not cfg.init.path:
     raise ValueError(f"{kind} needs a starting model: set --config.init.path=WORKDIR")
   tokenizer = init_tokenizer(cfg.init.path)
-  heldout = prepare_data(cfg, workdir, kind, tokenizer)
+  heldout = prepare_data(cfg, workdir, kind, tokenizer) or heldout
   if kind == "dpo" and cfg.dpo.reference == "precomputed":
     precompute_reference(cfg, workdir)
   evaluation_path = workdir / "eval.json"
   evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.exists() else {}
   examples = task.read_heldout(heldout) if heldout else None
   previous = pathlib.Path(cfg.init.path) / "eval.json"   # the starting run's own "after"
-  if examples and "before" not in evaluation and previous.exists() and not cfg.init.averaged:
+  if (examples and "before" not in evaluation and previous.exists() and not cfg.init.averaged
+      and kind != "reward"):
     evaluation["before"] = json.loads(previous.read_text()).get("after")
-  if examples and not evaluation.get("before"):
+  if examples and not evaluation.get("before") and kind != "reward":   # a new head: no before
     evaluation["before"] = task.evaluate(_start_model(cfg), tokenizer, examples)
   summary = train(cfg, workdir, objective=objective_of(cfg, kind))
   if summary.get("stopped_by"):
@@ -126,9 +144,10 @@ def run_stage(cfg, workdir, kind: str) -> dict:
   finished = (workdir / "hf" / "config.json").exists() and (not examples or "after" in evaluation)
   if summary.get("complete") and finished:   # a rerun of a finished stage: nothing to redo
     return {**summary, "evaluation": evaluation, "hf": str(workdir / "hf")}
-  config, model = load_model(workdir)
+  config, model = load_model(workdir, kind="reward" if kind == "reward" else "lm")
   if examples:
-    evaluation["after"] = task.evaluate(model, tokenizer, examples)
+    evaluation["after"] = (pairwise_accuracy(model, tokenizer, examples) if kind == "reward"
+                           else task.evaluate(model, tokenizer, examples))
     evaluation_path.write_text(json.dumps(evaluation, indent=1))
   hf.save(model, config, workdir / "hf", tokenizer=tokenizer)
   return {**summary, "evaluation": evaluation, "hf": str(workdir / "hf")}

@@ -1,0 +1,28 @@
+"""A reward model from the default pre-training run on the shipped task's preference pairs.
+
+python -m experiments.reward_model                               # this config, a few minutes
+
+Llama 3 trains its reward models on top of the pre-trained checkpoint (report §4.1.2); the
+rounds (experiments/configs/posttrain.py) do the same. Rows of 128 tokens pack several examples,
+each a prompt with its responses. Llama 3's own recipe for an 8B model would keep lr ~1e-5; a
+model this small needs a larger rate to learn in a few hundred steps.
+"""
+
+import ml_collections
+
+from experiments.configs import sft
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = sft.get_config()
+  c.init.path = "workdirs/pretrain"
+  c.train.steps = 300
+  c.train.peak_lr = 1e-3
+  c.checkpoint.every_steps = 100
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key == "steps":
+      c.train.steps = int(value)
+    else:
+      raise ValueError(f"unknown config argument {key!r}; known: steps")
+  return c

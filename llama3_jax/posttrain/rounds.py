@@ -1,0 +1,202 @@
+"""Llama 3's iterative post-training (report §4.1-4.2): rounds of reward model -> rejection
+sampling -> SFT -> DPO, each starting from the best model of the round before.
+
+    rounds = run_rounds(cfg, "workdirs/posttrain")     # python -m experiments.posttrain
+
+On the shipped verifiable task (llama3_jax/posttrain/task.py), where a program stands in for
+the annotators:
+- round 0 (`W/round_0/sft`, unless `cfg.start_policy` names a policy): SFT of the pre-trained
+  model on the task's written answers, the first policy to sample from;
+- round i, in `W/round_<i>/`:
+  `reward/`     a reward model from the pre-trained model on all preference data so far (the
+                task's pairs and the pairs annotated from earlier rounds' samples);
+  `rejection/`  K samples per training prompt from the policy, the reward model's best kept as
+                SFT data (`sft.jsonl`, with provenance); the samples are also annotated by the
+                checker into new pairs (`pairs.jsonl`: the best-scored correct sample over the
+                best-scored wrong one, where a prompt has both);
+  `sft/`        SFT of the policy (`cfg.sft_init="previous"`) or of the pre-trained model
+                (`"pretrained"`, Llama 3's choice) on the task's answers plus the kept samples;
+  `dpo/`        DPO of that SFT model on all preference pairs so far: the round's policy.
+Each round ends with `W/round_<i>/summary.json`; `W/summary.json` lists them all. Every stage
+resumes after a crash (training from its checkpoints; rejection sampling is redone, seeded, and
+its files appear whole, by rename), and a finished stage or round is not redone.
+"""
+
+import copy
+import json
+import pathlib
+import random
+import time
+
+import numpy as np
+
+from llama3_jax.checkpoint.model import load_model, run_tokenizer
+from llama3_jax.errors import UserError
+from llama3_jax.posttrain import task
+from llama3_jax.posttrain.rejection import Settings, rejection_sample, write_jsonl
+from llama3_jax.posttrain.stage import run_stage
+
+SUMMARY = "summary.json"
+
+
+def _stage(base, workdir, kind, init_path, data_path, heldout, log):
+  cfg = copy.deepcopy(base)
+  cfg.init.path, cfg.data.path = str(init_path), str(data_path)
+  start = time.perf_counter()
+  summary = run_stage(cfg, workdir, kind, heldout=heldout)
+  if summary.get("stopped_by"):
+    raise SystemExit(f"{workdir}: stopped by {summary['stopped_by']}; run again to resume")
+  log(f"  {kind:<6} {workdir} ({time.perf_counter() - start:.0f} s)")
+  return summary["evaluation"].get("after", {})
+
+
+def _concat(sources, out) -> pathlib.Path:
+  """The lines of `sources`, in order, as one file (the data a stage trains on)."""
+  lines = []
+  for source in sources:
+    lines += [line for line in pathlib.Path(source).read_text().splitlines() if line.strip()]
+  write_jsonl([json.loads(line) for line in lines], out)
+  return pathlib.Path(out)
+
+
+def _prompts(files, count: int, seed: int):
+  """`count` training questions (messages and answer), seeded per round."""
+  examples = task.read_heldout(files["sft"])
+  rng = random.Random(seed)
+  chosen = rng.sample(range(len(examples)), min(count, len(examples)))
+  return [(examples[i]["messages"][:-1], examples[i]["messages"][-1]["content"]) for i in chosen]
+
+
+def sample_round(cfg, out: pathlib.Path, policy_path, reward_path, files, round_index: int,
+                 log) -> dict:
+  """Rejection sampling of one round into `out` (sft.jsonl, pairs.jsonl, summary.json)."""
+  done = out / SUMMARY
+  if done.exists():
+    return json.loads(done.read_text())
+  r = cfg.rejection
+  settings = Settings(samples=r.samples, temperature=r.temperature, top_p=r.top_p,
+                      seed=r.seed + round_index, max_new_tokens=r.max_new_tokens)
+  prompts = _prompts(files, r.prompts, r.seed + round_index)
+  _, policy = load_model(policy_path)
+  _, reward_model = load_model(reward_path, kind="reward")
+  tokenizer = same_tokenizer(policy_path, reward_path)
+  result = rejection_sample(policy, reward_model, tokenizer, [m for m, _ in prompts], settings,
+                            provenance={"policy": str(policy_path),
+                                        "reward_model": str(reward_path)})
+  correct = [[text == answer for text in texts]
+             for texts, (_, answer) in zip(result.responses, prompts)]
+  pairs = []
+  for (messages, _), texts, scores, right in zip(prompts, result.responses, result.scores,
+                                                 correct):
+    good = [j for j, ok in enumerate(right) if ok]
+    bad = [j for j, ok in enumerate(right) if not ok and texts[j]]
+    if good and bad:   # the checker annotates: best-scored correct > best-scored wrong
+      g, b = max(good, key=lambda j: scores[j]), max(bad, key=lambda j: scores[j])
+      pairs.append({"messages": messages, "chosen": texts[g], "rejected": texts[b]})
+  summary = {
+      **result.stats,
+      "best_of_k_correct": float(np.mean([ok[j] if j is not None else False
+                                          for ok, j in zip(correct, result.best)])),
+      "random_sample_correct": float(np.mean(correct)),   # a random one of the K, on average
+      "any_correct": float(np.mean([any(ok) for ok in correct])),
+      "pairs": len(pairs), "settings": {**r.to_dict(), "seed": settings.seed}}
+  write_jsonl(result.kept, out / "sft.jsonl")
+  write_jsonl(pairs, out / "pairs.jsonl")
+  done.write_text(json.dumps(summary, indent=1))   # last: the stage's mark of being done
+  log(f"  rejection sampling: {summary['samples']} samples at {summary['samples_per_s']}/s, "
+      f"best of {r.samples} correct {summary['best_of_k_correct']:.3f} vs a random one "
+      f"{summary['random_sample_correct']:.3f}; {len(pairs)} new pairs")
+  return summary
+
+
+def check_config(cfg) -> None:
+  """The rounds' own fields and every stage's config, before anything runs."""
+  from llama3_jax.train.config import run_config
+  if cfg.rounds < 1:
+    raise UserError(f"rounds={cfg.rounds}", "run at least one round (--config.rounds=2)")
+  if cfg.sft_init not in ("previous", "pretrained"):
+    raise UserError(f"sft_init={cfg.sft_init!r}", 'use "previous" or "pretrained"')
+  r = cfg.rejection
+  Settings(samples=r.samples, temperature=r.temperature, top_p=r.top_p, seed=r.seed,
+           max_new_tokens=r.max_new_tokens)
+  if r.prompts < 1:
+    raise UserError(f"rejection.prompts={r.prompts}", "sample at least one prompt")
+  for name in ("sft_start", "reward", "sft", "dpo"):
+    try:
+      run_config(cfg[name])
+    except ValueError as error:
+      raise UserError(f"the {name} stage's config: {error}", f"fix --config.{name}.*") from None
+
+
+def same_tokenizer(policy_path, reward_path):
+  """The policy's tokenizer, which the reward model must share (it scores the policy's text)."""
+  from llama3_jax.posttrain.data import sha256
+  policy, reward = run_tokenizer(policy_path), run_tokenizer(reward_path)
+  if sha256(policy.path) != sha256(reward.path):
+    raise UserError(f"the reward model {reward_path} was trained with the tokenizer "
+                    f"{reward.path}, the policy {policy_path} with {policy.path}",
+                    "train the reward model on data prepared with the policy's tokenizer")
+  return policy
+
+
+def run_rounds(cfg, workdir, log=print) -> list[dict]:
+  check_config(cfg)
+  for name, path in (("init_path", cfg.init_path), ("start_policy", cfg.start_policy)):
+    if path and not (pathlib.Path(path) / "checkpoints").is_dir():
+      raise UserError(f"{name} {path} is not a training workdir (no checkpoints/)",
+                      f"set --config.{name} to a run's workdir")
+  workdir = pathlib.Path(workdir)
+  files = task.write_task(workdir / "task", seed=cfg.task_seed)
+  heldout = files["heldout"]
+  policy = cfg.start_policy
+  if not policy:
+    log("round 0: SFT of the pre-trained model on the task's answers")
+    policy = workdir / "round_0" / "sft"
+    _stage(cfg.sft_start, policy, "sft", cfg.init_path, files["sft"], heldout, log)
+  rounds, pairs = [], [files["preferences"]]
+  for i in range(1, cfg.rounds + 1):
+    out = workdir / f"round_{i}"
+    if (out / SUMMARY).exists():
+      rounds.append(json.loads((out / SUMMARY).read_text()))
+    else:
+      log(f"round {i}:")
+      start = time.perf_counter()
+      rm = _stage(cfg.reward, out / "reward", "reward", cfg.init_path,
+                  _concat(pairs, out / "reward_data.jsonl"), heldout, log)
+      sampled = sample_round(cfg, out / "rejection", policy, out / "reward", files, i, log)
+      sft_init = policy if cfg.sft_init == "previous" else cfg.init_path
+      sft = _stage(cfg.sft, out / "sft", "sft", sft_init,
+                   _concat([files["sft"], out / "rejection" / "sft.jsonl"], out / "sft_data.jsonl"),
+                   heldout, log)
+      dpo = _stage(cfg.dpo, out / "dpo", "dpo", out / "sft",
+                   _concat(pairs + [out / "rejection" / "pairs.jsonl"], out / "dpo_data.jsonl"),
+                   heldout, log)
+      rounds.append({
+          "round": i, "rm_accuracy": rm["rm_accuracy"], "rm_accuracy_ci": rm["rm_accuracy_ci"],
+          "reward_margin": rm["reward_margin"],
+          "best_of_k_correct": sampled["best_of_k_correct"],
+          "random_sample_correct": sampled["random_sample_correct"],
+          "any_correct": sampled["any_correct"], "samples_per_s": sampled["samples_per_s"],
+          "kept": sampled["kept"], "new_pairs": sampled["pairs"],
+          "sft_exact_match": sft["exact_match"], "exact_match": dpo["exact_match"],
+          "exact_match_ci": dpo["exact_match_ci"],
+          "preference_accuracy": dpo["preference_accuracy"], "n": dpo["n"],
+          "seconds": round(time.perf_counter() - start, 1)})
+      (out / SUMMARY).write_text(json.dumps(rounds[-1], indent=1))
+    pairs.append(out / "rejection" / "pairs.jsonl")
+    policy = out / "dpo"
+  (workdir / SUMMARY).write_text(json.dumps(rounds, indent=1))
+  return rounds
+
+
+def table(rounds: list[dict]) -> str:
+  """The rounds as a text table."""
+  head = (f"{'round':>5} {'rm acc':>13} {'best-of-K':>9} {'random':>7} {'SFT EM':>7} "
+          f"{'EM (DPO)':>14} {'samples/s':>9}")
+  lines = [head]
+  for r in rounds:
+    lines.append(f"{r['round']:>5} {r['rm_accuracy']:>6.3f} ± {r['rm_accuracy_ci']:.3f} "
+                 f"{r['best_of_k_correct']:>9.3f} {r['random_sample_correct']:>7.3f} "
+                 f"{r['sft_exact_match']:>7.3f} {r['exact_match']:>7.3f} ± "
+                 f"{r['exact_match_ci']:.3f} {r['samples_per_s']:>9.1f}")
+  return "\n".join(lines)

@@ -1,0 +1,65 @@
+"""Rejection sampling: K = 1 greedy is plain generation, the kept one is the argmax, seeds."""
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from llama3_jax.infer.chat import decode, encode_chat
+from llama3_jax.infer.generate import Generator, Sampling
+from llama3_jax.model import Transformer
+from llama3_jax.posttrain.rejection import Settings, rejection_sample
+from llama3_jax.posttrain.reward import RewardModel, score_responses
+from tests.posttrain.conftest import TINY
+
+PROMPTS = [[{"role": "user", "content": f"What is {a} + {b}?"}] for a, b in ((3, 4), (10, 7),
+                                                                              (1, 19))]
+
+
+@pytest.fixture(scope="module")
+def models():
+  return Transformer(TINY, rngs=nnx.Rngs(1)), RewardModel(TINY, rngs=nnx.Rngs(2))
+
+
+def test_one_greedy_sample_is_plain_generation(tokenizer, models):
+  policy, rm = models
+  result = rejection_sample(policy, rm, tokenizer, PROMPTS,
+                            Settings(samples=1, temperature=0.0, max_new_tokens=6))
+  stop = [tokenizer.special_id("<|eot_id|>"), tokenizer.eos_id]
+  plain = Generator(policy, stop_ids=stop).generate(
+      [encode_chat(tokenizer, m, add_generation_prompt=True)[0].tolist() for m in PROMPTS],
+      max_new_tokens=6, sampling=Sampling())
+  expected = [decode(tokenizer, r.tokens[0]).strip() for r in plain]
+  assert [texts[0] for texts in result.responses] == expected
+  kept = {tuple(map(str, e["messages"][:-1])): e["messages"][-1]["content"] for e in result.kept}
+  for messages, text in zip(PROMPTS, expected):
+    if text:
+      assert kept[tuple(map(str, messages))] == text
+
+
+def test_the_kept_response_is_the_best_scored_and_a_seed_reproduces_it(tokenizer, models):
+  policy, rm = models
+  settings = Settings(samples=5, temperature=1.0, top_p=0.95, seed=3, max_new_tokens=6)
+  result = rejection_sample(policy, rm, tokenizer, PROMPTS, settings, provenance={"policy": "p"})
+  assert result.stats["samples"] == 15 and result.stats["samples_per_s"] > 0
+  rescored = score_responses(rm, tokenizer, PROMPTS, [[t or "." for t in texts]
+                                                       for texts in result.responses])
+  kept = iter(result.kept)
+  for texts, scores, again, best in zip(result.responses, result.scores, rescored, result.best):
+    assert len(set(texts)) > 1   # sampling, not greedy
+    finite = np.isfinite(scores)
+    np.testing.assert_allclose(scores[finite], again[finite], rtol=1e-5, atol=1e-6)
+    if best is None:
+      assert not finite.any()
+      continue
+    assert best == int(np.argmax(scores))
+    example = next(kept)
+    assert example["messages"][-1]["content"] == texts[best]
+    provenance = example["rejection_sampling"]
+    assert provenance["kept"] == best and provenance["scores"][best] == max(provenance["scores"])
+    assert provenance["settings"]["seed"] == 3 and provenance["policy"] == "p"
+  again = rejection_sample(policy, rm, tokenizer, PROMPTS, settings, provenance={"policy": "p"})
+  assert again.kept == result.kept
+  other = rejection_sample(policy, rm, tokenizer, PROMPTS,
+                           Settings(samples=5, temperature=1.0, top_p=0.95, seed=4,
+                                    max_new_tokens=6))
+  assert other.responses != result.responses
