@@ -2,17 +2,23 @@
 
 In a run, `polyak_update` folds each annealing checkpoint's parameters into a running mean
 (sharded like the parameters). Offline, `average_checkpoints` averages the parameters of saved
-checkpoints, reading one at a time: `python -m experiments.average_checkpoints DIR... --out DIR`.
+checkpoints, reading one at a time: `python -m experiments.average_checkpoints DIR... --out DIR`
+(Llama 3 also averages models trained with different data or hyper-parameters, report §4.1.5).
 """
 
 import contextlib
 import gc
 import io
+import json
+import os
 import pathlib
+import shutil
 import sys
+import tempfile
 import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from llama3_jax.errors import UserError
@@ -88,23 +94,88 @@ def _until_quiet(sink: io.StringIO, quiet_s: float = 0.5, limit_s: float = 5.0) 
     time.sleep(0.05)
 
 
+# What makes two checkpoints the same architecture (their other fields, e.g. the attention
+# kernel or remat, do not change the parameters).
+ARCHITECTURE = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                "ffn_dim", "rope_theta", "rope_scaling", "norm_eps", "tie_embeddings")
+
+
+def _meta(step_dir: pathlib.Path) -> dict | None:
+  file = step_dir / "meta" / "metadata"
+  return json.loads(file.read_text()) if file.exists() else None
+
+
+def _architecture(meta: dict | None) -> dict | None:
+  if meta is None or "model" not in meta:
+    return None
+  return {"model_kind": meta.get("model_kind", "lm"),
+          **{k: meta["model"].get(k) for k in ARCHITECTURE}}
+
+
+def spread(abstract, devices=None):
+  """Each parameter's sharding over all devices: its first axis that divides by the device
+  count, else replicated. Restored this way, a host holds only its devices' share."""
+  devices = jax.devices() if devices is None else devices
+  mesh = jax.sharding.Mesh(np.array(devices), ("all",))
+  n = len(devices)
+
+  def sharding(x):
+    axis = next((i for i, d in enumerate(x.shape) if d % n == 0), None)
+    spec = [None] * len(x.shape)
+    if axis is not None:
+      spec[axis] = "all"
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(*spec)))
+  return jax.tree.map(sharding, abstract)
+
+
+def _saved_shapes(step_dir: pathlib.Path):
+  path = (step_dir / "state").resolve()
+  with unreadable_as_user_error(step_dir):
+    return ocp.StandardCheckpointer().metadata(path).item_metadata.tree["model"]
+
+
 def average_checkpoints(paths, out) -> int:
-  """Averages the model parameters of the checkpoints at `paths`; writes them to `out` (which
-  must not exist: checked before any checkpoint is read)."""
-  if pathlib.Path(out).exists():
+  """Averages the model parameters of the checkpoints at `paths` (SFT, DPO or reward model
+  runs of one architecture: checked before any array is read) into `out` (which must not
+  exist), a checkpoint that `load_model`, `init.path`, `export_hf` and `evaluate` read like a
+  run's. Parameters are read one checkpoint at a time, each sharded over all devices."""
+  out = pathlib.Path(out)
+  if out.exists():
     raise UserError(f"--out {out} exists", "choose a new directory for the average")
-  average, shapes = None, None
-  for count, path in enumerate(paths, start=1):
-    params = restore_params(checkpoint_step_dir(path))
-    now = jax.tree.map(lambda x: (x.shape, str(x.dtype)), params)
-    if shapes is not None and now != shapes:
+  if not paths:
+    raise ValueError("no checkpoints given")
+  steps = [checkpoint_step_dir(path) for path in paths]
+  metas = [_meta(step) for step in steps]
+  first = _architecture(metas[0])
+  shapes, saved_first = None, None
+  for path, step, meta in zip(paths, steps, metas):
+    now = _architecture(meta)
+    if first is not None and now is not None and now != first:
+      diff = ", ".join(f"{k}={now[k]} (not {first[k]})" for k in first if now[k] != first[k])
+      raise UserError(f"{path} holds another model than {paths[0]} ({diff})",
+                      "average checkpoints of one architecture only")
+    tree = _saved_shapes(step)
+    saved = jax.tree.map(lambda m: (tuple(m.shape), str(m.dtype)), tree)
+    if shapes is not None and saved != shapes:
       raise UserError(f"{path} holds another model than {paths[0]} (parameter shapes differ)",
                       "average checkpoints of one model only")
-    shapes = now
+    shapes, saved_first = saved, saved_first or tree
+  target = spread(jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved_first))
+  average = None
+  for count, step in enumerate(steps, start=1):
+    params = restore_params(step, target)
     average = params if average is None else polyak_update(average, params, count)
-  if average is None:
-    raise ValueError("no checkpoints given")
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(pathlib.Path(out).resolve(), average)
-  checkpointer.wait_until_finished()
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent.resolve()))
+  try:
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save((tmp / "state").resolve(), {"model": average})
+    checkpointer.wait_until_finished()
+    meta = dict(metas[0] or {})
+    meta["averaged_from"] = [str(pathlib.Path(p).resolve()) for p in steps]
+    (tmp / "meta").mkdir()
+    (tmp / "meta" / "metadata").write_text(json.dumps(meta))
+    os.replace(tmp, out)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
   return len(paths)

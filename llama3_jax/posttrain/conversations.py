@@ -143,8 +143,8 @@ def response_weights(tokenizer, ids, roles) -> np.ndarray:
 def preference_pieces(tokenizer, messages, responses: dict, layout: str = "shared",
                       reward: bool = False) -> list[Piece]:
   """The prompt and each response (name -> text: chosen, rejected, edited, or a response id
-  1, 2, ... -> text; in the dict's order) as pieces. `reward`: each response's `<|eot_id|>` is also an input (its last), where a
-  reward model reads the response's score."""
+  1, 2, ... -> text; in the dict's order) as pieces. `reward`: each response's `<|eot_id|>`
+  is also an input (its last), where a reward model reads the response's score."""
   if layout not in LAYOUTS:
     raise ValueError(f"layout={layout!r}; use one of {LAYOUTS}")
   # Earlier assistant turns belong to the prompt: only the new answer is weighed.

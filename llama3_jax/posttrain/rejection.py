@@ -4,6 +4,7 @@ best kept as new SFT data.
     settings = Settings(samples=10, temperature=0.7, top_p=0.9, seed=0, max_new_tokens=64)
     result = rejection_sample(policy, reward_model, tokenizer, prompts, settings)
     write_jsonl(result.kept, "rs.jsonl")        # SFT examples, each with its provenance
+    summary = sample_to_dir(out, policy_path, reward_path, [(messages, answer), ...], settings)
 
 `prompts` are conversations ending with the user's turn. Each prompt is prefilled once and its K
 samples start from copies of its KV cache (Generator's `samples`, Llama 3's prefix sharing);
@@ -12,6 +13,12 @@ llama3_jax/posttrain/reward.py). A kept example is the highest-scored response (
 tie) and carries its score, all K scores and responses, the sampling settings and the models'
 paths. Empty responses are never kept (a prompt whose K responses are all empty keeps nothing).
 The draws depend on the seed and the prompt's place only: a seed reproduces the kept set.
+
+`sample_to_dir` does it for saved models into a directory: `sft.jsonl` (the kept examples),
+`pairs.jsonl` and `summary.json` (throughput; with known answers, the share of kept answers
+that are correct against a random one of the K). Where the answers are known, a checker stands
+in for the annotators: a prompt with both correct and wrong samples gives a preference pair,
+the best-scored correct one over the best-scored wrong one.
 """
 
 import dataclasses
@@ -22,6 +29,7 @@ import time
 
 import numpy as np
 
+from llama3_jax.errors import UserError
 from llama3_jax.infer.chat import decode, encode_chat
 from llama3_jax.infer.generate import Generator, Sampling
 from llama3_jax.posttrain.reward import score_responses
@@ -102,3 +110,59 @@ def write_jsonl(rows, path) -> None:
     for row in rows:
       f.write(json.dumps(row) + "\n")
   os.replace(tmp, path)
+
+
+def same_tokenizer(policy_path, reward_path):
+  """The policy's tokenizer, which the reward model must share (it scores the policy's text)."""
+  from llama3_jax.checkpoint.model import run_tokenizer
+  from llama3_jax.posttrain.data import sha256
+  policy, reward = run_tokenizer(policy_path), run_tokenizer(reward_path)
+  if sha256(policy.path) != sha256(reward.path):
+    raise UserError(f"the reward model {reward_path} was trained with the tokenizer "
+                    f"{reward.path}, the policy {policy_path} with {policy.path}",
+                    "train the reward model on data prepared with the policy's tokenizer")
+  return policy
+
+
+def sample_to_dir(out, policy_path, reward_path, prompts, settings: Settings, *,
+                  log=print) -> dict:
+  """Rejection sampling of saved models (workdirs) into `out`; `prompts`: (messages, answer or
+  None). Done once: a directory with its summary.json is read back, not sampled again."""
+  from llama3_jax.checkpoint.model import load_model
+  out = pathlib.Path(out)
+  done = out / "summary.json"
+  if done.exists():
+    return json.loads(done.read_text())
+  tokenizer = same_tokenizer(policy_path, reward_path)
+  _, policy = load_model(policy_path)
+  _, reward_model = load_model(reward_path, kind="reward")
+  result = rejection_sample(policy, reward_model, tokenizer, [m for m, _ in prompts], settings,
+                            provenance={"policy": str(policy_path),
+                                        "reward_model": str(reward_path)})
+  summary = {**result.stats, "settings": dataclasses.asdict(settings)}
+  pairs = []
+  if all(answer is not None for _, answer in prompts):
+    correct = [[text == answer.strip() for text in texts]
+               for texts, (_, answer) in zip(result.responses, prompts)]
+    for (messages, _), texts, scores, right in zip(prompts, result.responses, result.scores,
+                                                   correct):
+      good = [j for j, ok in enumerate(right) if ok]
+      bad = [j for j, ok in enumerate(right) if not ok and texts[j]]
+      if good and bad:
+        g, b = max(good, key=lambda j: scores[j]), max(bad, key=lambda j: scores[j])
+        pairs.append({"messages": messages, "chosen": texts[g], "rejected": texts[b]})
+    summary.update(
+        best_of_k_correct=float(np.mean([j is not None and ok[j]
+                                         for ok, j in zip(correct, result.best)])),
+        random_sample_correct=float(np.mean(correct)),   # a random one of the K, on average
+        any_correct=float(np.mean([any(ok) for ok in correct])), pairs=len(pairs))
+  write_jsonl(result.kept, out / "sft.jsonl")
+  write_jsonl(pairs, out / "pairs.jsonl")
+  done.write_text(json.dumps(summary, indent=1))   # last: the mark of a finished directory
+  line = (f"rejection sampling: {summary['samples']} samples at {summary['samples_per_s']}/s, "
+          f"{summary['kept']} kept -> {out}/sft.jsonl")
+  if "best_of_k_correct" in summary:
+    line += (f"; best of {settings.samples} correct {summary['best_of_k_correct']:.3f} vs a "
+             f"random one {summary['random_sample_correct']:.3f}, {len(pairs)} new pairs")
+  log(line)
+  return summary

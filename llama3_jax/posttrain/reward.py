@@ -112,7 +112,8 @@ def _response_rows(tokenizer, messages, responses, seq_len):
 
   def record(ids):
     return decode_record(encode_record(conversations.preference_pieces(
-        tokenizer, messages, {slot: responses[i] for slot, i in enumerate(ids, start=1)}, "shared", reward=True)))
+        tokenizer, messages, {slot: responses[i] for slot, i in enumerate(ids, start=1)},
+        "shared", reward=True)))
 
   for i in range(len(responses)):
     trial = record(group + [i])

@@ -28,12 +28,9 @@ import pathlib
 import random
 import time
 
-import numpy as np
-
-from llama3_jax.checkpoint.model import load_model, run_tokenizer
 from llama3_jax.errors import UserError
 from llama3_jax.posttrain import task
-from llama3_jax.posttrain.rejection import Settings, rejection_sample, write_jsonl
+from llama3_jax.posttrain.rejection import Settings, sample_to_dir, write_jsonl
 from llama3_jax.posttrain.stage import run_stage
 
 SUMMARY = "summary.json"
@@ -70,43 +67,11 @@ def _prompts(files, count: int, seed: int):
 def sample_round(cfg, out: pathlib.Path, policy_path, reward_path, files, round_index: int,
                  log) -> dict:
   """Rejection sampling of one round into `out` (sft.jsonl, pairs.jsonl, summary.json)."""
-  done = out / SUMMARY
-  if done.exists():
-    return json.loads(done.read_text())
   r = cfg.rejection
   settings = Settings(samples=r.samples, temperature=r.temperature, top_p=r.top_p,
                       seed=r.seed + round_index, max_new_tokens=r.max_new_tokens)
-  prompts = _prompts(files, r.prompts, r.seed + round_index)
-  _, policy = load_model(policy_path)
-  _, reward_model = load_model(reward_path, kind="reward")
-  tokenizer = same_tokenizer(policy_path, reward_path)
-  result = rejection_sample(policy, reward_model, tokenizer, [m for m, _ in prompts], settings,
-                            provenance={"policy": str(policy_path),
-                                        "reward_model": str(reward_path)})
-  correct = [[text == answer for text in texts]
-             for texts, (_, answer) in zip(result.responses, prompts)]
-  pairs = []
-  for (messages, _), texts, scores, right in zip(prompts, result.responses, result.scores,
-                                                 correct):
-    good = [j for j, ok in enumerate(right) if ok]
-    bad = [j for j, ok in enumerate(right) if not ok and texts[j]]
-    if good and bad:   # the checker annotates: best-scored correct > best-scored wrong
-      g, b = max(good, key=lambda j: scores[j]), max(bad, key=lambda j: scores[j])
-      pairs.append({"messages": messages, "chosen": texts[g], "rejected": texts[b]})
-  summary = {
-      **result.stats,
-      "best_of_k_correct": float(np.mean([ok[j] if j is not None else False
-                                          for ok, j in zip(correct, result.best)])),
-      "random_sample_correct": float(np.mean(correct)),   # a random one of the K, on average
-      "any_correct": float(np.mean([any(ok) for ok in correct])),
-      "pairs": len(pairs), "settings": {**r.to_dict(), "seed": settings.seed}}
-  write_jsonl(result.kept, out / "sft.jsonl")
-  write_jsonl(pairs, out / "pairs.jsonl")
-  done.write_text(json.dumps(summary, indent=1))   # last: the stage's mark of being done
-  log(f"  rejection sampling: {summary['samples']} samples at {summary['samples_per_s']}/s, "
-      f"best of {r.samples} correct {summary['best_of_k_correct']:.3f} vs a random one "
-      f"{summary['random_sample_correct']:.3f}; {len(pairs)} new pairs")
-  return summary
+  return sample_to_dir(out, policy_path, reward_path,
+                       _prompts(files, r.prompts, r.seed + round_index), settings, log=log)
 
 
 def check_config(cfg) -> None:
@@ -126,17 +91,6 @@ def check_config(cfg) -> None:
       run_config(cfg[name])
     except ValueError as error:
       raise UserError(f"the {name} stage's config: {error}", f"fix --config.{name}.*") from None
-
-
-def same_tokenizer(policy_path, reward_path):
-  """The policy's tokenizer, which the reward model must share (it scores the policy's text)."""
-  from llama3_jax.posttrain.data import sha256
-  policy, reward = run_tokenizer(policy_path), run_tokenizer(reward_path)
-  if sha256(policy.path) != sha256(reward.path):
-    raise UserError(f"the reward model {reward_path} was trained with the tokenizer "
-                    f"{reward.path}, the policy {policy_path} with {policy.path}",
-                    "train the reward model on data prepared with the policy's tokenizer")
-  return policy
 
 
 def run_rounds(cfg, workdir, log=print) -> list[dict]:

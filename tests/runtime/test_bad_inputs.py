@@ -199,6 +199,30 @@ CASES = [
     ("dpo-data-not-conversations", "dpo", ["--config.init.path={RUN}", "--config.data.path={IN}/raw",
                                            "--workdir", "{OUT}/w"],
      "data.path {IN}/raw is neither a JSONL file of conversations"),
+    # ---- reward_model, rejection_sample, posttrain
+    ("rm-init-missing", "reward_model", ["--config.init.path={IN}/nowhere", "--workdir",
+                                         "{OUT}/w"], "init.path {IN}/nowhere does not exist"),
+    ("rm-one-response", "reward_model", ["--config.init.path={RUN}", "--config.data.path="
+                                         "{IN}/one_response.jsonl", "--workdir", "{OUT}/w"],
+     "no usable examples in {IN}/one_response.jsonl"),
+    ("rm-tied-responses", "reward_model", ["--config.init.path={RUN}", "--config.data.path="
+                                           "{IN}/tied.jsonl", "--workdir", "{OUT}/w"],
+     "no usable examples in {IN}/tied.jsonl"),
+    ("rs-policy-missing", "rejection_sample", ["--policy", "{IN}/nowhere", "--out", "{OUT}/r"],
+     "--policy {IN}/nowhere is not a training workdir"),
+    ("rs-policy-as-reward-model", "rejection_sample", ["--policy", "{RUN}", "--reward_model",
+                                                       "{RUN}", "--out", "{OUT}/r"],
+     "holds a language model (policy), not a reward model"),
+    ("rs-no-samples", "rejection_sample", ["--samples", "0", "--out", "{OUT}/r"],
+     "needs samples >= 1"),
+    ("rs-bad-prompts", "rejection_sample", ["--policy", "{RUN}", "--reward_model", "{RUN}",
+                                            "--prompts", "{IN}/prompts.jsonl", "--out",
+                                            "{OUT}/r"], "{IN}/prompts.jsonl:1: no 'messages'"),
+    ("posttrain-no-rounds", "posttrain", ["--config.rounds=0", "--workdir", "{OUT}/w"],
+     "rounds=0"),
+    ("posttrain-init-missing", "posttrain", ["--config.init_path={IN}/nowhere", "--workdir",
+                                             "{OUT}/w"],
+     "init_path {IN}/nowhere is not a training workdir"),
     # ---- scaling_laws
     ("scaling-fit-only-missing", "scaling_laws", ["--fit-only", "--workdir", "{OUT}/w"],
      "{OUT}/w/sweep.jsonl does not exist"),
@@ -270,6 +294,10 @@ def setup(tmp_path_factory, job_env):
   (inputs / "raises.py").write_text("def get_config(arg=None):\n  return 1 / 0\n")
   (inputs / "prompts.jsonl").write_text('{"prompt": "fine"}\n{"text": "no prompt"}\n')
   (inputs / "bad_sft.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+  prompt = [{"role": "user", "content": "What is 2 + 2?"}]
+  (inputs / "one_response.jsonl").write_text(json.dumps({"messages": prompt, "chosen": "4"}) + "\n")
+  (inputs / "tied.jsonl").write_text(json.dumps({"messages": prompt, "chosen": "4",
+                                                 "rejected": " 4"}) + "\n")
   (inputs / "badgold.jsonl").write_text('{"query": "q", "choices": ["a", "b"], "gold": 3}\n')
   shutil.copytree(run / "checkpoints" / "2", inputs / "ck_corrupt")
   _corrupt_checkpoint(inputs / "ck_corrupt")

@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from llama3_jax.checkpoint.averaging import average_checkpoints
+from llama3_jax.checkpoint.averaging import average_checkpoints, restore_params
 from llama3_jax.train.loop import train
 from llama3_jax.train.metrics import read_metrics
 from tests.helpers import tiny_run_config
@@ -120,7 +120,7 @@ def test_averaged_parameters_are_the_mean_of_the_annealing_checkpoints(straight_
   # The offline tool gives the same average.
   average_checkpoints([workdir / "checkpoints" / "5", workdir / "checkpoints" / "6"],
                       tmp_path / "offline")
-  offline = checkpointer.restore((tmp_path / "offline").resolve())
+  offline = restore_params(tmp_path / "offline")
   for x, y in zip(jax.tree.leaves(offline), jax.tree.leaves(averaged), strict=True):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
@@ -196,7 +196,7 @@ def test_average_checkpoints_command_reads_checkpoints_of_any_device_count(strai
                         capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   checkpointer = ocp.StandardCheckpointer()
-  offline = checkpointer.restore((tmp_path / "avg").resolve())
+  offline = restore_params(tmp_path / "avg")
   averaged = checkpointer.restore((workdir / "averaged_params").resolve())
   for x, y in zip(jax.tree.leaves(offline), jax.tree.leaves(averaged), strict=True):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
