@@ -23,7 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.init_path = "workdirs/pretrain"   # the pre-trained model (trained first if absent)
   c.start_policy = ""   # a policy to sample from in round 1; "": round 0 trains one (SFT)
   c.sft_init = "previous"
-  c.task_seed = 0
+  c.task = ml_collections.ConfigDict(dict(seed=0, heldout=200))   # the shipped task's files
   c.rejection = ml_collections.ConfigDict(dict(
       prompts=400, samples=8, temperature=0.8, top_p=0.95, seed=0, max_new_tokens=8))
   c.sft_start = sft.get_config()             # round 0: 600 steps

@@ -100,12 +100,13 @@ def run_rounds(cfg, workdir, log=print) -> list[dict]:
       raise UserError(f"{name} {path} is not a training workdir (no checkpoints/)",
                       f"set --config.{name} to a run's workdir")
   workdir = pathlib.Path(workdir)
-  files = task.write_task(workdir / "task", seed=cfg.task_seed)
+  files = task.write_task(workdir / "task", seed=cfg.task.seed, heldout=cfg.task.heldout)
   heldout = files["heldout"]
   policy = cfg.start_policy
   if not policy:
-    log("round 0: SFT of the pre-trained model on the task's answers")
     policy = workdir / "round_0" / "sft"
+    if not (policy / "hf" / "config.json").exists():   # not finished yet
+      log("round 0: SFT of the pre-trained model on the task's answers")
     _stage(cfg.sft_start, policy, "sft", cfg.init_path, files["sft"], heldout, log)
   rounds, pairs = [], [files["preferences"]]
   for i in range(1, cfg.rounds + 1):
