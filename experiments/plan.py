@@ -154,7 +154,7 @@ def _ranking(args, hw, gpus, seq, batch, fitting, ranked) -> str:
   from llama3_jax.planner.memory import gib
   lines = [f"{args.size} on {gpus:,} x {hw.name}, sequence {seq:,}, batch {batch:,} tokens: "
            f"{len(fitting)} layouts fit of {len(ranked)} tried"]
-  lines.append(f"{'#':>3}  {"layout":<74}{'GiB/GPU':>8}{'TFLOP/s':>9}{'MFU':>7}{'bubble':>8}")
+  lines.append(f"{'#':>3}  {'layout':<74}{'GiB/GPU':>8}{'TFLOP/s':>9}{'MFU':>7}{'bubble':>8}")
   for i, r in enumerate(fitting[:args.top], 1):
     lines.append(f"{i:>3}  {r.layout.describe():<74}{gib(r.memory['total']):>8.1f}"
                  f"{r.time['tflops_per_gpu']:>9.0f}{r.time['mfu']:>7.1%}"

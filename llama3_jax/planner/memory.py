@@ -143,8 +143,7 @@ def memory(model, layout: Layout) -> dict[str, float]:
         "optimizer state": 2 * sharded * p,
         "optimizer update": sharded * p,
         "gradients": (gathered if layout.fsdp_mode == "llama3" else sharded) * p,
-        "gathered weights": (gathered if layout.fsdp_mode == "llama3"
-                             else 2 * layer_params(model, t)) * g,
+        "gathered weights": gathered_weights(model, layout, gathered) * g,
         "activations": acts[r],
         "logits and loss": logits_bytes(model, layout, r),
     }
@@ -152,6 +151,17 @@ def memory(model, layout: Layout) -> dict[str, float]:
     if best is None or parts["total"] > best["total"]:
       best = {**parts, "stage": r}
   return best
+
+
+def gathered_weights(model, layout: Layout, gathered: float) -> float:
+  """Elements of FSDP-gathered weights alive at the peak (none without FSDP unless the gather
+  casts to another dtype: then the cast copy)."""
+  if layout.size("fsdp") == 1:
+    same = (layout.gather_dtype or model.param_dtype) == model.param_dtype
+    return 0.0 if same else gathered
+  if layout.fsdp_mode == "llama3":
+    return gathered
+  return 2 * layer_params(model, layout.size("tensor"))
 
 
 def logits_bytes(model, layout: Layout, stage: int) -> float:
