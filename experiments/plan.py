@@ -31,8 +31,8 @@ _UNITS = {"K": 2**10, "M": 2**20, "G": 2**30}
 
 def count(text: str, flag: str) -> int:
   """`16M` = 16 x 2^20 (Llama 3's 16M-token batch is 2,048 x 8,192), `128K`, or a number."""
-  text = text.strip().upper()
-  scale = _UNITS.get(text[-1:], 1)
+  text = text.strip()
+  scale = _UNITS.get(text[-1:].upper(), 1)
   number = text[:-1] if scale > 1 else text
   try:
     value = float(number) * scale
