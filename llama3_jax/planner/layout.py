@@ -39,6 +39,12 @@ class Layout:
   remat: str = "none"
   sequence_parallel: bool = True    # residual stream split over `tensor` (when tensor > 1)
   gather_dtype: str | None = None   # weights as gathered by FSDP; None: the parameter dtype
+  # Whose step: "megatron" (Megatron-LM / Llama 3: q/k/v and gate/up fused into one matmul
+  # each, so backward reduces two input gradients per layer over `tensor`; activations as
+  # Korthikanti et al. 2022 count them) or "xla" (this project's model as XLA compiles it: five
+  # input-gradient reductions, q, k, v, gate and up, and the residuals XLA keeps, measured in
+  # llama3_jax/planner/memory.py).
+  step: str = "megatron"
 
   def size(self, axis: str) -> int:
     return self.sizes.get(axis, 1)
@@ -126,6 +132,7 @@ def why_not(model, layout: Layout, n_gpus: int | None = None) -> Reason | None:
     return Reason("layers_over_stages", f"{model.n_layers} layers over stage={s} x "
                   f"repeats={layout.repeats} leaves a chunk without layers")
   for field, allowed in (("schedule", SCHEDULES), ("remat", REMATS),
+                         ("step", ("megatron", "xla")),
                          ("fsdp_mode", ("llama3", "zero3"))):
     if getattr(layout, field) not in allowed:
       return Reason("bad_option", f"{field}={getattr(layout, field)!r}; use one of {allowed}")

@@ -22,6 +22,18 @@ import numpy as np
 
 from llama3_jax.planner.layout import Layout, stage_layers
 
+# What XLA keeps per layer and token for backward in this project's step (remat "none"), in
+# copies of each dimension: measured from XLA:CPU's memory analysis of the compiled train
+# step (jax 0.10.2) by growing one dimension at a time (tests/planner/test_calibration.py
+# checks the result on other layouts). XLA keeps more than the matmul inputs: silu's sigmoid
+# and product, the norms' intermediate scalings, q/k before and after RoPE.
+# Of the d_model-sized copies, two are the normed inputs the matmuls read: gathered to full D
+# even with sequence parallelism; the rest follow the residual stream's split.
+XLA_COPIES = {"ffn": 6.0, "d_model_gathered": 2.0, "d_model": 4.4, "q_heads": 3.0,
+              "kv_heads": 2.0}
+# One layer's attention backward holds about four [queries, key block] fp32 score arrays
+# (scores, probabilities and their gradients) at its peak.
+XLA_SCORE_COPIES = 4
 # Live copies of the [tokens, vocab / t] fp32 logits: the logits and their gradient (the
 # softmax's exp is fused into the loss on XLA, see tests/planner/test_calibration.py).
 LOGIT_COPIES = 2
@@ -62,6 +74,11 @@ def layer_activation_bytes(model, layout: Layout, policy: str | None = None) -> 
   if policy == "save_names":  # block input + the named outputs (transformer.py)
     named = {"attn_out": resid, "mlp_out": resid, "attn_context": N * H / t}
     return (resid + sum(named.get(n, 0) for n in model.remat_names)) * a
+  if policy == "none" and layout.step == "xla":
+    c = XLA_COPIES
+    elems = c["ffn"] * F / t + c["d_model_gathered"] * D + c["d_model"] * resid \
+        + c["q_heads"] * N * H / t + c["kv_heads"] * kv_heads * H
+    return elems * a + context_kv_bytes(model, layout)
   if policy == "minimal":     # x, x + attn, q, k, v, attention output, gate, up
     elems = 2 * resid + 2 * N * H / t + 2 * kv_heads * H + 2 * F / t
   else:   # "none": every matmul input and what the nonlinearities need: x and x + attn
@@ -114,11 +131,30 @@ def activation_bytes(model, layout: Layout) -> list[float]:
     stage_in = (sched_iters + max(layout.micro_batches, S)) * tokens * resid \
         * _bytes(model.dtype)
     chunk = max(stage_layers(model.n_layers, S)) / layout.repeats
-    return [stage_in + chunk * tokens * layer_activation_bytes(model, layout, "none")] * S
+    return [stage_in + max(chunk * tokens * layer_activation_bytes(model, layout, "none"),
+                           attention_working_bytes(model, layout))] * S
   kept = layer_activation_bytes(model, layout)
   recompute = 0.0 if layout.remat in ("none", "minimal") else \
       tokens * layer_activation_bytes(model, layout, "none")   # one layer rebuilt at a time
-  return [n * tokens * kept + recompute for n in layer_micro_batches_alive(model, layout)]
+  # With remat, a layer's attention backward runs inside its recomputation: the larger of
+  # the two is the peak, not their sum.
+  working = attention_working_bytes(model, layout)
+  extra = max(recompute, working) if recompute else working
+  return [n * tokens * kept + extra for n in layer_micro_batches_alive(model, layout)]
+
+
+def attention_working_bytes(model, layout: Layout) -> float:
+  """The score arrays of one layer's attention backward (XLA's step; flash kernels keep them
+  in on-chip memory)."""
+  if layout.step != "xla":
+    return 0.0
+  rows = layout.rows / (layout.replicas * layout.micro_batches)
+  queries = layout.seq_len / layout.size("context")
+  block = min(layout.seq_len, model.attention_block_kv)
+  if model.attention == "reference":
+    block = layout.seq_len
+  heads = model.n_heads / layout.size("tensor")
+  return XLA_SCORE_COPIES * rows * heads * queries * block * 4
 
 
 def memory(model, layout: Layout) -> dict[str, float]:
@@ -159,9 +195,11 @@ def gathered_weights(model, layout: Layout, gathered: float) -> float:
   if layout.size("fsdp") == 1:
     same = (layout.gather_dtype or model.param_dtype) == model.param_dtype
     return 0.0 if same else gathered
-  if layout.fsdp_mode == "llama3":
-    return gathered
-  return 2 * layer_params(model, layout.size("tensor"))
+  if layout.fsdp_mode == "llama3":   # XLA's step: + one layer's gradient before its reduction
+    return gathered + (layer_params(model, layout.size("tensor")) if layout.step == "xla" else 0)
+  # ZeRO-3: the layer computing and the next one; XLA's step also holds the layer's gathered
+  # gradient before its reduce-scatter.
+  return (3 if layout.step == "xla" else 2) * layer_params(model, layout.size("tensor"))
 
 
 def logits_bytes(model, layout: Layout, stage: int) -> float:

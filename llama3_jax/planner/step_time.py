@@ -76,7 +76,6 @@ def collectives(model, layout: Layout) -> list[Traffic]:
   fsdp, data = layout.size("fsdp"), layout.size("data")
   a = _bytes(model.dtype)
   p = _bytes(model.param_dtype)
-  g = _bytes(layout.gather_dtype or model.param_dtype)
   D, K, H = model.d_model, model.n_kv_heads, model.head_dim
   layers = max(stage_layers(model.n_layers, S))
   # Tokens each (tensor x stage) group sees per step, in its own sequence slice.
@@ -85,13 +84,21 @@ def collectives(model, layout: Layout) -> list[Traffic]:
   passes = 3 if recompute else 2   # forward, backward (and forward again)
   out = []
   if t > 1:
+    # Per layer and pass: forward 2 (after the row-parallel attention output and MLP down
+    # projections), backward one per column-parallel input gradient; with sequence
+    # parallelism each all-reduce is a reduce-scatter plus an all-gather.
+    back = 2 if layout.step == "megatron" else 5
+    reductions = (passes - 1) * 2 + back
+    unit = layers * tokens * D * a
     if layout.sequence_parallel:
-      for op in ("all-gather", "reduce-scatter"):
-        out.append(Traffic("tensor", op, 2 * passes * layers * tokens * D * a,
-                           "residual stream around attention and MLP (sequence parallel)"))
+      out.append(Traffic("tensor", "all-gather", reductions * unit,
+                         "residual stream gathered before attention and MLP (sequence "
+                         "parallel)"))
+      out.append(Traffic("tensor", "reduce-scatter", reductions * unit,
+                         "attention / MLP outputs and input gradients (sequence parallel)"))
     else:
-      out.append(Traffic("tensor", "all-reduce", 2 * passes * layers * tokens * D * a,
-                         "attention and MLP outputs (row-parallel matmuls)"))
+      out.append(Traffic("tensor", "all-reduce", reductions * unit,
+                         "attention / MLP outputs and input gradients (row / column parallel)"))
     # Embedding lookup (vocab-parallel) and the head's input gradient, rows over stage too.
     out.append(Traffic("tensor", "all-reduce", 2 * tokens / S * D * a,
                        "vocab-parallel embedding and LM head"))
@@ -103,23 +110,59 @@ def collectives(model, layout: Layout) -> list[Traffic]:
   if S > 1:
     per_send = tokens / layout.micro_batches * D * a / (t if layout.sequence_parallel else 1)
     if layout.schedule == "circular":
-      sends = 2 * Schedule(S, layout.repeats, layout.micro_batches).iterations
+      out += _circular_pipeline(model, layout, tokens, per_send)
     else:
-      sends = 2 * layout.repeats * layout.micro_batches
-    out.append(Traffic("stage", "send", sends * per_send, "activations between stages"))
+      out.append(Traffic("stage", "send", 2 * layout.repeats * layout.micro_batches * per_send,
+                         "activations between stages"))
   weights = layers * layer_params(model, t) + 2 * table_params(model, t)
   if fsdp > 1:
-    if layout.fsdp_mode == "llama3":
-      gathers, scatters = 1, 1
-    else:   # per layer in forward and again in backward, every micro-batch pass
-      passes_m = layout.micro_batches if S == 1 else 1
-      gathers, scatters = 2 * passes_m, passes_m
-    out.append(Traffic("fsdp", "all-gather", gathers * weights * g, "weights (FSDP)"))
-    out.append(Traffic("fsdp", "reduce-scatter", scatters * weights * p,
-                       f"gradients in {model.param_dtype} (FSDP)"))
+    out += _fsdp(model, layout, layers, weights)
   if data > 1:
     out.append(Traffic("data", "all-reduce", weights / fsdp * p, "gradients (data parallel)"))
+  if c > 1:   # the weights are replicated over context: so are their gradients' shards
+    out.append(Traffic("context", "all-reduce", weights / fsdp * p,
+                       "gradients (weights replicated over context)"))
   return out
+
+
+def _fsdp(model, layout: Layout, layers: int, weights: float) -> list[Traffic]:
+  t, S = layout.size("tensor"), layout.size("stage")
+  p, g = _bytes(model.param_dtype), _bytes(layout.gather_dtype or model.param_dtype)
+  if S > 1 and layout.schedule == "circular":
+    # This project's pipeline, as compiled: each iteration's chunk gradient is reduced over
+    # fsdp inside the schedule's loop (in both modes); ZeRO-3 also gathers the chunk's
+    # weights every iteration, in forward and again in the backward recomputation.
+    iterations = Schedule(S, layout.repeats, layout.micro_batches).iterations
+    chunk = layers / layout.repeats * layer_params(model, t)
+    tables = 2 * table_params(model, t)
+    gathers = weights * g if layout.fsdp_mode == "llama3" else \
+        2 * iterations * chunk * g + tables * g
+    return [Traffic("fsdp", "all-gather", gathers, "weights (FSDP)"),
+            Traffic("fsdp", "all-reduce", iterations * chunk * p + tables * p,
+                    "each iteration's chunk gradient (FSDP, inside the pipeline loop)")]
+  if layout.fsdp_mode == "llama3":
+    gathers, scatters = 1, 1
+  else:   # per layer in forward and again in backward, every micro-batch pass
+    passes = layout.micro_batches if S == 1 else 1
+    gathers, scatters = 2 * passes, passes
+  return [Traffic("fsdp", "all-gather", gathers * weights * g, "weights (FSDP)"),
+          Traffic("fsdp", "reduce-scatter", scatters * weights * p,
+                  f"gradients in {model.param_dtype} (FSDP)")]
+
+
+def _circular_pipeline(model, layout: Layout, tokens: float, per_send: float) -> list[Traffic]:
+  """This project's SPMD pipeline as XLA compiles it (llama3_jax/parallel/pipeline.py)."""
+  iterations = Schedule(layout.size("stage"), layout.repeats, layout.micro_batches).iterations
+  a = _bytes(model.dtype)
+  # The carry's roll over the sharded stage axis is two collective-permutes of the whole
+  # slice, in forward and in backward; stage 0's next input is read from the buffer of
+  # micro-batches (an all-to-all each way and an all-gather); the blocks' input, output and
+  # their gradients cross between rows-over-stage and stages-hold-items layouts once.
+  boundary = 3 * tokens * model.d_model * a + tokens * (model.head_dim + 2) * 4
+  return [Traffic("stage", "send", 4 * iterations * per_send, "the pipeline carry, rolled"),
+          Traffic("stage", "all-to-all", 2 * iterations * per_send, "stage 0's next input"),
+          Traffic("stage", "all-gather", iterations * per_send + boundary,
+                  "micro-batch buffer; blocks' input, output and side inputs")]
 
 
 def step_time(model, layout: Layout, hw) -> dict:
@@ -143,22 +186,25 @@ def step_time(model, layout: Layout, hw) -> dict:
   bubble = 0.0
   if S > 1:
     bubble = compute * Schedule(S, layout.repeats, layout.micro_batches).bubble
-  exposed, times = {}, {}
+  exposed, times, grads = {}, {}, 0.0
   for traffic in collectives(model, layout):
     kind, bandwidth = link(layout, hw, traffic.axis)
     seconds = wire_bytes(traffic, layout.size(traffic.axis)) / (bandwidth * LINK_EFFICIENCY)
     times[traffic.axis] = times.get(traffic.axis, 0.0) + seconds
-  exposed["tensor"] = times.get("tensor", 0.0) * (1 - TP_OVERLAP)
-  exposed["context"] = times.get("context", 0.0) * (1 - CP_OVERLAP)
-  if "stage" in times:   # asynchronous sends: only the warm-up and cool-down path waits
-    count = (2 * Schedule(S, layout.repeats, layout.micro_batches).iterations
-             if layout.schedule == "circular" else 2 * layout.repeats * layout.micro_batches)
-    exposed["stage"] = times["stage"] / count * 2 * (S - 1)
-  dp = times.get("fsdp", 0.0) + times.get("data", 0.0)
+    if traffic.axis in ("fsdp", "data") or traffic.what.startswith("gradients"):
+      grads += seconds   # prefetched / bucketed: overlaps compute (below)
+    else:
+      exposed[traffic.axis] = exposed.get(traffic.axis, 0.0) + seconds
+  exposed["tensor"] = exposed.get("tensor", 0.0) * (1 - TP_OVERLAP)
+  exposed["context"] = exposed.get("context", 0.0) * (1 - CP_OVERLAP)
+  if "stage" in exposed:   # asynchronous sends: only the warm-up and cool-down path waits
+    steps = Schedule(S, layout.repeats, layout.micro_batches).iterations \
+        if layout.schedule == "circular" else layout.repeats * layout.micro_batches
+    exposed["stage"] = exposed["stage"] / steps * (S - 1)
   window = bubble + compute / (layout.repeats * layout.micro_batches)
   if layout.fsdp_mode == "zero3":
     window = compute + bubble
-  exposed["fsdp+data"] = max(0.0, dp - window)
+  exposed["fsdp+data"] = max(0.0, grads - window)
   total = compute + bubble + sum(exposed.values())
   tflops = model_flops / n / total / 1e12
   return {"step_s": total, "compute_s": compute, "bubble_s": bubble,
