@@ -79,9 +79,10 @@ def dry_run(cfg, n_devices: int | None = None, hardware: str = "h100",
       # With only an abstract mesh, JAX lowers for a named platform (as jax.export does).
       lowered = traced.lower(lowering_platforms=(platform,))
       text = lowered.as_text()
-      lines.append(f"   lowered to StableHLO for {platform} on {mesh.size:,} devices: {len(text) / 1e6:.1f} MB "
-                   f"of text, {text.count('sdy.sharding') + text.count('mhlo.sharding'):,} "
-                   "sharding annotations; compiling for the GPU needs the GPU")
+      annotations = text.count("sdy.sharding") + text.count("mhlo.sharding")
+      lines.append(f"   lowered to StableHLO for {platform} on {mesh.size:,} devices: "
+                   f"{len(text) / 1e6:.1f} MB of text, {annotations:,} sharding annotations; "
+                   "compiling for the GPU needs the GPU")
     except Exception as error:  # noqa: BLE001 - reported: the dry run says what it checked
       lines.append(f"   lowering without devices failed ({type(error).__name__}: "
                    f"{str(error)[:200]}); checked up to tracing")
@@ -92,13 +93,14 @@ def dry_run(cfg, n_devices: int | None = None, hardware: str = "h100",
                   step="xla")
   hw = get_hardware(hardware)
   result = evaluate(plan.model, layout, hw, n_devices)
-  lines.append("4. plan of this step (this project's circular pipeline, weights gathered in "
+  lines.append("4. plan of this step as XLA compiles it (circular pipeline, weights gathered in "
                f"{plan.model.param_dtype}) on {hw.name}:")
   lines += ["   " + line for line in explain(plan.model, result, hw).splitlines()]
   gathered = ("every weight gathered over fsdp once per step and kept for backward (Llama 3's "
               "mode)" if plan.sharding.fsdp_mode == "llama3" else
               "weights gathered over fsdp layer by layer, in forward and again in backward")
-  lines.append(f"   gathered: {gathered}; gradients reduce-scattered over fsdp in "
-               f"{plan.model.param_dtype}")
+  reduced = ("reduced over fsdp inside the pipeline loop, once per iteration (this pipeline "
+             "as compiled)" if sizes["stage"] > 1 else "reduce-scattered over fsdp")
+  lines.append(f"   gathered: {gathered}; gradients {reduced} in {plan.model.param_dtype}")
   lines.append(f"dry run done in {time.perf_counter() - started:.1f} s")
   return "\n".join(lines)

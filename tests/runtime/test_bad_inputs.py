@@ -77,6 +77,9 @@ CASES = [
      "multiply to 12, but there are 8 devices"),
     ("model-size", "pretrain", ["--config", TC, "--config.model.size=llama9", "--workdir", "{RUN}"],
      "model.size='llama9'"),
+    ("dry-run-devices", "pretrain", ["--config", "experiments/configs/llama3_405b.py",
+                                     "--dry-run", "--dry-run-devices", "12"],
+     "multiply to 16384, but there are 12 devices"),
     # ---- pretrain: data
     ("data-missing", "pretrain", ["--config", TC, "--config.data.path={IN}/nowhere", "--workdir",
                                   "{RUN}"], "{IN}/nowhere/manifest.json does not exist"),
