@@ -6,7 +6,7 @@ compiles it) predicts the compiled step's `memory_analysis()` (arguments + outpu
 temporaries, less the donated outputs that share the arguments' buffers) within 15% and the
 payload of every collective per step, read from the compiled HLO with loop trip counts
 (llama3_jax/planner/measure.py), within 10%. fp32, blockwise attention; one compile each
-(~5 s on a quiet 2-core machine): two layouts in the fast core, the rest marked slow.
+(~5 s on a quiet 2-core machine): one layout in the fast core, the rest marked slow.
 """
 
 import jax
@@ -40,7 +40,7 @@ LAYOUTS = {
     "fsdp8_remat_full": ({"fsdp": 8}, ShardingConfig(), "full", 1),
     "fsdp2_stage4_pipeline": ({"fsdp": 2, "stage": 4}, ShardingConfig(), "none", 4),
 }
-FAST = {"fsdp8", "data2_fsdp2_tensor2_llama3"}
+FAST = {"data2_fsdp2_tensor2_llama3"}   # data, fsdp and tensor at once
 
 
 def compiled_step(sizes, sharding, remat, micro_batches):
