@@ -25,8 +25,9 @@ from llama3_jax.planner.layout import Layout, stage_layers
 # What XLA keeps per layer and token for backward in this project's step (remat "none"), in
 # copies of each dimension: measured from XLA:CPU's memory analysis of the compiled train
 # step (jax 0.10.2) by growing one dimension at a time (tests/planner/test_calibration.py
-# checks the result on other layouts). XLA keeps more than the matmul inputs: silu's sigmoid
-# and product, the norms' intermediate scalings, q/k before and after RoPE.
+# checks the result on other layouts), fp32 only: on GPU in bf16 they are an estimate. XLA
+# keeps more than the matmul inputs (which arrays was not traced: likely silu's sigmoid and
+# product, the norms' scalings, q/k before and after RoPE).
 # Of the d_model-sized copies, two are the normed inputs the matmuls read: gathered to full D
 # even with sequence parallelism; the rest follow the residual stream's split.
 XLA_COPIES = {"ffn": 6.0, "d_model_gathered": 2.0, "d_model": 4.4, "q_heads": 3.0,
@@ -34,8 +35,7 @@ XLA_COPIES = {"ffn": 6.0, "d_model_gathered": 2.0, "d_model": 4.4, "q_heads": 3.
 # One layer's attention backward holds about four [queries, key block] fp32 score arrays
 # (scores, probabilities and their gradients) at its peak.
 XLA_SCORE_COPIES = 4
-# Live copies of the [tokens, vocab / t] fp32 logits: the logits and their gradient (the
-# softmax's exp is fused into the loss on XLA, see tests/planner/test_calibration.py).
+# Live copies of the [tokens, vocab / t] fp32 logits: the logits and their gradient.
 LOGIT_COPIES = 2
 
 
