@@ -2,14 +2,18 @@
 link it crosses, what overlaps, and the pipeline bubble; out come TFLOP/s per GPU and MFU.
 
     t = step_time(model, layout, get_hardware("h100"))
-    t["mfu"], t["tflops_per_gpu"], t["collectives"]       # [Traffic(axis, op, bytes, ...)]
+    t["mfu"], t["tflops_per_gpu"], t["exposed_s"]          # seconds exposed, by axis
+    collectives(model, layout)                             # [Traffic(axis, op, payload, what)]
 
 Model FLOPs are `llama3_jax.train.metrics.flops_per_token` (6N + causal attention), the count
 the launcher's MFU uses, so predicted and measured MFU mean the same thing. Collective volumes
 are payloads: the bytes of the whole tensor a collective gathers or reduces over its group
-(what `collective_payload` reads from compiled HLO); the time on the wire is payload x
+(what llama3_jax/planner/measure.py reads from compiled HLO); the time on the wire is payload x
 (n - 1) / n for all-gather and reduce-scatter, twice that for all-reduce, payload for a
 point-to-point send, over NVLink when the axis fits inside a node and the network otherwise.
+`layout.step` says whose step is priced: Megatron-LM's / Llama 3's ("megatron") or this
+project's as XLA compiles it ("xla": its extra tensor-parallel reductions and its circular
+pipeline's traffic, checked against HLO in tests/planner/test_calibration.py).
 """
 
 from typing import NamedTuple
@@ -20,7 +24,7 @@ from llama3_jax.planner.memory import _bytes, layer_params, table_params
 from llama3_jax.sharding.mesh import AXES
 from llama3_jax.train.metrics import flops_per_token
 
-# The one free constant: the fraction of the dense bf16 peak that a transformer step's
+# The main free constant: the fraction of the dense bf16 peak that a transformer step's
 # kernels sustain between collectives (large bf16 GEMMs reach ~65-75% of the data-sheet peak
 # on Hopper; norms, RoPE, SwiGLU, softmax and the loss are memory-bound and launch gaps add
 # up). An assumption, the same for every layout and GPU, not fitted per row; BENCHMARKS.md
