@@ -96,6 +96,13 @@ def test_unknown_hardware_lists_the_known():
     get_hardware("tpu-v9")
 
 
+def test_launcher_default_question(capsys):
+  plan_launcher.main([])   # 405B on 16K H100s, 8K sequences, 16M-token batches
+  out = capsys.readouterr().out
+  assert "llama3-405b on 16,384 x H100" in out and "layouts fit" in out
+  assert "(nothing written; --out FILE" in out
+
+
 def test_launcher_json(capsys):
   plan_launcher.main(["--layout", "tensor=8,stage=16,fsdp=128", "--json"])
   (row,) = json.loads(capsys.readouterr().out)
