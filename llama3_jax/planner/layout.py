@@ -45,6 +45,9 @@ class Layout:
   # input-gradient reductions, q, k, v, gate and up, and the residuals XLA keeps, measured in
   # llama3_jax/planner/memory.py).
   step: str = "megatron"
+  # The multi-node split (MeshConfig's dcn_* sizes): nodes each axis spans. None: placed by the
+  # mesh order, tensor innermost, filling nodes of the hardware's GPUs per node.
+  dcn: dict | None = None
 
   def size(self, axis: str) -> int:
     return self.sizes.get(axis, 1)

@@ -58,7 +58,11 @@ class Traffic(NamedTuple):
 
 def link(layout: Layout, hw, axis: str) -> tuple[str, float]:
   """The link an axis's collectives cross: NVLink if the axis and every axis inside it fit in
-  one node (mesh order: tensor innermost, then context, stage, fsdp, data)."""
+  one node (mesh order: tensor innermost, then context, stage, fsdp, data), or, with the
+  layout's multi-node split, if the axis spans a single node."""
+  if layout.dcn is not None:
+    crosses = layout.dcn.get(axis, 1) > 1
+    return ("network", hw.network) if crosses else ("nvlink", hw.nvlink)
   inner = 1
   for a in reversed(AXES):
     inner *= layout.size(a)

@@ -29,7 +29,7 @@ from llama3_jax.data.batches import abstract_batch
 from llama3_jax.optim.optimizer import build_optimizer
 from llama3_jax.planner import Layout, get_hardware
 from llama3_jax.planner.search import evaluate, explain
-from llama3_jax.sharding import abstract_mesh, make_rules, state_shardings
+from llama3_jax.sharding import AXES, abstract_mesh, make_rules, state_shardings
 from llama3_jax.sharding.rules import batch_spec
 from llama3_jax.train.config import run_config
 from llama3_jax.train.objectives import NEXT_TOKEN
@@ -40,11 +40,16 @@ from llama3_jax.train.step import make_step_fns
 
 def default_devices(mesh) -> int:
   """The mesh's product; with a -1 (fill) axis, one 8-GPU node per dcn slice."""
-  from llama3_jax.sharding.mesh import AXES
   sizes = [getattr(mesh, a) for a in AXES]
   if -1 not in sizes:
     return int(np.prod(sizes))
   return 8 * int(np.prod([getattr(mesh, "dcn_" + a) for a in AXES]))
+
+
+def _dcn(mesh) -> dict | None:
+  """The config's multi-node split, if it has one (else the planner places axes itself)."""
+  dcn = mesh.dcn_sizes()
+  return dcn if any(n > 1 for n in dcn.values()) else None
 
 
 def dry_run(cfg, n_devices: int | None = None, hardware: str = "h100",
@@ -90,7 +95,7 @@ def dry_run(cfg, n_devices: int | None = None, hardware: str = "h100",
                   repeats=plan.sharding.pipeline_repeats, schedule="circular",
                   fsdp_mode=plan.sharding.fsdp_mode, remat=plan.model.remat,
                   sequence_parallel=plan.sharding.sequence_parallel,
-                  step="xla")
+                  step="xla", dcn=_dcn(plan.mesh))
   hw = get_hardware(hardware)
   result = evaluate(plan.model, layout, hw, n_devices)
   lines.append("4. plan of this step as XLA compiles it (circular pipeline, weights gathered in "

@@ -63,6 +63,8 @@ def test_bubble_and_links():
   assert link(layout, H100, "tensor")[0] == "nvlink"
   assert link(layout, H100, "stage")[0] == "network"
   assert link(Layout({"tensor": 4, "context": 2}, 8192, M), H100, "context")[0] == "nvlink"
+  split = Layout({"tensor": 8, "fsdp": 2}, 8192, M, dcn={"tensor": 2})   # tensor over 2 nodes
+  assert link(split, H100, "tensor")[0] == "network" and link(split, H100, "fsdp")[0] == "nvlink"
   assert wire_bytes(Traffic("fsdp", "all-gather", 800, ""), 8) == 700
   assert wire_bytes(Traffic("fsdp", "all-reduce", 800, ""), 8) == 1400
   assert 0 < t["mfu"] < 1 and t["tflops_per_gpu"] == pytest.approx(t["mfu"] * 989)
