@@ -88,6 +88,10 @@ def main(argv=None):
   if args.layout:
     results = [_one(model, args, hw, seq, batch, options)]
     text = explain(model, results[0], hw)
+    sizes = results[0].layout.sizes
+    if sizes.get("data", 1) > 1 and sizes.get("fsdp", 1) == 1:
+      text += (f"\nnote: data={sizes['data']} replicates parameters and optimizer state; "
+               f"Llama 3's data parallelism shards them: fsdp={sizes['data']}")
   else:
     gpus = args.gpus or DEFAULTS["gpus"]
     ranked = search(model, hw, gpus, seq, batch, **options)
