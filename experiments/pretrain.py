@@ -5,6 +5,7 @@ python -m experiments.pretrain --config experiments/configs/llama3_8b.py --workd
 python -m experiments.pretrain --config.train.steps=100 --config.mesh.tensor=4 --workdir /tmp/r
 python -m launch.local --processes 2 --devices-per-process 4 -- \
     python -m experiments.pretrain --workdir /tmp/r2              # 2 JAX processes, one job
+python -m experiments.pretrain --config experiments/configs/llama3_405b.py --dry-run
 
 Run again with the same --workdir and it resumes from the newest checkpoint (or says the run is
 complete). SIGTERM / SIGINT save a checkpoint and exit 0. Writes WORKDIR/metrics.jsonl,
@@ -14,6 +15,12 @@ SLURM, Kubernetes or launch.local) join one job from the environment
 (llama3_jax/runtime/distributed.py). Exit codes: 0 done or stopped, 1 a bug (a traceback),
 2 bad input or refused (one line: llama3_jax/cli.py), 3 diverged (rollbacks did not help),
 75 hung (the watchdog; the launcher restarts the job).
+
+--dry-run checks the job on this machine without its devices and exits (nothing written):
+the config validated for the mesh's device count (--dry-run-devices to choose it), the real
+train step traced and lowered on an abstract mesh of that size, and the plan printed
+(per-device memory, where weights are gathered, collectives, bubble, expected MFU on
+--hardware); llama3_jax/train/dry_run.py says what it checks and what needs the GPU.
 """
 
 import time
@@ -33,12 +40,17 @@ EXIT_DIVERGED = 3
 def _define_flags():
   config_flags.DEFINE_config_file("config", _DEFAULT, "ml_collections config file")
   flags.DEFINE_string("workdir", "workdirs/pretrain", "checkpoints, metrics, plots")
+  flags.DEFINE_bool("dry-run", False, "validate, trace and lower the step, print the plan; exit")
+  flags.DEFINE_integer("dry-run-devices", 0, "devices of the dry run (0: the mesh's product)")
+  flags.DEFINE_string("hardware", "h100", "the dry run's plan prices this GPU")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  if flags.FLAGS["dry-run"].value:
+    return _dry_run(cfg)
   import jax
   from experiments._defaults import start_jax
   start_jax(cfg)   # before JAX's backend starts
@@ -58,6 +70,14 @@ def main(argv):
         + f", {summary['wall_s']:.0f} s; outputs in {workdir}")
   if summary.get("goodput"):
     print(report(summary["goodput"]))
+
+
+def _dry_run(cfg):
+  import jax
+  # One CPU device is enough: the mesh is abstract. Set before JAX's backend starts.
+  jax.config.update("jax_platforms", "cpu")
+  from llama3_jax.train.dry_run import dry_run
+  print(dry_run(cfg, flags.FLAGS["dry-run-devices"].value or None, flags.FLAGS.hardware))
 
 
 if __name__ == "__main__":

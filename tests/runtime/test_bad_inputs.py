@@ -77,6 +77,9 @@ CASES = [
      "multiply to 12, but there are 8 devices"),
     ("model-size", "pretrain", ["--config", TC, "--config.model.size=llama9", "--workdir", "{RUN}"],
      "model.size='llama9'"),
+    ("dry-run-devices", "pretrain", ["--config", "experiments/configs/llama3_405b.py",
+                                     "--dry-run", "--dry-run-devices", "12"],
+     "multiply to 16384, but there are 12 devices"),
     # ---- pretrain: data
     ("data-missing", "pretrain", ["--config", TC, "--config.data.path={IN}/nowhere", "--workdir",
                                   "{RUN}"], "{IN}/nowhere/manifest.json does not exist"),
@@ -188,6 +191,16 @@ CASES = [
      "d_model=160 is not divisible by fsdp=3"),
     ("inspect-mesh-entry", "inspect_sharding", ["--mesh", "foo=3"], "--mesh: bad entry 'foo=3'"),
     ("demo-size", "demo", ["--size", "nosuch"], "argument --size"),
+    # ---- plan (the layout planner: arithmetic only)
+    ("plan-hardware", "plan", ["--hardware", "tpu9"],
+     "unknown hardware 'tpu9': choose one of h100"),
+    ("plan-layout-gpus", "plan", ["--layout", "tensor=8,stage=16,fsdp=64", "--gpus", "16384"],
+     "gpus_not_product"),
+    ("plan-layout-context", "plan", ["--layout", "context=16,fsdp=1024", "--seq", "1000"],
+     "seq_over_context"),
+    ("plan-layout-entry", "plan", ["--layout", "pipe=16"], "--layout: bad entry 'pipe=16'"),
+    ("plan-batch-tokens", "plan", ["--batch-tokens", "lots"],
+     "--batch-tokens 'lots' is not a count"),
     # ---- sft, dpo (they start from {RUN}; the workdir is a new one)
     ("sft-init-missing", "sft", ["--config.init.path={IN}/nowhere", "--workdir", "{OUT}/w"],
      "init.path {IN}/nowhere does not exist"),

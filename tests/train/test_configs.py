@@ -13,8 +13,8 @@ from llama3_jax.train.plan import make_plan
 
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[2] / "experiments" /
                                   "configs").glob("llama3_*.py"))
-# Devices each shipped config's mesh is planned on (405B: the report's 16K GPUs).
-DEVICES = {"llama3_405b": 16 * 1024}
+# Devices each shipped config's mesh is planned on (405B: the report's 16K GPUs; 70B: 16 nodes).
+DEVICES = {"llama3_405b": 16 * 1024, "llama3_70b": 128}
 
 
 def load(name, **train):
@@ -120,5 +120,6 @@ def test_unknown_fields_and_positional_stages_are_refused():
     run_config(cfg)
 
 
-def test_config_names_are_the_three_sizes_and_long_context():
-  assert CONFIGS == ["llama3_405b", "llama3_8b", "llama3_debug", "llama3_long_context"]
+def test_config_names_are_the_sizes_and_long_context():
+  assert CONFIGS == ["llama3_405b", "llama3_70b", "llama3_8b", "llama3_debug",
+                     "llama3_long_context"]
