@@ -136,9 +136,11 @@ def validate(config: MeshConfig, model, *, n_devices: int, global_batch: int | N
                     "splits every weight along d_model); choose fsdp among "
                     f"{_divisors(model.d_model, limit=n_devices)}, or a d_model that is a "
                     f"multiple of {sizes['fsdp']}")
-  if model.n_layers % sizes["stage"]:
-    problems.append(f"n_layers={model.n_layers} is not divisible by stage={sizes['stage']}; "
-                    f"choose stage among {_divisors(model.n_layers, limit=n_devices)}")
+  # Any layer count pipelines (llama3_jax/parallel/pipeline.py pads the stages' chunks), but
+  # every stage needs a layer.
+  if model.n_layers < sizes["stage"]:
+    problems.append(f"n_layers={model.n_layers} cannot fill stage={sizes['stage']} (every "
+                    f"stage needs a layer); choose stage of at most {model.n_layers}")
   # Rows split over data x fsdp, and over stage too outside the pipelined blocks.
   batch_shards = sizes["data"] * sizes["fsdp"] * sizes["stage"]
   if global_batch is not None and global_batch % batch_shards:

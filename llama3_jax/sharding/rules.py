@@ -134,6 +134,15 @@ def make_rules(model, sizes: dict[str, int], config: ShardingConfig = ShardingCo
       warnings.warn("sequence_parallel with tensor > n_kv_heads: XLA's partitioner falls back to "
                     "replicating attention tensors in backward (correct, but slower); prefer "
                     "tensor <= n_kv_heads with sequence parallelism", stacklevel=2)
+  stage, fsdp = sizes.get("stage", 1), sizes.get("fsdp", 1)
+  if model.n_layers % stage:
+    # An uneven pipeline (llama3_jax/parallel/pipeline.py): the [L, ...] stack cannot split by
+    # layer over `stage`, so every weight splits over it along d_model instead (the same bytes
+    # per device; the step gathers each stage's layers), or, where d_model does not divide,
+    # the stack is replicated over `stage`.
+    overrides["layers"] = None
+    if model.d_model % (fsdp * stage) == 0:
+      overrides["embed"] = ("fsdp", "stage")
   rules = tuple((name, overrides.get(name, axes)) for name, axes in
                 PARAM_RULES + ACTIVATION_RULES)
   if config.vocab_over_fsdp:
