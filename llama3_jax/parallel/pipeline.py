@@ -13,13 +13,14 @@ natural order chunk after chunk. The V S Lmax - L chunks one layer short go to t
 both ends in turn (first, last, second, second to last, ..., round after round), on the first
 half of that order a stage's earliest chunk, on the second its latest. So the first and the last
 stage, which carry the embedding and the head in Llama 3, are the first to hold a layer fewer
-(126 layers on 16 stages: 7 + 14 x 8 + 7, report §3.3.2) and per-stage totals differ by at most
-one: that split is near-equal whatever L, and exactly Llama 3's when L = S Lmax - 2. The short chunk's last slot is padded: zero weights gathered inside the step (the
-[L, ...] stack, its gradients and checkpoints never see the padding) and a mask that passes x
-through unchanged. A padded slot costs one layer's time on its stage (the stages run in lockstep,
-so the stage would only wait; under the vmap over stages a `lax.cond` on it would become a
-select running both branches anyway) and one layer of zero weights; its weight gradient is
-exactly zero and is dropped. `Schedule.waste` is the padded share of the slots.
+(126 layers on 16 stages: 7 + 14 x 8 + 7, report §3.3.2), and per-stage totals differ by at most
+one whatever L. A short chunk's last slot is padded: zero weights gathered inside the step (the
+[L, ...] stack, its gradients and checkpoints never see the padding; an even layout is a plain
+reshape) and a mask that passes x through unchanged. A padded slot costs one layer's time on its
+stage (the stages run in lockstep, so the stage would only wait; under the vmap over stages a
+`lax.cond` on it would become a select running both branches anyway) and one layer of zero
+weights; its weight gradient is exactly zero and is dropped. `Schedule.waste` is the padded
+share of the slots.
 
 The schedule runs in SPMD: every iteration each stage applies its current layer chunk to the
 micro-batch it holds (a `vmap` over stages with `spmd_axis_name`, so XLA gives each stage's
@@ -99,6 +100,10 @@ class Schedule:
     """Idle / busy stage-iterations: (S - 1) / (V * M) when M >= S."""
     busy = self.repeats * self.micro_batches
     return (self.iterations - busy) / busy
+
+  @property
+  def layers_per_stage(self) -> list[int]:
+    return (layout(self.n_layers, self.stages, self.repeats) >= 0).sum(axis=(0, 2)).tolist()
 
   @property
   def waste(self) -> float:

@@ -14,6 +14,7 @@ import logging
 from llama3_jax.errors import UserError
 from llama3_jax.model import ModelConfig
 from llama3_jax.optim.schedules import Stage, tokens_after, validate_stages
+from llama3_jax.parallel import pipeline
 from llama3_jax.posttrain.data import is_conversation_data
 from llama3_jax.sharding import MeshConfig, ShardingConfig, validate
 from llama3_jax.train.config import RunConfig
@@ -62,6 +63,8 @@ def make_plan(run: RunConfig, n_devices: int, n_processes: int = 1,
   for stage in stages:
     validate(run.mesh, model, n_devices=n_devices, global_batch=stage.batch_size,
              seq_len=stage.seq_len)
+  if sizes["stage"] > 1:   # any layer count, but every layer chunk of the pipeline needs a layer
+    pipeline.layout(model.n_layers, sizes["stage"], run.sharding.pipeline_repeats)
   if run.eval.every_steps and run.eval.every_steps % run.log.every_steps:
     raise ValueError(f"eval.every_steps={run.eval.every_steps} is not a multiple of "
                      f"log.every_steps={run.log.every_steps}; the results go into a metrics "
