@@ -15,10 +15,11 @@ import sys
 
 import jax
 import pytest
+from jax.sharding import PartitionSpec
 
 from llama3_jax.errors import UserError
 from llama3_jax.model import ModelConfig
-from llama3_jax.sharding import MeshConfig, ShardingConfig
+from llama3_jax.sharding import MeshConfig, ShardingConfig, logical_to_spec, make_rules
 from tests.helpers import assert_same_training, train_steps
 
 MODEL = ModelConfig(vocab_size=96, d_model=40, n_layers=4, n_heads=4, n_kv_heads=2,
@@ -56,20 +57,31 @@ def test_pipeline_equals_one_device(mesh, repeats, micro_batches):
                        single_device())
 
 
-@pytest.mark.parametrize("n_layers, mesh, repeats, micro_batches", [
-    (3, MeshConfig(stage=2, fsdp=4), 1, 2),   # 1 + 2 layers; the stack split over fsdp x stage
-    pytest.param(5, MeshConfig(stage=2, fsdp=2, tensor=2), 2, 3,   # chunks 1 + 2 | 1 + 1
-                 marks=pytest.mark.slow),
-    pytest.param(7, MeshConfig(stage=4, data=2), 1, 4,   # 1 + 2 + 2 + 2
-                 marks=pytest.mark.slow),
-], ids=["gpipe_l3_s2_fsdp4", "interleaved_l5_s2x2_fsdp2_tensor2", "gpipe_l7_s4_data2"])
-def test_uneven_pipeline_equals_one_device(n_layers, mesh, repeats, micro_batches):
+@pytest.mark.parametrize("n_layers, mesh, sharding, micro_batches", [
+    (3, MeshConfig(stage=2, fsdp=4), ShardingConfig(), 2),   # 1 + 2 layers
+    (5, MeshConfig(stage=2, fsdp=2, tensor=2), ShardingConfig(pipeline_repeats=2), 3),
+    (7, MeshConfig(stage=4, data=2), ShardingConfig(), 4),   # 1 + 2 + 2 + 2
+    # The embedding and head replicated over stage (rows too few to split over it).
+    (3, MeshConfig(stage=2, fsdp=4), ShardingConfig(rows_over_stage=False), 1),
+], ids=["gpipe_l3_s2_fsdp4", "interleaved_l5_s2x2_fsdp2_tensor2", "gpipe_l7_s4_data2",
+        "gpipe_l3_s2_rows_not_over_stage"])
+@pytest.mark.slow
+def test_uneven_pipeline_equals_one_device(n_layers, mesh, sharding, micro_batches):
   model = MODEL.replace(n_layers=n_layers)
-  got = run(mesh, ShardingConfig(pipeline_repeats=repeats), micro_batches, model=model)
+  got = run(mesh, sharding, micro_batches, model=model)
   assert_same_training(got, single_device(n_layers))
   # Gradients and parameters hold the natural [L, ...] stack, never the padded slots.
   for tree in (got.grads, got.params):
     assert {a.shape[0] for a in jax.tree.leaves(tree["blocks"])} == {n_layers}
+
+
+def test_an_uneven_stack_splits_over_stage_along_d_model():
+  sizes = {"fsdp": 4, "stage": 2}
+  spec = lambda model: logical_to_spec(("layers", "embed", "mlp"), make_rules(model, sizes))
+  assert spec(MODEL) == PartitionSpec("stage", "fsdp", "tensor")         # 4 layers: by layer
+  assert spec(MODEL.replace(n_layers=3)) == PartitionSpec(None, ("fsdp", "stage"), "tensor")
+  # d_model 36 does not split 8 ways: the stack is replicated over stage instead.
+  assert spec(MODEL.replace(n_layers=3, d_model=36)) == PartitionSpec(None, "fsdp", "tensor")
 
 
 def test_bad_pipeline_layouts_are_clear_errors():
