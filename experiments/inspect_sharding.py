@@ -43,9 +43,12 @@ def main(argv=None):
     raise UserError(f"python -m experiments.pretrain would refuse this layout: {error}",
                     "change --mesh (or --size)") from None
   if model_config.n_layers % sizes["stage"]:
+    split = model_config.d_model % (sizes["fsdp"] * sizes["stage"]) == 0
     print(f"note: {model_config.n_layers} layers over stage={sizes['stage']} is uneven: the "
-          "layer stack is split over stage along d_model (llama3_jax/sharding/rules.py), and "
-          "each step gathers every stage's layers (llama3_jax/parallel/pipeline.py).")
+          "layer stack is " + ("split over stage along d_model" if split else
+                               "replicated over stage (d_model does not divide fsdp x stage)")
+          + " (llama3_jax/sharding/rules.py); each step gathers every stage's layers "
+          "(llama3_jax/parallel/pipeline.py).")
   sharding = ShardingConfig(args.fsdp_mode, args.sequence_parallel)
   rules = make_rules(model_config, sizes, sharding)
   _, state, _ = abstract_train_state(model_config, optax.adamw(1e-4))
