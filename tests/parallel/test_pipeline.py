@@ -86,8 +86,8 @@ def test_stage_outputs_move_by_collective_permute(inputs):
 
 @pytest.mark.parametrize("n_layers, stages, repeats, micro_batches", [
     (3, 2, 1, 2), (5, 2, 2, 3), (7, 4, 1, 4),
-    pytest.param(6, 2, 2, 1, marks=pytest.mark.slow),    # L divides S, not V S
-    pytest.param(5, 4, 1, 8, marks=pytest.mark.slow)])
+    (6, 2, 2, 1),   # L divides S, not V S
+    (5, 4, 1, 8)])
 def test_uneven_layer_counts_equal_sequential_layers(inputs, n_layers, stages, repeats,
                                                       micro_batches):
   weights, x, aux = inputs
