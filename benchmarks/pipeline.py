@@ -3,7 +3,8 @@
     python -m benchmarks.pipeline            # 8 fake CPU devices: stage=4 x fsdp=2
 
 1. Per device: the compiled train step's memory (XLA memory analysis: arguments, temporaries),
-   the bubble of the schedule, and the measured step time, for GPipe and interleaved at the same
+   the bubble of the schedule, the padded share of its layer slots (0 when the layers divide
+   the stages x repeats), and the measured step time, for GPipe and interleaved at the same
    model, batch and micro-batch count.
 2. Per-stage balance: on one device, the time of one transformer layer (forward + backward) vs
    the embedding + final norm + head + loss, from loss-and-gradient steps of models with 8 and
@@ -56,6 +57,7 @@ def schedule_row(repeats):
     memory = fns.loss_and_grads.jitted.lower(state, batch).compile().memory_analysis()
   return {"args": memory.argument_size_in_bytes, "temp": memory.temp_size_in_bytes,
           "bubble": Schedule(4, repeats, MICRO).bubble,
+          "waste": Schedule(4, repeats, MICRO, MODEL.n_layers).waste,
           "step_s": timed(fns.loss_and_grads, state, batch)}
 
 
@@ -70,11 +72,13 @@ def main():
   print(f"model d={MODEL.d_model} L={MODEL.n_layers} F={MODEL.ffn_dim} V={MODEL.vocab_size}, "
         f"batch {BATCH}x{SEQ}, {MICRO} micro-batches, mesh stage=4 x fsdp=2, "
         f"loss-and-gradients step")
-  print("| schedule | bubble (idle/busy) | arguments MiB/dev | temporaries MiB/dev | step s |")
-  print("|---|---|---|---|---|")
+  print("| schedule | bubble (idle/busy) | padded slots | arguments MiB/dev | temporaries MiB/dev "
+        "| step s |")
+  print("|---|---|---|---|---|---|")
   for name, repeats in (("GPipe (V=1)", 1), ("interleaved (V=2)", 2)):
     r = schedule_row(repeats)
-    print(f"| {name} | {r['bubble']:.3f} | {mib(r['args'])} | {mib(r['temp'])} | "
+    print(f"| {name} | {r['bubble']:.3f} | {r['waste']:.3f} | {mib(r['args'])} | "
+          f"{mib(r['temp'])} | "
           f"{r['step_s']:.3f} |")
   t8, t4 = one_device_step_s(8), one_device_step_s(4)
   layer = (t8 - t4) / 4

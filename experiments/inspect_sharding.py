@@ -36,18 +36,19 @@ def main(argv=None):
   mesh_config = MeshConfig(**{a: given.get(a, 1) for a in AXES})
   n_devices = args.devices or math.prod(s for s in given.values() if s > 0)
   model_config = SIZES[args.size]
-  # The pre-training launcher's own check (a table of a layout it refuses would mislead), all
-  # but the uneven pipeline, which is planned here ahead of the launcher (issue 15).
-  stage = mesh_config.sizes(n_devices)["stage"]
+  # The pre-training launcher's own check (a table of a layout it refuses would mislead).
   try:
-    sizes = validate(mesh_config, model_config.replace(
-        n_layers=-(-model_config.n_layers // stage) * stage), n_devices=n_devices)
+    sizes = validate(mesh_config, model_config, n_devices=n_devices)
   except ValueError as error:
     raise UserError(f"python -m experiments.pretrain would refuse this layout: {error}",
                     "change --mesh (or --size)") from None
-  if model_config.n_layers % stage:
-    print(f"note: {model_config.n_layers} layers over stage={stage} is uneven (the launcher "
-          "refuses it for now); bytes below are for the stage with the most layers.")
+  if model_config.n_layers % sizes["stage"]:
+    split = model_config.d_model % (sizes["fsdp"] * sizes["stage"]) == 0
+    print(f"note: {model_config.n_layers} layers over stage={sizes['stage']} is uneven: the "
+          "layer stack is " + ("split over stage along d_model" if split else
+                               "replicated over stage (d_model does not divide fsdp x stage)")
+          + " (llama3_jax/sharding/rules.py); each step gathers every stage's layers "
+          "(llama3_jax/parallel/pipeline.py).")
   sharding = ShardingConfig(args.fsdp_mode, args.sequence_parallel)
   rules = make_rules(model_config, sizes, sharding)
   _, state, _ = abstract_train_state(model_config, optax.adamw(1e-4))

@@ -2,8 +2,10 @@
 
 python -m experiments.pretrain --config experiments/configs/llama3_405b.py --workdir /ckpt/405b
 
-The mesh is the report's tensor 8 x stage 16 x fsdp 128; it needs pipeline parallelism, which
-the train step refuses until it lands. Plan the layout today with
+The mesh is the report's tensor 8 x stage 16 x fsdp 128. Its 126 layers pipeline over the 16
+stages as the report's 7 + 14 x 8 + 7 (the first and the last stage carry the embedding and the
+head; llama3_jax/parallel/pipeline.py pads those two stages with an identity slot each, 2 of 128
+slots). See where every parameter lives with
 `python -m experiments.inspect_sharding --size llama3-405b --mesh tensor=8,stage=16,fsdp=128`.
 """
 

@@ -2,11 +2,25 @@
 
     out_mbtd = pipeline(layer_fn, weights, x_mbtd, aux, stages=4, repeats=2)
 
-`weights` are stacked layer parameters ([L, ...] in natural layer order). They are viewed as
-[repeats V, stages S, layers per stage, ...]: stage s holds layer chunks s, S + s, 2S + s, ...
-(V chunks, round-robin, Megatron's interleaved assignment; V = 1 is GPipe). `x_mbtd` holds M
-micro-batches of activations; `aux` per-micro-batch side inputs ([M, ...] leaves: RoPE angles,
-segment ids...).
+`weights` are stacked layer parameters ([L, ...] in natural layer order). They are laid out as
+[repeats V, stages S, slots per chunk Lmax, ...]: V S layer chunks, chunk c = r S + s on stage s
+(stage s holds chunks s, S + s, 2S + s, ...: round-robin, Megatron's interleaved assignment;
+V = 1 is GPipe). `x_mbtd` holds M micro-batches of activations; `aux` per-micro-batch side
+inputs ([M, ...] leaves: RoPE angles, segment ids...).
+
+Any L >= V S works (`layout`): every chunk holds Lmax = ceil(L / (V S)) or Lmax - 1 layers, in
+natural order chunk after chunk. The V S Lmax - L chunks one layer short go to the stages from
+both ends in turn (first, last, second, second to last, ..., round after round), on the first
+half of that order a stage's earliest chunk, on the second its latest. So the first and the last
+stage, which carry the embedding and the head in Llama 3, are the first to hold a layer fewer
+(126 layers on 16 stages: 7 + 14 x 8 + 7, report §3.3.2), and per-stage totals differ by at most
+one whatever L. A short chunk's last slot is padded: zero weights gathered inside the step (the
+[L, ...] stack, its gradients and checkpoints never see the padding; an even layout is a plain
+reshape) and a mask that passes x through unchanged. A padded slot costs one layer's time on its
+stage (the stages run in lockstep, so the stage would only wait; under the vmap over stages a
+`lax.cond` on it would become a select running both branches anyway) and one layer of zero
+weights; its weight gradient is exactly zero and is dropped. `Schedule.waste` is the padded
+share of the slots.
 
 The schedule runs in SPMD: every iteration each stage applies its current layer chunk to the
 micro-batch it holds (a `vmap` over stages with `spmd_axis_name`, so XLA gives each stage's
@@ -26,7 +40,10 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec
+
+from llama3_jax.errors import UserError
 
 
 def _on_stages(x, stage_axis):
@@ -37,11 +54,38 @@ def _on_stages(x, stage_axis):
   return jax.lax.with_sharding_constraint(x, spec)
 
 
+def layout(n_layers: int, stages: int, repeats: int = 1) -> np.ndarray:
+  """[V, S, Lmax] int: the layer in each slot of each chunk (chunk r S + s on stage s), or -1
+  for a padded (identity) slot. See the module docstring for the rule."""
+  chunks = stages * repeats
+  if n_layers < chunks:
+    raise UserError(f"n_layers={n_layers} cannot fill stage={stages} x pipeline_repeats="
+                    f"{repeats} = {chunks} layer chunks (every chunk needs a layer)",
+                    f"choose stage x pipeline_repeats of at most {n_layers}")
+  slots = -(-n_layers // chunks)
+  short = chunks * slots - n_layers
+  # Stages from both ends in turn: 0, S-1, 1, S-2, ...; round after round for more than S.
+  order = list(dict.fromkeys(s for pair in zip(range(stages), range(stages - 1, -1, -1))
+                             for s in pair))
+  short_chunks = set()
+  for k in range(short):
+    i, round_ = k % stages, k // stages
+    repeat = round_ if i % 2 == 0 else repeats - 1 - round_   # nearest the embedding / head
+    short_chunks.add(repeat * stages + order[i])
+  table, layer = np.full((chunks, slots), -1), 0
+  for c in range(chunks):
+    n = slots - (c in short_chunks)
+    table[c, :n] = np.arange(layer, layer + n)
+    layer += n
+  return table.reshape(repeats, stages, slots)
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
   stages: int
   repeats: int         # V: layer chunks per stage (1 = GPipe)
   micro_batches: int   # M
+  n_layers: int | None = None   # L, for `waste`
 
   @property
   def padded(self) -> int:
@@ -57,17 +101,24 @@ class Schedule:
     busy = self.repeats * self.micro_batches
     return (self.iterations - busy) / busy
 
+  @property
+  def layers_per_stage(self) -> list[int]:
+    return (layout(self.n_layers, self.stages, self.repeats) >= 0).sum(axis=(0, 2)).tolist()
+
+  @property
+  def waste(self) -> float:
+    """Padded (identity) layer slots / all slots, when L does not fill them evenly."""
+    slots = layout(self.n_layers, self.stages, self.repeats).size
+    return (slots - self.n_layers) / slots
+
 
 def validate(n_layers: int, stages: int, repeats: int, micro_batches: int,
              batch_rows: int) -> Schedule:
-  if n_layers % (stages * repeats):
-    raise ValueError(f"n_layers={n_layers} cannot be cut into stage={stages} x "
-                     f"repeats={repeats} equal chunks; choose repeats (pipeline virtual stages) "
-                     f"and stage so that their product divides {n_layers}")
+  layout(n_layers, stages, repeats)   # a UserError when there are more chunks than layers
   if micro_batches < 1 or batch_rows % micro_batches:
     raise ValueError(f"the batch of {batch_rows} rows cannot be cut into micro_batches="
                      f"{micro_batches}; choose a divisor of {batch_rows}")
-  return Schedule(stages, repeats, micro_batches)
+  return Schedule(stages, repeats, micro_batches, n_layers)
 
 
 def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
@@ -82,27 +133,36 @@ def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
   n_layers = jax.tree.leaves(weights)[0].shape[0]
   schedule = validate(n_layers, stages, repeats, M, M)
   S, V, P = stages, repeats, schedule.padded
-  per_stage = n_layers // (S * V)
-  # [L, ...] -> [S, V, layers per stage, ...]: layer (r * S + s) * per_stage + i.
-  chunks = jax.tree.map(
-      lambda w: w.reshape(V, S, per_stage, *w.shape[1:]).swapaxes(0, 1), weights)
-  chunks = jax.tree.map(lambda w: _on_stages(w, stage_axis), chunks)
+  table_vsl = layout(n_layers, S, V)
+  if (table_vsl >= 0).all():   # even: [L, ...] -> [V, S, L / (V S), ...] is a reshape
+    real_svl = None
+    chunks = jax.tree.map(lambda w: w.reshape(*table_vsl.shape, *w.shape[1:]), weights)
+  else:   # padded slots index past the stack, and the gather fills them with zeros
+    real_svl = jnp.asarray(table_vsl >= 0).swapaxes(0, 1)
+    index = np.where(table_vsl >= 0, table_vsl, n_layers)
+    chunks = jax.tree.map(lambda w: jnp.take(w, index, axis=0, mode="fill", fill_value=0),
+                          weights)
+  # [V, S, Lmax, ...] -> [S, V, Lmax, ...]: each stage's chunks on its devices.
+  chunks = jax.tree.map(lambda w: _on_stages(w.swapaxes(0, 1), stage_axis), chunks)
   if P > M:   # fewer micro-batches than stages: pad with idle ones
     pad = lambda a: jnp.concatenate([a, jnp.zeros((P - M,) + a.shape[1:], a.dtype)])
     x_mbtd, aux = pad(x_mbtd), jax.tree.map(pad, aux)
 
-  def stage_compute(stage_chunks, x, repeat, micro_batch):
+  def stage_compute(stage_chunks, real_vl, x, repeat, micro_batch):
     layers = jax.tree.map(lambda w: w[repeat], stage_chunks)
     aux_one = jax.tree.map(lambda a: a[micro_batch], aux)
 
-    def one_layer(x, layer_weights):
-      return layer_fn(layer_weights, x, aux_one), None
+    def one_layer(x, slot):
+      layer_weights, real = slot
+      y = layer_fn(layer_weights, x, aux_one)
+      return (y if real is None else jnp.where(real, y, x)), None
 
-    return jax.lax.scan(one_layer, x, layers)[0]
+    real_l = None if real_vl is None else real_vl[repeat]
+    return jax.lax.scan(one_layer, x, (layers, real_l))[0]
 
   if remat:
     stage_compute = jax.checkpoint(stage_compute)
-  all_stages = jax.vmap(stage_compute, in_axes=(0, 0, 0, 0), spmd_axis_name=stage_axis)
+  all_stages = jax.vmap(stage_compute, in_axes=(0, 0, 0, 0, 0), spmd_axis_name=stage_axis)
   stage_ids = jnp.arange(S)
 
   def iteration(carry, t):
@@ -110,7 +170,7 @@ def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
     item_s = t - stage_ids                               # the work item of each stage
     valid_s = (item_s >= 0) & (item_s < V * P)
     item_s = jnp.clip(item_s, 0, V * P - 1)
-    out_s = all_stages(chunks, state_s, item_s // P, item_s % P)
+    out_s = all_stages(chunks, real_svl, state_s, item_s // P, item_s % P)
     # The last stage's output goes back to its micro-batch's slot (the final result after the
     # last trip); stage 0 then takes the next item's input from the buffer.
     last = item_s[S - 1]

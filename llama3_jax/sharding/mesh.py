@@ -108,8 +108,9 @@ def abstract_mesh(sizes: dict[str, int]) -> jax.sharding.AbstractMesh:
 
 
 def validate(config: MeshConfig, model, *, n_devices: int, global_batch: int | None = None,
-             seq_len: int | None = None) -> dict[str, int]:
-  """Checks that `model` (a ModelConfig) and the batch split evenly over the mesh.
+             seq_len: int | None = None, rows_over_stage: bool = True) -> dict[str, int]:
+  """Checks that `model` (a ModelConfig) and the batch split evenly over the mesh (the rows over
+  `stage` too unless `rows_over_stage` is off: ShardingConfig.rows_over_stage).
 
   Raises one ValueError listing every problem, each with the axis, the numbers and a fix;
   returns the filled-in axis sizes.
@@ -136,13 +137,16 @@ def validate(config: MeshConfig, model, *, n_devices: int, global_batch: int | N
                     "splits every weight along d_model); choose fsdp among "
                     f"{_divisors(model.d_model, limit=n_devices)}, or a d_model that is a "
                     f"multiple of {sizes['fsdp']}")
-  if model.n_layers % sizes["stage"]:
-    problems.append(f"n_layers={model.n_layers} is not divisible by stage={sizes['stage']}; "
-                    f"choose stage among {_divisors(model.n_layers, limit=n_devices)}")
+  # Any layer count pipelines (llama3_jax/parallel/pipeline.py pads the stages' chunks), but
+  # every stage needs a layer.
+  if model.n_layers < sizes["stage"]:
+    problems.append(f"n_layers={model.n_layers} cannot fill stage={sizes['stage']} (every "
+                    f"stage needs a layer); choose stage of at most {model.n_layers}")
   # Rows split over data x fsdp, and over stage too outside the pipelined blocks.
-  batch_shards = sizes["data"] * sizes["fsdp"] * sizes["stage"]
+  over = ("data", "fsdp", "stage") if rows_over_stage else ("data", "fsdp")
+  batch_shards = math.prod(sizes[axis] for axis in over)
   if global_batch is not None and global_batch % batch_shards:
-    problems.append(f"global batch {global_batch} is not divisible by data*fsdp*stage="
+    problems.append(f"global batch {global_batch} is not divisible by {'*'.join(over)}="
                     f"{batch_shards}; use a batch that is a multiple of {batch_shards}")
   if seq_len is not None and context_chunk_problem(seq_len, sizes["context"]):
     problems.append(context_chunk_problem(seq_len, sizes["context"]))

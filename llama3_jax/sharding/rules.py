@@ -79,12 +79,18 @@ class ShardingConfig:
     the vocabulary has entries (small models, short batches), the worse one at scale. "auto"
     (the launcher's default) picks by that comparison: `resolve` turns it into True or False
     for a run's largest batch, before `make_rules`.
+  rows_over_stage: with a `stage` axis, split the rows over it too outside the pipelined blocks
+    (embedding, head, loss: every device works on its own rows). It needs every batch's rows
+    to divide data x fsdp x stage; `make_plan` turns it off for a run where one does not (the
+    405B ramp's first 1,024 rows on 2,048 data x fsdp x stage groups): those parts are then
+    replicated over `stage`, each stage computing them for its data x fsdp rows.
   """
   fsdp_mode: str = "zero3"
   sequence_parallel: bool = False
   context_schedule: str = "all_gather"
   pipeline_repeats: int = 1
   vocab_over_fsdp: bool | str = False   # True, False or "auto" (see `resolve`)
+  rows_over_stage: bool = True
 
   def __post_init__(self):
     if self.fsdp_mode not in ("zero3", "llama3"):
@@ -128,12 +134,23 @@ def make_rules(model, sizes: dict[str, int], config: ShardingConfig = ShardingCo
   overrides = {}
   if replicate_kv:   # e.g. 8 KV heads on tensor=16: every tensor rank keeps whole KV heads
     overrides.update(kv_heads=None, act_kv_heads=None)
+  if not config.rows_over_stage:
+    overrides["act_batch"] = ("data", "fsdp")
   if config.sequence_parallel:
     overrides["act_res_seq"] = ("context", "tensor")
     if replicate_kv:
       warnings.warn("sequence_parallel with tensor > n_kv_heads: XLA's partitioner falls back to "
                     "replicating attention tensors in backward (correct, but slower); prefer "
                     "tensor <= n_kv_heads with sequence parallelism", stacklevel=2)
+  stage, fsdp = sizes.get("stage", 1), sizes.get("fsdp", 1)
+  if model.n_layers % stage:
+    # An uneven pipeline (llama3_jax/parallel/pipeline.py): the [L, ...] stack cannot split by
+    # layer over `stage`, so every weight splits over it along d_model instead (the same bytes
+    # per device; the step gathers each stage's layers), or, where d_model does not divide,
+    # the stack is replicated over `stage`.
+    overrides["layers"] = None
+    if model.d_model % (fsdp * stage) == 0:
+      overrides["embed"] = ("fsdp", "stage")
   rules = tuple((name, overrides.get(name, axes)) for name, axes in
                 PARAM_RULES + ACTIVATION_RULES)
   if config.vocab_over_fsdp:
@@ -141,7 +158,7 @@ def make_rules(model, sizes: dict[str, int], config: ShardingConfig = ShardingCo
     # come first, so `embed` of the vocabulary tables and `act_batch` of the logits find fsdp
     # taken and fall through to the next rule (replicated, and data x stage).
     rules = (("vocab", ("tensor", "fsdp")), ("act_vocab", ("tensor", "fsdp"))) + rules + (
-        ("act_batch", ("data", "stage")),)
+        ("act_batch", ("data", "stage") if config.rows_over_stage else "data"),)
   return rules
 
 

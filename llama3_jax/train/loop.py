@@ -128,10 +128,14 @@ def train(cfg, workdir, *, objective=NEXT_TOKEN, source=None,
       peak, peak_source = metrics_lib.peak_flops(run.mfu.peak_flops, peak_cache)
       stragglers = Stragglers(run.resilience.straggler_factor, workdir, primary)
       constants = {}
-      if s.mesh.shape["stage"] > 1:   # idle / busy stage-iterations of the pipeline schedule
-        constants["pipeline_bubble"] = Schedule(s.mesh.shape["stage"],
-                                                plan.sharding.pipeline_repeats,
-                                                t.micro_batches).bubble
+      if s.mesh.shape["stage"] > 1:
+        pipe = Schedule(s.mesh.shape["stage"], plan.sharding.pipeline_repeats, t.micro_batches,
+                        plan.model.n_layers)
+        # Idle / busy stage-iterations of the schedule; padded (identity) layer slots / all.
+        constants.update(pipeline_bubble=pipe.bubble, pipeline_waste=pipe.waste)
+        log.info("pipeline: %d stages x %d repeats, %d micro-batches, layers per stage %s, "
+                 "bubble %.3f, padded slots %.3f", pipe.stages, pipe.repeats,
+                 pipe.micro_batches, pipe.layers_per_stage, pipe.bubble, pipe.waste)
       logger = metrics_lib.MetricsLogger(
           workdir, steps=plan.steps, start=start, every=run.log.every_steps, tokens=plan.tokens,
           schedule=schedule, model_config=plan.model, peak=peak, constants=constants,

@@ -14,6 +14,7 @@ import logging
 from llama3_jax.errors import UserError
 from llama3_jax.model import ModelConfig
 from llama3_jax.optim.schedules import Stage, tokens_after, validate_stages
+from llama3_jax.parallel import pipeline
 from llama3_jax.posttrain.data import is_conversation_data
 from llama3_jax.sharding import MeshConfig, ShardingConfig, validate
 from llama3_jax.train.config import RunConfig
@@ -59,9 +60,15 @@ def make_plan(run: RunConfig, n_devices: int, n_processes: int = 1,
     if data.streams % n_processes:
       raise ValueError(f"data.streams={data.streams} is not divisible by the {n_processes} "
                        "processes; each process must own whole streams")
+  # Rows over stage too outside the pipeline where every stage's batch allows it.
+  rows_over_stage = run.sharding.rows_over_stage and all(
+      stage.batch_size % (sizes["data"] * sizes["fsdp"] * sizes["stage"]) == 0
+      for stage in stages)
   for stage in stages:
     validate(run.mesh, model, n_devices=n_devices, global_batch=stage.batch_size,
-             seq_len=stage.seq_len)
+             seq_len=stage.seq_len, rows_over_stage=rows_over_stage)
+  if sizes["stage"] > 1:   # any layer count, but every layer chunk of the pipeline needs a layer
+    pipeline.layout(model.n_layers, sizes["stage"], run.sharding.pipeline_repeats)
   if run.eval.every_steps and run.eval.every_steps % run.log.every_steps:
     raise ValueError(f"eval.every_steps={run.eval.every_steps} is not a multiple of "
                      f"log.every_steps={run.log.every_steps}; the results go into a metrics "
@@ -75,7 +82,9 @@ def make_plan(run: RunConfig, n_devices: int, n_processes: int = 1,
                      f"{train.steps}; make it at least as long")
   tokens = tokens_after(list(stages), horizon)
   warmup, anneal = warmup_and_anneal(train, tokens[-1], horizon)
-  sharding = run.sharding.resolve(model.vocab_size, max(s.batch_tokens for s in stages), sizes)
+  sharding = dataclasses.replace(
+      run.sharding.resolve(model.vocab_size, max(s.batch_tokens for s in stages), sizes),
+      rows_over_stage=rows_over_stage)
   split = sizes["tensor"] * sizes["fsdp"]
   if sharding.vocab_over_fsdp and model.vocab_size % split:
     raise UserError(f"sharding.vocab_over_fsdp splits the vocabulary over tensor*fsdp={split}, "

@@ -1,4 +1,5 @@
-"""Pipeline parallelism: the schedules equal running the layers in sequence; the bubble formula.
+"""Pipeline parallelism: the schedules equal running the layers in sequence, with any layer count
+(padded layouts); the bubble and waste formulas; the layout rule.
 
 A toy residual layer (x + tanh(x A + b) * scale[m], the scale a per-micro-batch side input)
 keeps these checks fast; tests/parallel/test_pipeline_model.py runs the Llama 3 model.
@@ -9,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from llama3_jax.parallel.pipeline import Schedule, pipeline, validate
+from llama3_jax.errors import UserError
+from llama3_jax.parallel.pipeline import Schedule, layout, pipeline, validate
 from llama3_jax.sharding import MeshConfig, make_mesh
 
 L, D, ROWS, T = 8, 6, 2, 3
@@ -21,7 +23,7 @@ def layer(w, x, aux):
 
 def sequential(weights, x_mbtd, aux):
   def one(x, a):
-    for i in range(L):
+    for i in range(jax.tree.leaves(weights)[0].shape[0]):
       x = layer(jax.tree.map(lambda w: w[i], weights), x, a)
     return x
   return jax.vmap(one)(x_mbtd, aux)
@@ -82,8 +84,49 @@ def test_stage_outputs_move_by_collective_permute(inputs):
   assert "collective-permute" in hlo
 
 
-def test_layouts_that_do_not_divide_are_clear_errors():
-  with pytest.raises(ValueError, match=r"n_layers=6 cannot be cut into stage=4 x repeats=1"):
-    validate(6, 4, 1, 4, 8)
+@pytest.mark.parametrize("n_layers, stages, repeats, micro_batches", [
+    (3, 2, 1, 2), (5, 2, 2, 3), (7, 4, 1, 4),
+    (6, 2, 2, 1),   # L divides S, not V S
+    (5, 4, 1, 8)])
+def test_uneven_layer_counts_equal_sequential_layers(inputs, n_layers, stages, repeats,
+                                                      micro_batches):
+  weights, x, aux = inputs
+  weights = jax.tree.map(lambda w: w[:n_layers], weights)
+  x, aux = x[:micro_batches], jax.tree.map(lambda a: a[:micro_batches], aux)
+  loss = lambda out: (out ** 2 * jnp.arange(1, D + 1)).sum()
+  run = lambda w, x: loss(pipeline(layer, w, x, aux, stages=stages, repeats=repeats))
+  with jax.set_mesh(make_mesh(MeshConfig(stage=stages, fsdp=-1))):
+    got, grads = jax.jit(jax.value_and_grad(run, argnums=(0, 1)))(weights, x)
+  want, want_grads = jax.value_and_grad(lambda w, x: loss(sequential(w, x, aux)),
+                                        argnums=(0, 1))(weights, x)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # Gradients of the natural [L, ...] stack: the padded slots add nothing to any layer.
+  for got, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+def test_layout_rule():
+  per_stage = lambda t: (t >= 0).sum(axis=(0, 2)).tolist()
+  # Llama 3 405B: the first and the last stage one layer fewer (embedding, head).
+  assert per_stage(layout(126, 16)) == [7] + [8] * 14 + [7]
+  assert Schedule(16, 1, 16, 126).waste == pytest.approx(2 / 128)
+  assert per_stage(layout(3, 2)) == [1, 2] and per_stage(layout(7, 4)) == [1, 2, 2, 2]
+  # Interleaved: stage 0's first chunk and stage S-1's last are short first, then inward.
+  np.testing.assert_array_equal(layout(5, 2, 2), [[[0, -1], [1, 2]], [[3, -1], [4, -1]]])
+  assert per_stage(layout(10, 4, 2)) == [2, 3, 3, 2]
+  np.testing.assert_array_equal(layout(8, 2, 2).ravel(), np.arange(8))   # even: no padding
+  assert Schedule(2, 2, 4, 8).waste == 0
+  for n_layers in range(4, 40):   # near-equal always; every layer once, in natural order
+    for stages, repeats in ((4, 1), (2, 2), (3, 1), (4, 2)):
+      if n_layers >= stages * repeats:
+        t = layout(n_layers, stages, repeats)
+        assert max(per_stage(t)) - min(per_stage(t)) <= 1
+        np.testing.assert_array_equal(t.ravel()[t.ravel() >= 0], np.arange(n_layers))
+
+
+def test_layouts_that_cannot_work_are_clear_errors():
+  with pytest.raises(UserError, match=r"n_layers=3 cannot fill stage=2 x pipeline_repeats=2"):
+    validate(3, 2, 2, 4, 8)
   with pytest.raises(ValueError, match=r"12 rows cannot be cut into micro_batches=5"):
     validate(8, 2, 2, 5, 12)

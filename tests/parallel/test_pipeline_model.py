@@ -1,6 +1,7 @@
 """The Llama 3 model pipelined over `stage` equals it without a pipeline: loss, gradients and
 parameters after 3 AdamW steps, alone and composed with data, fsdp, tensor and context, and
-the full 4D mesh (fsdp 2 x tensor 2 x context 2 x stage 2) on 16 devices in a subprocess.
+the full 4D mesh (fsdp 2 x tensor 2 x context 2 x stage 2) on 16 devices in a subprocess; layer
+counts that do not divide the stages (padded layouts, llama3_jax/parallel/pipeline.py).
 
 Same tolerance and optimizer settings as the other equivalence tests (tests/helpers.py: fp32,
 1e-5 relative; Adam eps 1e-3 so reduction-order noise is not amplified into the parameters).
@@ -14,23 +15,27 @@ import sys
 
 import jax
 import pytest
+from jax.sharding import PartitionSpec
 
+from llama3_jax.errors import UserError
 from llama3_jax.model import ModelConfig
-from llama3_jax.sharding import MeshConfig, ShardingConfig
+from llama3_jax.sharding import MeshConfig, ShardingConfig, logical_to_spec, make_rules
 from tests.helpers import assert_same_training, train_steps
 
 MODEL = ModelConfig(vocab_size=96, d_model=40, n_layers=4, n_heads=4, n_kv_heads=2,
                     head_dim=6, ffn_dim=72, init_std=0.2)
 
 
-def run(mesh_config, sharding=ShardingConfig(), micro_batches=1, devices=None, steps=3):
-  return train_steps(MODEL, mesh_config, sharding, micro_batches=micro_batches, devices=devices,
+def run(mesh_config, sharding=ShardingConfig(), micro_batches=1, devices=None, steps=3,
+        model=MODEL):
+  return train_steps(model, mesh_config, sharding, micro_batches=micro_batches, devices=devices,
                      steps=steps, B=24)
 
 
 @functools.cache
-def single_device():
-  return run(MeshConfig(fsdp=1), devices=jax.devices()[:1])
+def single_device(n_layers=MODEL.n_layers):
+  return run(MeshConfig(fsdp=1), devices=jax.devices()[:1],
+             model=MODEL.replace(n_layers=n_layers))
 
 
 @pytest.mark.parametrize("mesh, repeats, micro_batches", [
@@ -52,8 +57,35 @@ def test_pipeline_equals_one_device(mesh, repeats, micro_batches):
                        single_device())
 
 
+@pytest.mark.parametrize("n_layers, mesh, sharding, micro_batches", [
+    (3, MeshConfig(stage=2, fsdp=4), ShardingConfig(), 2),   # 1 + 2 layers
+    (5, MeshConfig(stage=2, fsdp=2, tensor=2), ShardingConfig(pipeline_repeats=2), 3),
+    (7, MeshConfig(stage=4, data=2), ShardingConfig(), 4),   # 1 + 2 + 2 + 2
+    # The embedding and head replicated over stage (rows too few to split over it).
+    (3, MeshConfig(stage=2, fsdp=4), ShardingConfig(rows_over_stage=False), 1),
+], ids=["gpipe_l3_s2_fsdp4", "interleaved_l5_s2x2_fsdp2_tensor2", "gpipe_l7_s4_data2",
+        "gpipe_l3_s2_rows_not_over_stage"])
+@pytest.mark.slow
+def test_uneven_pipeline_equals_one_device(n_layers, mesh, sharding, micro_batches):
+  model = MODEL.replace(n_layers=n_layers)
+  got = run(mesh, sharding, micro_batches, model=model)
+  assert_same_training(got, single_device(n_layers))
+  # Gradients and parameters hold the natural [L, ...] stack, never the padded slots.
+  for tree in (got.grads, got.params):
+    assert {a.shape[0] for a in jax.tree.leaves(tree["blocks"])} == {n_layers}
+
+
+def test_an_uneven_stack_splits_over_stage_along_d_model():
+  sizes = {"fsdp": 4, "stage": 2}
+  spec = lambda model: logical_to_spec(("layers", "embed", "mlp"), make_rules(model, sizes))
+  assert spec(MODEL) == PartitionSpec("stage", "fsdp", "tensor")         # 4 layers: by layer
+  assert spec(MODEL.replace(n_layers=3)) == PartitionSpec(None, ("fsdp", "stage"), "tensor")
+  # d_model 36 does not split 8 ways: the stack is replicated over stage instead.
+  assert spec(MODEL.replace(n_layers=3, d_model=36)) == PartitionSpec(None, "fsdp", "tensor")
+
+
 def test_bad_pipeline_layouts_are_clear_errors():
-  with pytest.raises(ValueError, match="n_layers=4 cannot be cut into stage=4 x repeats=2"):
+  with pytest.raises(UserError, match="n_layers=4 cannot fill stage=4 x pipeline_repeats=2"):
     run(MeshConfig(stage=4, fsdp=2), ShardingConfig(pipeline_repeats=2), 4, steps=0)
 
 

@@ -76,7 +76,7 @@ def test_hybrid_axis_must_split_over_nodes():
      "n_kv_heads=6 is not divisible by tensor=4"),
     (MeshConfig(fsdp=1, tensor=8), dict(n_heads=24, n_kv_heads=3, vocab_size=96, ffn_dim=80),
      8, 64, "tensor=8 is not a multiple of n_kv_heads=3"),
-    (MeshConfig(fsdp=4, stage=2), dict(n_layers=3), 8, 64, "n_layers=3 is not divisible by"),
+    (MeshConfig(fsdp=2, stage=4), dict(n_layers=3), 8, 64, "n_layers=3 cannot fill stage=4"),
     (MeshConfig(data=2, fsdp=4), {}, 12, 64, "global batch 12 is not divisible by data\\*fsdp\\*stage=8"),
     (MeshConfig(fsdp=2, context=4), {}, 8, 36,
      "sequence length 36 is not divisible by 2\\*context=8"),

@@ -1,4 +1,5 @@
-"""The pre-training launcher: exact resume, resume on another mesh, SIGTERM, averaging, errors.
+"""The pre-training launcher: exact resume, resume on another mesh or pipeline layout, SIGTERM,
+averaging, errors.
 
 In-process runs use the 8 fake devices of conftest.py; the signal and command-line tests start
 `python -m experiments.pretrain` as a user would.
@@ -91,6 +92,28 @@ def test_resume_on_another_mesh(straight_run, tmp_path):
   train(tiny_config(steps=6, fsdp=2, tensor=4), tmp_path)
   for (step, loss, norm), (_, ref_loss, ref_norm) in zip(losses(tmp_path), losses(workdir)):
     np.testing.assert_allclose([loss, norm], [ref_loss, ref_norm], rtol=1e-5, err_msg=step)
+
+
+@pytest.mark.slow
+def test_resume_across_pipeline_layouts(tmp_path):
+  """3 layers: on stage 2 they pipeline as 1 + 2 (a padded slot), on stage 1 they do not. Half a
+  run on one, resumed on the other, equals the whole run on stage 1: checkpoints hold the
+  natural layer stack whatever the layout."""
+  def config(steps, stage):
+    c = tiny_config(steps=steps, stages=((None, 8 * 16, 16),), stage=stage)
+    c.model.n_layers = 3
+    c.train.schedule_steps = 4
+    return c
+
+  train(config(4, 1), tmp_path / "straight")
+  for first, then in ((2, 1), (1, 2)):
+    workdir = tmp_path / f"stage{first}_then_stage{then}"
+    train(config(2, first), workdir)
+    assert train(config(4, then), workdir)["steps"] == 4
+    for (step, loss, norm), (_, ref_loss, ref_norm) in zip(losses(workdir),
+                                                           losses(tmp_path / "straight"),
+                                                           strict=True):
+      np.testing.assert_allclose([loss, norm], [ref_loss, ref_norm], rtol=1e-5, err_msg=step)
 
 
 @pytest.mark.slow
