@@ -161,24 +161,28 @@ def arithmetic_questions(n: int = 400, seed: int = 2000) -> list[tuple[str, str,
 
 def arithmetic_task(n: int = 400, seed: int = 2000, choices: int = 4) -> list[Example]:
   """The arithmetic questions ("What is 512 + 89?\nAnswer:") with the true answer among the
-  answers of `choices - 1` other questions of the task with the same operation.
+  answers to `choices - 1` other questions of the task (as the cloze task hides a document's
+  continuation among other documents').
 
-  Why these distractors: a distractor is drawn as a gold is (the answer to a random question
-  of the same kind), so a scorer that ignores the question (one that prefers short numbers,
-  or the digit 1) scores chance in expectation, and any use of the operands beats it, from the
-  answer's size and leading digit to the exact sum. The task's first version took near misses
-  of the answer (off by 1, by 10, two digits swapped): only exact arithmetic told them apart,
-  and the gold sat in the middle of its distractors, so a question-blind model with a digit
-  preference fell below chance (the default model: 0.155 +/- 0.035, picking the near miss with
-  the smaller digit: 154 of 400 times the one off by 1). README "Evaluation" has the figures."""
+  Why these distractors: a distractor is drawn as a gold is (the answer to a random question),
+  so a scorer that ignores the question (one that prefers short numbers, or the digit 1)
+  scores chance in expectation, and any use of the question beats it, from the operation and
+  the operands' size to the exact sum. The task's first version took near misses of the
+  answer (off by 1, by 10, two digits swapped): only exact arithmetic told them apart, and the
+  gold sat in the middle of its distractors, so a question-blind model with a digit preference
+  fell below chance: the default model scored 0.155 +/- 0.035, picking the near miss off by 1
+  154 times in 400 and the gold 62. On this version it scores chance (0.245 +/- 0.042) because
+  it is question-blind: its distributions of the answer's first digit differ by at most 0.006
+  (total variation) between questions, and it scores the same with the question removed
+  (the query "Answer:" alone). A 400-step model reads the operation (acc_norm 0.355 +/-
+  0.047; README "Evaluation")."""
   questions = arithmetic_questions(n, seed)
-  by_op = {op: [i for i, q in enumerate(questions) if q[1] == op] for op in "+-"}
   rng = random.Random(seed + 1)
   examples = []
-  for index, (question, op, value) in enumerate(questions):
+  for index, (question, _, value) in enumerate(questions):
     others = set()
     while len(others) < choices - 1:
-      other = questions[rng.choice(by_op[op])][2]
+      other = questions[rng.randrange(n)][2]
       if other != value:
         others.add(other)
     options = [str(value)] + [str(v) for v in sorted(others)]
