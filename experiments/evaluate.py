@@ -1,22 +1,26 @@
-"""Evaluate a model on multiple-choice tasks: accuracy with 95% intervals, per-answer scores.
+"""Evaluate a model on multiple-choice and generative tasks: scores with 95% intervals.
 
 python -m experiments.evaluate                          # workdirs/pretrain on the shipped tasks
 python -m experiments.evaluate --checkpoint workdirs/sft --tasks arith,arc_easy.jsonl --shots 5
 python -m experiments.evaluate --tasks arith --robustness     # labels, order, bias, prompts
+python -m experiments.evaluate --tasks arith_gen,gsm8k_test.jsonl --shots 8 --max_new_tokens 256
 python -m experiments.evaluate --tasks "" --needle 256,512,1024 --checkpoint workdirs/long
 python -m experiments.evaluate --tasks arith --contamination ~/.cache/llama3_jax/corpus-v2-vocab512
 python -m experiments.evaluate --hf /models/Llama-3.2-1B --tasks mmlu_test.parquet \
     --out results.json --log-samples samples.jsonl
 
 Tasks: `heldout` (loss and bits per byte per source on the embedded corpus' held-out split, or
-name a prepared data directory), shipped ones by name (arith) or files (JSONL of {"query",
-"choices", "gold"}, or ARC, MMLU, HellaSwag records as JSON, JSONL or Parquet;
-llama3_jax/eval/tasks.py). Scoring follows
-lm-evaluation-harness's definitions (llama3_jax/eval/multiple_choice.py) and does not depend on
-the batch size. Prints a table; `--out` maps each task (a file's stem) to acc, acc_norm, acc_ci,
-acc_norm_ci, gold_nll_per_char and n; `--log-samples` writes one line per example (task, index,
-gold, loglikelihoods). Exit codes: 0 done, 2 bad input (one line naming the file and line);
-nothing is half-written.
+name a prepared data directory), shipped ones by name (arith, cloze: multiple choice; arith_gen:
+generative) or files: multiple choice (JSONL of {"query", "choices", "gold"}, or ARC, MMLU,
+HellaSwag records as JSON, JSONL or Parquet; llama3_jax/eval/tasks.py) or generative (lines with
+an "answer" and no "choices": {"query" or "question", "answer"}, GSM8K's records;
+llama3_jax/eval/generative.py). Multiple choice follows lm-evaluation-harness's definitions
+(llama3_jax/eval/multiple_choice.py); generative tasks are greedy with stop strings, answer
+extraction and exact match; neither depends on the batch size. Prints a table; `--out` maps
+each task (a file's stem) to acc, acc_norm, acc_ci, acc_norm_ci, gold_nll_per_char and n
+(generative: exact_match, exact_match_ci and n); `--log-samples` writes one line per example
+(task, index, gold, loglikelihoods; generative: generation, extracted). Exit codes: 0 done, 2
+bad input (one line naming the file and line); nothing is half-written.
 """
 
 import json
@@ -47,6 +51,12 @@ _NEEDLE = flags.DEFINE_string("needle", None, "context lengths for needle in a h
                               "256,512 (depths 0, 25, 50, 75, 100%); writes needle.png by --out")
 _OUT = flags.DEFINE_string("out", None, "results JSON (default: WORKDIR/eval_results.json)")
 _SAMPLES = flags.DEFINE_string("log_samples", None, "per-example JSONL")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", None, "generative tasks: the token budget "
+                                "(default: the task's; 256 for files)")
+_STOP = flags.DEFINE_string("stop", None, "generative tasks: stop strings as a JSON list "
+                            "(default: the task's; [\"\\n\\n\", \"Question:\"] for files)")
+_PATTERN = flags.DEFINE_string("answer_pattern", None, "generative tasks: the answer's regex "
+                               "(default: 'The final answer is (.+)', else the last number)")
 
 
 def _atomic_write(path: pathlib.Path, text: str) -> None:
@@ -76,12 +86,19 @@ def main(argv):
   jax.config.update("jax_num_cpu_devices", 8)   # ignored on GPU/TPU
   logging.getLogger("absl").setLevel(logging.WARNING)   # Orbax's progress lines
   from llama3_jax.checkpoint.model import model_and_tokenizer
-  from llama3_jax.eval import multiple_choice, robustness, tasks
+  from llama3_jax.eval import generative, multiple_choice, robustness, tasks
   names = list(filter(None, _TASKS.value.split(",")))
   # Held-out perplexity: "heldout" (the embedded corpus' held-out split) or a prepared data dir.
   heldout = [n for n in names if n == "heldout" or pathlib.Path(n).is_dir()]
-  task_list = [tasks.read_task(name) for name in names if name not in heldout]
-  if not task_list and not heldout and not _NEEDLE.value:
+  is_generative = [n for n in names if n in generative.SHIPPED or generative.is_generative(n)]
+  task_list = [tasks.read_task(name) for name in names
+               if name not in heldout and name not in is_generative]
+  generative_list = []
+  for name in is_generative:
+    task, examples, config = generative.read_task(name)
+    generative_list.append((task, examples, generative.config_from_flags(
+        config, _MAX_NEW.value, _STOP.value, _PATTERN.value)))
+  if not task_list and not generative_list and not heldout and not _NEEDLE.value:
     raise ValueError("--tasks is empty; name a shipped task (arith) or a file")
   lengths = [int(n) for n in filter(None, (_NEEDLE.value or "").split(","))]
   if _CONTAMINATION.value:   # checked before the model is read
@@ -120,6 +137,11 @@ def main(argv):
       scores["contamination"] = _contamination(index, tokenizer, examples,
                                                samples[-len(examples):])
     results[name] = scores
+  for name, examples, config in generative_list:
+    scores = generative.score_generative(model, tokenizer, examples, config, shots=_SHOTS.value,
+                                         seed=_SEED.value, batch_size=_BATCH.value, task=name)
+    samples += scores.pop("samples")
+    results[name] = scores
   if lengths:
     from llama3_jax.eval import needle
     results["needle"] = needle.needle_grid(model, tokenizer, lengths=lengths,
@@ -132,6 +154,11 @@ def main(argv):
       sources = ", ".join(f"{k} {v['loss']:.3f}" for k, v in r["per_source"].items())
       print(f"{name:<20} {r['tokens']:>5} tokens: loss {r['loss']:.4f} nats, "
             f"{r['bits_per_byte']:.4f} bits/byte ({sources})")
+      continue
+    if "exact_match" in r:
+      print(f"{name:<20} {r['n']:>5} {'':>7} exact match {r['exact_match']:.3f} ± "
+            f"{r['exact_match_ci']:.3f} ({r['max_new_tokens']} tokens at most, stop "
+            f"{r['stop']})")
       continue
     print(f"{name:<20} {r['n']:>5} {r['chance']:>7.3f} {r['acc']:>7.3f} ± {r['acc_ci']:.3f} "
           f"{r['acc_norm']:>7.3f} ± {r['acc_norm_ci']:.3f} {r['gold_nll_per_char']:>9.3f}")

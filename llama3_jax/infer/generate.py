@@ -54,7 +54,8 @@ class Sampling:
 class Result:
   prompt: list[int]
   tokens: list[list[int]]          # per sample: the generated ids (the stop token included)
-  finished: list[bool]             # per sample: stopped by a stop token (not by the budget)
+  finished: list[bool]             # per sample: stopped by a stop token or on_tokens (not by
+                                   # the budget)
   logits: list[np.ndarray] | None = None   # per sample [generated, V] fp32, if asked for
 
 
@@ -140,7 +141,8 @@ class Generator:
     prompts or one per prompt. Samples are numbered from `first_sample` (sample j of a seed is
     the same draw however many samples are asked for). `keep_logits`: also return the logits
     each token was chosen from. `on_tokens(row, new_ids)` is called as tokens arrive (row =
-    prompt index * samples + sample index), for streaming."""
+    prompt index * samples + sample index), for streaming; if it returns True the row stops
+    there (finished, like a stop token)."""
     prompts = [list(map(int, p)) for p in prompts]
     sampling = [sampling] * len(prompts) if isinstance(sampling, Sampling) else list(sampling)
     self._check(prompts, sampling, max_new_tokens, samples)
@@ -180,9 +182,9 @@ class Generator:
         out[row].append(token)
         if keep_logits:
           kept[row].append(host_logits_bv[slot])
-        if on_tokens:
-          on_tokens(row, [token])
-        if token in self.stop_ids:
+        # on_tokens may stop the row (True): a stop string seen in its decoded text (eval).
+        stopped = on_tokens(row, [token]) is True if on_tokens else False
+        if token in self.stop_ids or stopped:
           done[row] = True
         elif len(out[row]) < max_new_tokens:
           live.append(slot)

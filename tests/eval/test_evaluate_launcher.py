@@ -60,9 +60,31 @@ def test_results_and_samples(run, tmp_path):
   assert all(0 <= s["contamination"] <= 1 for s in lines)
 
 
+def test_generative_tasks(run, tmp_path):
+  task = tmp_path / "gen.jsonl"
+  task.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)})
+                          + "\n" for i in range(3)))
+  out, samples = tmp_path / "results.json", tmp_path / "samples.jsonl"
+  result = _evaluate(f"--checkpoint={run}", f"--tasks=arith_gen,{task}", "--max_new_tokens=4",
+                     '--stop=["\\n"]', f"--out={out}", f"--log_samples={samples}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  results = json.loads(out.read_text())
+  assert set(results) == {"arith_gen", "gen"} and results["arith_gen"]["n"] == 400
+  for scores in results.values():
+    assert {"exact_match", "exact_match_ci", "n"} <= set(scores)
+    assert 0 <= scores["exact_match"] <= 1 and scores["stop"] == ["\n"]
+  lines = [json.loads(line) for line in samples.read_text().splitlines()]
+  mine = [s for s in lines if s["task"] == "gen"]
+  assert [s["index"] for s in mine] == [0, 1, 2] and [s["gold"] for s in mine] == ["1", "2", "3"]
+  assert all({"generation", "extracted"} <= set(s) and "\n" not in s["generation"]
+             for s in lines)
+  assert "exact match" in result.stdout
+
+
 @pytest.mark.parametrize("line, problem", [
     ('{"query": "q", "choices": ["a"], "gold": 3}', "mine.jsonl:1: gold=3"),
     ('{"query": "q", "gold": 0}', "mine.jsonl:1: missing field 'choices'"),
+    ('{"question": " ", "answer": "3"}', "mine.jsonl:1: the question is empty"),
 ])
 def test_bad_task_file_is_one_line_and_writes_nothing(run, tmp_path, line, problem):
   task = tmp_path / "mine.jsonl"

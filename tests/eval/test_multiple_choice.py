@@ -134,14 +134,20 @@ def test_bad_task_lines_name_the_file_and_line(tmp_path, row, problem):
     tasks.read_file(path)
 
 
-def test_arithmetic_task_has_one_true_answer_among_four_near_misses():
+def test_arithmetic_task_hides_the_answer_among_other_questions_answers():
   examples = tasks.arithmetic_task(100, seed=3)
   assert examples == tasks.arithmetic_task(100, seed=3)   # seeded
+  answers = set()
   for e in examples:
     a, op, b = e.query.split("?")[0].split()[-3:]
     value = int(a) + int(b) if op == "+" else int(a) - int(b)
     assert len(set(e.choices)) == 4 and e.choices[e.gold] == str(value)
-  # near misses: as long as the answer mostly, so length cannot tell them apart
-  same = [len({len(c) for c in e.choices}) == 1 for e in examples]
-  assert np.mean(same) > 0.8
+    answers.add(str(value))
+  assert all(set(e.choices) <= answers for e in examples)   # other questions' answers
+  # drawn as golds are drawn: the gold is not the shortest or the longest more than by chance
+  lengths = [[len(c) for c in e.choices] for e in examples]
+  for pick in (min, max):
+    unique = [ls.count(pick(ls)) == 1 and ls.index(pick(ls)) == e.gold
+              for ls, e in zip(lengths, examples)]
+    assert np.mean(unique) < 0.35
   assert 0.15 < np.mean([e.gold == 0 for e in examples]) < 0.35   # answers shuffled
