@@ -63,3 +63,19 @@ def test_the_kept_response_is_the_best_scored_and_a_seed_reproduces_it(tokenizer
                            Settings(samples=5, temperature=1.0, top_p=0.95, seed=4,
                                     max_new_tokens=6))
   assert other.responses != result.responses
+
+
+def test_a_reward_model_of_another_tokenizer_is_refused(tmp_path, monkeypatch):
+  import types
+  from llama3_jax.checkpoint import model as model_lib
+  from llama3_jax.errors import UserError
+  from llama3_jax.posttrain.rejection import same_tokenizer
+  for name in ("a", "b"):
+    (tmp_path / f"{name}.model").write_text(name)
+  tokenizers = {"policy": tmp_path / "a.model", "rm_same": tmp_path / "a.model",
+                "rm_other": tmp_path / "b.model"}
+  monkeypatch.setattr(model_lib, "run_tokenizer",
+                      lambda path: types.SimpleNamespace(path=str(tokenizers[path])))
+  assert same_tokenizer("policy", "rm_same").path == str(tmp_path / "a.model")
+  with pytest.raises(UserError, match="the reward model rm_other was trained with the tokenizer"):
+    same_tokenizer("policy", "rm_other")
