@@ -16,7 +16,7 @@ from llama3_jax.train.config import default_config
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = default_config()
-  c.mesh.fsdp, c.mesh.tensor = 4, 2
+  c.mesh.fsdp, c.mesh.tensor = -1, 2   # fsdp fills the devices: 4 of 8 (2 with mesh.stage=2)
   # Like Llama 3, more math and multilingual text later in training.
   first, second = c.train.stages
   c.train.stages = (first, {**second, "mixture": {"general": 40.0, "math": 30.0, "code": 17.0,
