@@ -14,6 +14,7 @@ from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 from flax import nnx
 
+from llama3_jax.model import attention_ops
 from llama3_jax.model.attention import Attention
 from llama3_jax.model.config import ModelConfig
 from llama3_jax.model.layers import RMSNorm, constrain, param, rope_angles
@@ -78,8 +79,14 @@ class Transformer(nnx.Module):
     if not config.tie_embeddings:
       self.lm_head_dv = param(rngs, init, (D, V), ("embed", "vocab"), dtype)
 
-  def __call__(self, tokens_bt, segment_ids=None, positions=None, indices=None, *,
-               run_blocks=None, cache=None, logits_at=None, hidden: bool = False):
+  def __call__(self, tokens_bt, segment_ids=None, positions=None, indices=None, **kwargs):
+    """tokens [B, T] int -> logits [B, T, V] fp32 (see `forward`). Given `indices`, attention
+    takes no shortcut that assumes the tokens in row order."""
+    with attention_ops.permuted_rows(indices is not None):
+      return self.forward(tokens_bt, segment_ids, positions, indices, **kwargs)
+
+  def forward(self, tokens_bt, segment_ids=None, positions=None, indices=None, *,
+              run_blocks=None, cache=None, logits_at=None, hidden: bool = False):
     """tokens [B, T] int -> logits [B, T, V] fp32.
 
     segment_ids [B, T]: tokens attend only within their own segment (document); ids must be
