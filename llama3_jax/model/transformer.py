@@ -17,7 +17,7 @@ from flax import nnx
 from llama3_jax.model import attention_ops
 from llama3_jax.model.attention import Attention
 from llama3_jax.model.config import ModelConfig
-from llama3_jax.model.layers import RMSNorm, constrain, param, rope_angles
+from llama3_jax.model.layers import RMSNorm, constrain, head_logits, param, rope_angles
 from llama3_jax.model.mlp import MLP
 
 _RESIDUAL = ("act_batch", "act_res_seq", "act_embed")   # the residual stream [B, T, D]
@@ -137,11 +137,9 @@ class Transformer(nnx.Module):
     if hidden:
       return x_btd if cache is None else (x_btd, cache)
     if c.tie_embeddings:
-      logits_btv = jnp.einsum("btd,vd->btv", x_btd, self.embed_vd[...].astype(dtype),
-                              preferred_element_type=jnp.float32)
+      logits_btv = head_logits(x_btd, self.embed_vd[...], "vd", dtype)
     else:
-      logits_btv = jnp.einsum("btd,dv->btv", x_btd, self.lm_head_dv[...].astype(dtype),
-                              preferred_element_type=jnp.float32)
+      logits_btv = head_logits(x_btd, self.lm_head_dv[...], "dv", dtype)
     logits_btv = constrain(logits_btv, ("act_batch", "act_seq", "act_vocab"))
     return logits_btv if cache is None else (logits_btv, cache)
 
