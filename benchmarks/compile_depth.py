@@ -57,6 +57,7 @@ def main(argv=None):
   parser.add_argument("--depths", default="2,16,126")
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("--unrolled", default="2,16", help="depths for scan_layers=False")
+  parser.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated names")
   args = parser.parse_args(argv)
   depths = [int(d) for d in args.depths.split(",")]
   jax.config.update("jax_enable_compilation_cache", False)
@@ -65,7 +66,8 @@ def main(argv=None):
   print("| layout | layers | lower s | compile s | total s | total / 2 layers |")
   print("|---|---|---|---|---|---|")
   rows = []
-  for name, (mesh, micro) in LAYOUTS.items():
+  for name in args.layouts.split(","):
+    mesh, micro = LAYOUTS[name]
     base = None
     for n in depths:
       lower_s, compile_s = best(n, mesh, micro, args.repeats)

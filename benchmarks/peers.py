@@ -49,6 +49,7 @@ OURS = [
     "--config.train.warmup_tokens=2048", "--config.train.anneal_tokens=0",
     "--config.log.every_steps=1", "--config.checkpoint.every_steps=100000",
     "--config.data.synthetic=True", "--config.runtime.compilation_cache=False",
+    "--config.eval.every_steps=0",
 ]
 THEIRS = [
     "hardware=cpu", "skip_jax_distributed_system=true", "dataset_type=synthetic",
@@ -58,15 +59,18 @@ THEIRS = [
     "jax_cache_dir=", "enable_tensorboard=false",
 ]
 LAYOUTS = {
-    "fsdp 8 fp32": (["--config.mesh.fsdp=8", "--config.model.dtype=float32"],
+    "fsdp 8 fp32": (["--config.mesh.fsdp=8", "--config.mesh.tensor=1",
+                     "--config.model.dtype=float32"],
                     ["ici_fsdp_parallelism=8", "dtype=float32"]),
-    "fsdp 8 bf16": (["--config.mesh.fsdp=8", "--config.model.dtype=bfloat16"],
+    "fsdp 8 bf16": (["--config.mesh.fsdp=8", "--config.mesh.tensor=1",
+                     "--config.model.dtype=bfloat16"],
                     ["ici_fsdp_parallelism=8", "dtype=bfloat16"]),
     "fsdp 4 x tensor 2 bf16": (
         ["--config.mesh.fsdp=4", "--config.mesh.tensor=2", "--config.model.dtype=bfloat16"],
         ["ici_fsdp_parallelism=4", "ici_tensor_parallelism=2", "dtype=bfloat16"]),
     "pipeline 2 x fsdp 4 bf16": (
-        ["--config.mesh.stage=2", "--config.mesh.fsdp=4", "--config.train.micro_batches=2",
+        ["--config.mesh.stage=2", "--config.mesh.fsdp=4", "--config.mesh.tensor=1",
+         "--config.train.micro_batches=2",
          "--config.model.dtype=bfloat16"],
         ["ici_pipeline_parallelism=2", "ici_fsdp_parallelism=4", "num_pipeline_microbatches=2",
          "dtype=bfloat16"]),
