@@ -129,10 +129,14 @@ def timed_launch(command: list[str], steps_of, workdir: pathlib.Path) -> dict:
   with open(log, "w") as out:
     process = subprocess.Popen(command, cwd=workdir, env={**os.environ, **ENV}, stdout=out,
                                stderr=subprocess.STDOUT)
-    while process.poll() is None:
-      if first is None and steps_of(workdir, log.read_text(errors="replace")):
-        first = time.time() - start
-      time.sleep(0.05)
+    try:
+      while process.poll() is None:
+        if first is None and steps_of(workdir, log.read_text(errors="replace")):
+          first = time.time() - start
+        time.sleep(0.05)
+    finally:   # interrupted: leave no trainer running
+      if process.poll() is None:
+        process.kill()
   wall = time.time() - start
   others = (busy_jiffies() - jiffies) / os.sysconf("SC_CLK_TCK") - (children_cpu_s() - own)
   text = log.read_text(errors="replace")
