@@ -9,7 +9,8 @@ step, and the share of this machine's fp32 matmul peak (measured in the same run
 launches: cold (an empty compilation cache), warm (the same launch again: JAX's persistent
 compilation cache, on by default in the launcher, skips compiling), and warm with the embedding
 and head split by d_model (`sharding.vocab_over_fsdp=False`; "auto" splits them by vocabulary
-on this config) as the baseline of the same run.
+on this config) as the baseline of the same run. The MaxText figures here are ANCHORS.md's, from
+another hour of this machine; benchmarks/peers.py measures both side by side.
 """
 
 import json

@@ -13,6 +13,11 @@ rejected, a reward model's ranked answers) sit in one packed row and the prompt 
 once (`shared_prefix_segments`). Ordinary ids (< SHARED_PREFIX) mean what they always did.
 
 - `reference_attention`: `jax.nn.dot_product_attention` with a dense [T, S] mask.
+- `cudnn_attention`: the same call with `implementation="cudnn"`: cuDNN's fused flash attention
+  on NVIDIA GPUs (bf16/fp16). The mask goes in as a bias; in the model's own calls (tokens in
+  row order) `is_causal` also lets cuDNN skip the blocks above the diagonal. Where cuDNN is
+  absent (CPU, TPU, ROCm) `attention="cudnn"` falls back to `reference_attention` with a
+  warning naming why (`cudnn_unsupported`), so one config runs everywhere.
 - `blockwise_attention`: online softmax over key blocks (flash attention, in pure JAX, so it runs
   on every backend) with a hand-written backward pass that recomputes scores from the saved
   log-sum-exp. Memory is O(block_q x block_kv) per step, never O(T x S), forward and backward;
@@ -28,6 +33,7 @@ installed another for the duration of a trace with `kernel_scope` (context paral
 
 import contextlib
 import contextvars
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +62,39 @@ def reference_attention(q_btnh, k_bskh, v_bskh, q_segment_bt, kv_segment_bs, q_i
   """Dense attention through JAX's own kernel; softmax in fp32."""
   mask_b1ts = attention_mask(q_segment_bt, kv_segment_bs, q_index_bt, kv_index_bs)[:, None]
   return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask_b1ts)
+
+
+def cudnn_unsupported(dtype, platform: str | None = None) -> str | None:
+  """Why cuDNN's fused attention cannot run here (None: it can). `platform`: default JAX's."""
+  platform = jax.default_backend() if platform is None else platform
+  if platform != "gpu":
+    return f"the platform is {platform!r}, not an NVIDIA GPU"
+  if "cuda" not in jax.devices()[0].client.platform_version.lower():
+    return "the GPU is not an NVIDIA (CUDA) one"
+  if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
+    return f"the activations are {jnp.dtype(dtype).name}; cuDNN's kernel takes bf16 or fp16"
+  return None
+
+
+_WARNED = set()
+
+
+def cudnn_attention(q_btnh, k_bskh, v_bskh, q_segment_bt, kv_segment_bs, q_index_bt,
+                    kv_index_bs, *, rows_in_order: bool = False):
+  """cuDNN flash attention with the same mask as `reference_attention`, or that function (and a
+  warning, once per reason) where cuDNN cannot run. `rows_in_order`: query t and key t are the
+  same token and indices increase along the row, so the causal mask is the row order's and
+  cuDNN may skip the blocks above the diagonal."""
+  reason = cudnn_unsupported(q_btnh.dtype)
+  if reason is not None:
+    if reason not in _WARNED:
+      _WARNED.add(reason)
+      warnings.warn(f"attention='cudnn' falls back to 'reference': {reason}", stacklevel=2)
+    return reference_attention(q_btnh, k_bskh, v_bskh, q_segment_bt, kv_segment_bs,
+                               q_index_bt, kv_index_bs)
+  mask_b1ts = attention_mask(q_segment_bt, kv_segment_bs, q_index_bt, kv_index_bs)[:, None]
+  return jax.nn.dot_product_attention(q_btnh, k_bskh, v_bskh, mask=mask_b1ts,
+                                      is_causal=rows_in_order, implementation="cudnn")
 
 
 def blockwise_attention(q_btnh, k_bskh, v_bskh, q_segment_bt, kv_segment_bs, q_index_bt,
@@ -260,6 +299,18 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 # --- The model's entry point ----------------------------------------------------------------
 _KERNEL = contextvars.ContextVar("attention_kernel", default=None)
+_PERMUTED = contextvars.ContextVar("rows_permuted", default=False)
+
+
+@contextlib.contextmanager
+def permuted_rows(permuted: bool = True):
+  """Within this scope the model's tokens may come out of row order (explicit indices), so no
+  kernel may take the row order for the causal order. The model opens it when given indices."""
+  token = _PERMUTED.set(permuted or _PERMUTED.get())
+  try:
+    yield
+  finally:
+    _PERMUTED.reset(token)
 
 
 @contextlib.contextmanager
@@ -283,12 +334,16 @@ def self_attention(q_btnh, k_btkh, v_btkh, segment_bt, index_bt, config):
   if kernel is not None:
     return kernel(q_btnh, k_btkh, v_btkh, segment_bt, index_bt, config)
   return local_attention(q_btnh, k_btkh, v_btkh, segment_bt, segment_bt, index_bt, index_bt,
-                         config)
+                         config, rows_in_order=not _PERMUTED.get())
 
 
 def local_attention(q_btnh, k_bskh, v_bskh, q_segment_bt, kv_segment_bs, q_index_bt,
-                    kv_index_bs, config):
-  """Queries against the keys given, with the kernel and block sizes of `config`."""
+                    kv_index_bs, config, *, rows_in_order: bool = False):
+  """Queries against the keys given, with the kernel and block sizes of `config`.
+  `rows_in_order`: see `cudnn_attention` (only that kernel uses it)."""
+  if config.attention == "cudnn":
+    return cudnn_attention(q_btnh, k_bskh, v_bskh, q_segment_bt, kv_segment_bs, q_index_bt,
+                           kv_index_bs, rows_in_order=rows_in_order)
   if config.attention == "blockwise":
     return blockwise_attention(q_btnh, k_bskh, v_bskh, q_segment_bt, kv_segment_bs, q_index_bt,
                                kv_index_bs, block_q=config.attention_block_q,

@@ -50,7 +50,7 @@ class ModelConfig:
   scan_layers: bool = True                  # False: a Python loop over layers (for debugging)
   remat: str = "none"                       # "none" | "full" | "save_names"
   remat_names: tuple[str, ...] = ("attn_out", "mlp_out")  # kept by remat="save_names"
-  attention: str = "reference"              # "reference" | "blockwise"
+  attention: str = "reference"              # "reference" | "blockwise" | "cudnn"
   attention_block_q: int = 512
   attention_block_kv: int = 512
 
@@ -67,8 +67,15 @@ class ModelConfig:
       problems.append(f"head_dim={self.head_dim} must be even for rotary embeddings")
     if self.remat not in ("none", "full", "save_names"):
       problems.append(f"remat={self.remat!r}; use 'none', 'full' or 'save_names'")
-    if self.attention not in ("reference", "blockwise"):
-      problems.append(f"attention={self.attention!r}; use 'reference' or 'blockwise'")
+    if self.attention not in ("reference", "blockwise", "cudnn"):
+      problems.append(f"attention={self.attention!r}; use 'reference', 'blockwise' or 'cudnn'")
+    if self.attention == "cudnn" and self.dtype == "float32":
+      problems.append("attention='cudnn' runs in bfloat16 or float16 only (cuDNN's fused "
+                      "attention has no fp32 kernel); set dtype='bfloat16' or use "
+                      "attention='reference'")
+    if self.attention == "cudnn" and (self.head_dim % 8 or self.head_dim > 256):
+      problems.append(f"attention='cudnn' needs head_dim a multiple of 8 and <= 256 (<= 128 "
+                      f"before Hopper), got {self.head_dim}; use attention='blockwise'")
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in ("float32", "bfloat16", "float16"):
         problems.append(f"{name}={getattr(self, name)!r}; use float32, bfloat16 or float16")

@@ -1,8 +1,11 @@
-"""Small building blocks: parameters with logical axis names, RMSNorm, rotary embeddings.
+"""Small building blocks: parameters with logical axis names, RMSNorm, rotary embeddings, the
+LM head's matmul.
 
 Model code names logical axes only (`embed`, `heads`, `act_batch`, ...). Which mesh axis each
 name lands on is decided by the sharding rules (llama3_jax/sharding), never here.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -85,3 +88,40 @@ def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax
   cos, sin = cos_bth[:, :, None, :], sin_bth[:, :, None, :]
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_btnh.dtype)
+
+
+def head_logits(x_btd: jax.Array, w: jax.Array, w_spec: str, dtype) -> jax.Array:
+  """fp32 logits [B, T, V] = x [B, T, D] times the head's weights `w` ("dv", or "vd" when tied
+  to the embedding), both in the compute `dtype`, accumulated and returned in fp32: the softmax
+  over the vocabulary sees full-precision logits.
+
+  Backward: the logits' fp32 cotangent is rounded to `dtype` before the two gradient matmuls
+  (which accumulate in fp32, and give w's gradient in w's own dtype, the fp32 master's), as
+  every layer's backward already runs in bf16 training. Autodiff of the forward would run both
+  in fp32 instead: with a large vocabulary the head is most of a small model's FLOPs, and on
+  hardware with bf16 matmuls that doubled the head's backward time. In fp32 it is autodiff's.
+  """
+  return _head(w_spec, jnp.dtype(dtype), x_btd, w)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _head(w_spec, dtype, x_btd, w):
+  return jnp.einsum(f"btd,{w_spec}->btv", x_btd.astype(dtype), w.astype(dtype),
+                    preferred_element_type=jnp.float32)
+
+
+def _head_fwd(w_spec, dtype, x_btd, w):
+  return _head(w_spec, dtype, x_btd, w), (x_btd, w)
+
+
+def _head_bwd(w_spec, dtype, residuals, g_btv):
+  x_btd, w = residuals
+  g_btv = g_btv.astype(dtype)
+  dx = jnp.einsum(f"btv,{w_spec}->btd", g_btv, w.astype(dtype),
+                  preferred_element_type=jnp.float32)
+  dw = jnp.einsum(f"btd,btv->{w_spec}", x_btd.astype(dtype), g_btv,
+                  preferred_element_type=jnp.float32)
+  return dx.astype(x_btd.dtype), dw.astype(w.dtype)
+
+
+_head.defvjp(_head_fwd, _head_bwd)

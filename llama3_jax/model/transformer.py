@@ -14,9 +14,10 @@ from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 from flax import nnx
 
+from llama3_jax.model import attention_ops
 from llama3_jax.model.attention import Attention
 from llama3_jax.model.config import ModelConfig
-from llama3_jax.model.layers import RMSNorm, constrain, param, rope_angles
+from llama3_jax.model.layers import RMSNorm, constrain, head_logits, param, rope_angles
 from llama3_jax.model.mlp import MLP
 
 _RESIDUAL = ("act_batch", "act_res_seq", "act_embed")   # the residual stream [B, T, D]
@@ -78,8 +79,14 @@ class Transformer(nnx.Module):
     if not config.tie_embeddings:
       self.lm_head_dv = param(rngs, init, (D, V), ("embed", "vocab"), dtype)
 
-  def __call__(self, tokens_bt, segment_ids=None, positions=None, indices=None, *,
-               run_blocks=None, cache=None, logits_at=None, hidden: bool = False):
+  def __call__(self, tokens_bt, segment_ids=None, positions=None, indices=None, **kwargs):
+    """tokens [B, T] int -> logits [B, T, V] fp32 (see `forward`). Given `indices`, attention
+    takes no shortcut that assumes the tokens in row order."""
+    with attention_ops.permuted_rows(indices is not None):
+      return self.forward(tokens_bt, segment_ids, positions, indices, **kwargs)
+
+  def forward(self, tokens_bt, segment_ids=None, positions=None, indices=None, *,
+              run_blocks=None, cache=None, logits_at=None, hidden: bool = False):
     """tokens [B, T] int -> logits [B, T, V] fp32.
 
     segment_ids [B, T]: tokens attend only within their own segment (document); ids must be
@@ -130,11 +137,9 @@ class Transformer(nnx.Module):
     if hidden:
       return x_btd if cache is None else (x_btd, cache)
     if c.tie_embeddings:
-      logits_btv = jnp.einsum("btd,vd->btv", x_btd, self.embed_vd[...].astype(dtype),
-                              preferred_element_type=jnp.float32)
+      logits_btv = head_logits(x_btd, self.embed_vd[...], "vd", dtype)
     else:
-      logits_btv = jnp.einsum("btd,dv->btv", x_btd, self.lm_head_dv[...].astype(dtype),
-                              preferred_element_type=jnp.float32)
+      logits_btv = head_logits(x_btd, self.lm_head_dv[...], "dv", dtype)
     logits_btv = constrain(logits_btv, ("act_batch", "act_seq", "act_vocab"))
     return logits_btv if cache is None else (logits_btv, cache)
 
