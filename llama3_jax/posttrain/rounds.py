@@ -42,7 +42,9 @@ def _stage(base, workdir, kind, init_path, data_path, heldout, log):
   start = time.perf_counter()
   summary = run_stage(cfg, workdir, kind, heldout=heldout)
   if summary.get("stopped_by"):
-    raise SystemExit(f"{workdir}: stopped by {summary['stopped_by']}; run again to resume")
+    # SIGTERM (a preemption): the stage saved its checkpoint; the rounds stop as it did, exit 0
+    log(f"{workdir}: stopped by {summary['stopped_by']}; run again to resume")
+    raise SystemExit(0)
   log(f"  {kind:<6} {workdir} ({time.perf_counter() - start:.0f} s)")
   return summary["evaluation"].get("after", {})
 
