@@ -179,7 +179,7 @@ def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--config.train.stepz=3"], "stepz"),
-    (["--config.mesh.tensor=3"], "multiply to 12, but there are 8 devices"),
+    (["--config.mesh.tensor=3"], "cannot fill 8 devices: 8 is not a multiple of 3"),
     (["--config.train.steps=-2"], "train.steps=-2"),
 ])
 def test_bad_config_fails_clearly(args, message, tmp_path):
