@@ -18,6 +18,7 @@ at 1e-3) still raise the chosen answers' log-probs, but the model stops ending i
 import ml_collections
 
 from experiments.configs import sft
+from llama3_jax.train.config import apply_args
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -26,12 +27,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.steps = 120
   c.train.peak_lr = 3e-4
   c.checkpoint.every_steps = 40
-  for item in filter(None, (arg or "").split(",")):
-    key, _, value = item.partition("=")
-    if key == "steps":
-      c.train.steps = int(value)
-    elif key == "nll_weight":
-      c.dpo.nll_weight = float(value)
-    else:
-      raise ValueError(f"unknown config argument {key!r}; known: steps, nll_weight")
-  return c
+  return apply_args(c, arg, {"steps": "train.steps", "nll_weight": "dpo.nll_weight"})

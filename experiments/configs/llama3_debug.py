@@ -11,7 +11,7 @@ field and its default: llama3_jax/train/config.py; this file says only what diff
 
 import ml_collections
 
-from llama3_jax.train.config import default_config
+from llama3_jax.train.config import apply_args, default_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -23,10 +23,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                   "multilingual": 13.0}})
   # Held-out loss per source and the shipped arithmetic task, every 20 steps (metrics.jsonl).
   c.eval.every_steps = 20
-  for item in filter(None, (arg or "").split(",")):
-    key, _, value = item.partition("=")
-    if key == "steps":
-      c.train.steps = int(value)
-    else:
-      raise ValueError(f"unknown config argument {key!r}; known: steps")
-  return c
+  return apply_args(c, arg, {"steps": "train.steps"})

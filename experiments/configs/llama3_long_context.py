@@ -21,7 +21,7 @@ same --workdir with the next stages. On more devices, put the rest on fsdp (`con
 tensor=2 and fills fsdp).
 """
 
-from llama3_jax.train.config import default_config
+from llama3_jax.train.config import apply_args, default_config
 
 TOKENS_PER_BATCH = 4096
 STAGES = ((512, 3), (1024, 2), (2048, 2), (4096, 3))   # (sequence length, steps at it)
@@ -45,14 +45,5 @@ def get_config(arg: str | None = None):
   c.train.anneal_tokens = 2 * TOKENS_PER_BATCH   # the final anneal at full length (§3.4.3)
   c.checkpoint.every_steps = 5
   c.log.every_steps = 1
-  for item in filter(None, (arg or "").split(",")):
-    key, _, value = item.partition("=")
-    if key == "steps":
-      c.train.steps = int(value)
-    elif key == "context":
-      c.mesh.context = int(value)
-    elif key == "schedule":
-      c.sharding.context_schedule = value
-    else:
-      raise ValueError(f"unknown config argument {key!r}; known: steps, context, schedule")
-  return c
+  return apply_args(c, arg, {"steps": "train.steps", "context": "mesh.context",
+                             "schedule": "sharding.context_schedule"})

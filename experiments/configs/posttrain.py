@@ -15,6 +15,7 @@ the defaults are sized for a 2-core CPU. The reward models start from the pre-tr
 import ml_collections
 
 from experiments.configs import dpo, reward_model, sft
+from llama3_jax.train.config import apply_args
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -31,10 +32,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.sft = sft.get_config("steps=200")
   c.sft.train.peak_lr = 3e-4
   c.dpo = dpo.get_config()                   # 120 steps at 3e-4
-  for item in filter(None, (arg or "").split(",")):
-    key, _, value = item.partition("=")
-    if key == "rounds":
-      c.rounds = int(value)
-    else:
-      raise ValueError(f"unknown config argument {key!r}; known: rounds")
-  return c
+  return apply_args(c, arg, {"rounds": "rounds"})

@@ -11,6 +11,7 @@ model this small needs a larger rate to learn in a few hundred steps.
 import ml_collections
 
 from experiments.configs import sft
+from llama3_jax.train.config import apply_args
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -19,10 +20,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.steps = 300
   c.train.peak_lr = 1e-3
   c.checkpoint.every_steps = 100
-  for item in filter(None, (arg or "").split(",")):
-    key, _, value = item.partition("=")
-    if key == "steps":
-      c.train.steps = int(value)
-    else:
-      raise ValueError(f"unknown config argument {key!r}; known: steps")
-  return c
+  return apply_args(c, arg, {"steps": "train.steps"})

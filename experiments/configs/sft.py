@@ -12,7 +12,7 @@ in a few hundred steps only at a larger rate.
 
 import ml_collections
 
-from llama3_jax.train.config import default_config
+from llama3_jax.train.config import apply_args, default_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -29,10 +29,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.floor_ratio = 0.1
   c.checkpoint.every_steps = 80
   c.log.every_steps = 20
-  for item in filter(None, (arg or "").split(",")):
-    key, _, value = item.partition("=")
-    if key == "steps":
-      c.train.steps = int(value)
-    else:
-      raise ValueError(f"unknown config argument {key!r}; known: steps")
-  return c
+  return apply_args(c, arg, {"steps": "train.steps"})

@@ -231,6 +231,21 @@ class RunConfig:
 
 # ---- RunConfig -> ConfigDict ----------------------------------------------------------------
 
+def apply_args(c: ml_collections.ConfigDict, arg: str | None, known: dict[str, str]):
+  """A config file's `:key=value,...` argument (`--config file.py:steps=20`) applied to `c`:
+  `known` maps each key to the dotted field it sets; a value takes the field's type."""
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in known:
+      raise ValueError(f"unknown config argument {key!r}; known: {', '.join(known)}")
+    *parents, name = known[key].split(".")
+    node = c
+    for parent in parents:
+      node = node[parent]
+    node[name] = type(node[name])(value)
+  return c
+
+
 def default_config() -> ml_collections.ConfigDict:
   """Every field of a run with its default, as a ConfigDict for config files to override."""
   return to_config_dict(RunConfig())
