@@ -111,33 +111,43 @@ def _chunks(source: str, chunk_chars: int = 3000) -> list[str]:
   return chunks
 
 
+_NAMES = ("Ada", "Ben", "Chen", "Dana", "Emil", "Fatima", "Goro", "Hana", "Ivan", "Jia")
+_THINGS = ("apples", "books", "coins", "marbles", "stamps", "pencils", "shells", "cards")
+
+
+def math_problem(rng: random.Random) -> tuple[str, int, str]:
+  """One problem of the math source, in one of its six forms, as (the text up to its answer,
+  the answer, the text after it): the problem reads `before + f" {answer}" + after`. The
+  evaluation's arithmetic tasks ask the same questions (llama3_jax/eval/tasks.py)."""
+  kind = rng.randrange(6)
+  a, b = rng.randint(2, 999), rng.randint(2, 999)
+  if kind == 0:
+    return f"What is {a} + {b}?\nAnswer:", a + b, ""
+  if kind == 1:
+    a, b = max(a, b), min(a, b)
+    return f"What is {a} - {b}?\nAnswer:", a - b, ""
+  if kind == 2:
+    a, b = rng.randint(2, 99), rng.randint(2, 99)
+    return f"Compute {a} * {b}.\n{a} * {b} =", a * b, ""
+  if kind == 3:
+    q, d = rng.randint(2, 99), rng.randint(2, 30)
+    return f"Divide {q * d} by {d}.\n{q * d} / {d} =", q, ""
+  name, thing = rng.choice(_NAMES), rng.choice(_THINGS)
+  if kind == 4:
+    more = rng.randint(1, 50)
+    return (f"{name} has {a} {thing} and gets {more} more. How many {thing} does {name} have "
+            f"now?\n{name} has {a} + {more} =", a + more, f" {thing}.\nAnswer: {a + more}")
+  per, boxes = rng.randint(2, 25), rng.randint(2, 25)
+  return (f"{name} packs {boxes} boxes with {per} {thing} in each box. How many {thing} are "
+          f"there in all?\n{boxes} * {per} =", boxes * per, f".\nAnswer: {boxes * per}")
+
+
 def math_documents(count: int = 4000, seed: int = 0) -> list[str]:
   rng = random.Random(seed)
-  names = ["Ada", "Ben", "Chen", "Dana", "Emil", "Fatima", "Goro", "Hana", "Ivan", "Jia"]
-  things = ["apples", "books", "coins", "marbles", "stamps", "pencils", "shells", "cards"]
 
   def problem():
-    kind = rng.randrange(6)
-    a, b = rng.randint(2, 999), rng.randint(2, 999)
-    if kind == 0:
-      return f"What is {a} + {b}?\nAnswer: {a + b}"
-    if kind == 1:
-      a, b = max(a, b), min(a, b)
-      return f"What is {a} - {b}?\nAnswer: {a - b}"
-    if kind == 2:
-      a, b = rng.randint(2, 99), rng.randint(2, 99)
-      return f"Compute {a} * {b}.\n{a} * {b} = {a * b}"
-    if kind == 3:
-      q, d = rng.randint(2, 99), rng.randint(2, 30)
-      return f"Divide {q * d} by {d}.\n{q * d} / {d} = {q}"
-    name, thing = rng.choice(names), rng.choice(things)
-    if kind == 4:
-      more = rng.randint(1, 50)
-      return (f"{name} has {a} {thing} and gets {more} more. How many {thing} does {name} "
-              f"have now?\n{name} has {a} + {more} = {a + more} {thing}.\nAnswer: {a + more}")
-    per, boxes = rng.randint(2, 25), rng.randint(2, 25)
-    return (f"{name} packs {boxes} boxes with {per} {thing} in each box. How many {thing} "
-            f"are there in all?\n{boxes} * {per} = {boxes * per}.\nAnswer: {boxes * per}")
+    before, answer, after = math_problem(rng)
+    return f"{before} {answer}{after}"
 
   return ["\n\n".join(problem() for _ in range(rng.randint(3, 10))) for _ in range(count)]
 

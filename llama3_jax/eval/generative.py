@@ -142,10 +142,10 @@ def read_file(path) -> list[GenerativeExample]:
 
 def arithmetic_generative_task(n: int = 400, seed: int = 2000) -> list[GenerativeExample]:
   """The arith task's questions (llama3_jax/eval/tasks.py) answered by generation: "What is
-  512 + 89?\\nAnswer:" -> " 601", the math source's phrasing; one line, so "\\n" stops it."""
-  return [GenerativeExample(f"{question}\nAnswer:", str(value), index,
-                            f"{question}\nAnswer: {value}")
-          for index, (question, _, value) in enumerate(arithmetic_questions(n, seed))]
+  512 + 89?\\nAnswer:" -> " 601" (a word problem's " 519 apples." gives its last number); one
+  line, so "\\n" stops it."""
+  return [GenerativeExample(query, str(value), index, f"{query} {value}")
+          for index, (query, value) in enumerate(arithmetic_questions(n, seed))]
 
 
 # name -> (examples, the generation settings that fit them)

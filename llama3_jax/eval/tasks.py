@@ -144,50 +144,44 @@ def read_file(path, format: str | None = None) -> list[Example]:
 
 # ---- tasks the project ships ------------------------------------------------------------------
 
-def arithmetic_questions(n: int = 400, seed: int = 2000) -> list[tuple[str, str, int]]:
-  """(question, operation, answer): sums and differences of numbers 2..999 in the math
-  source's own phrasing ("What is 512 + 89?"), seeded apart from the corpus (seed 0)."""
+def arithmetic_questions(n: int = 400, seed: int = 2000) -> list[tuple[str, int]]:
+  """(query, answer): problems of the math source in its six forms and its own words, each
+  cut where the source writes the answer ("What is 512 + 89?\nAnswer:", "Compute 12 * 31.\n12
+  * 31 =", a word problem up to its worked "Ada has 512 + 7 ="), seeded apart from the corpus
+  (which uses seeds 0 and 1000)."""
+  from llama3_jax.data.corpus import math_problem
   rng = random.Random(seed)
-  out = []
-  for _ in range(n):
-    a, b = rng.randint(2, 999), rng.randint(2, 999)
-    if rng.random() < 0.5:
-      out.append((f"What is {a} + {b}?", "+", a + b))
-    else:
-      a, b = max(a, b), min(a, b)
-      out.append((f"What is {a} - {b}?", "-", a - b))
-  return out
+  return [math_problem(rng)[:2] for _ in range(n)]
 
 
 def arithmetic_task(n: int = 400, seed: int = 2000, choices: int = 4) -> list[Example]:
-  """The arithmetic questions ("What is 512 + 89?\nAnswer:") with the true answer among the
-  answers to `choices - 1` other questions of the task (as the cloze task hides a document's
-  continuation among other documents').
+  """The arithmetic questions with the true answer among the answers to `choices - 1` other
+  questions of the task (as the cloze task hides a document's continuation among other
+  documents').
 
   Why these distractors: a distractor is drawn as a gold is (the answer to a random question),
   so a scorer that ignores the question (one that prefers short numbers, or the digit 1)
   scores chance in expectation, and any use of the question beats it, from the operation and
-  the operands' size to the exact sum. The task's first version took near misses of the
-  answer (off by 1, by 10, two digits swapped): only exact arithmetic told them apart, and the
-  gold sat in the middle of its distractors, so a question-blind model with a digit preference
-  fell below chance: the default model scored 0.155 +/- 0.035, picking the near miss off by 1
-  154 times in 400 and the gold 62. On this version it scores chance (0.245 +/- 0.042) because
-  it is question-blind: its distributions of the answer's first digit differ by at most 0.006
-  (total variation) between questions, and it scores the same with the question removed
-  (the query "Answer:" alone). A 400-step model reads the operation (acc_norm 0.355 +/-
-  0.047; README "Evaluation")."""
+  the operands' size (a quotient under 100 against a product in the thousands) to the exact
+  result. The task's first version took near misses of the answer (off by 1, by 10, two digits
+  swapped): only exact arithmetic told them apart, and a question-blind model with a digit
+  preference fell below chance (0.155 +/- 0.035). Its second asked sums and differences only:
+  the default model, then trained 60 steps, scored chance on it, and so did a 400-step model
+  (acc_norm 0.273 +/- 0.044): neither computes three-digit sums. On all six forms the 400-step
+  model scores acc_norm 0.362 +/- 0.047 (README "Evaluation"): it knows what size of number
+  each operation gives. acc (unnormalised) stays near chance: a longer number costs more
+  log-likelihood whatever the question, which acc_norm's per-character normalisation removes."""
   questions = arithmetic_questions(n, seed)
   rng = random.Random(seed + 1)
   examples = []
-  for index, (question, _, value) in enumerate(questions):
+  for index, (query, value) in enumerate(questions):
     others = set()
     while len(others) < choices - 1:
-      other = questions[rng.randrange(n)][2]
+      other = questions[rng.randrange(n)][1]
       if other != value:
         others.add(other)
     options = [str(value)] + [str(v) for v in sorted(others)]
     rng.shuffle(options)
-    query = f"{question}\nAnswer:"
     examples.append(Example(query, tuple(options), options.index(str(value)), index,
                             shot=f"{query} {value}"))
   return examples

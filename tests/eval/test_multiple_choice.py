@@ -12,6 +12,7 @@ from llama3_jax.data.tokenizers import load_tokenizer
 from llama3_jax.eval import multiple_choice as mc
 from llama3_jax.eval import tasks
 from llama3_jax.model import ModelConfig, Transformer
+from tests.helpers import solve_arithmetic as solve
 
 TINY = ModelConfig(vocab_size=512, d_model=24, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=6,
                    ffn_dim=40, max_seq_len=256, init_std=0.2)
@@ -139,8 +140,7 @@ def test_arithmetic_task_hides_the_answer_among_other_questions_answers():
   assert examples == tasks.arithmetic_task(100, seed=3)   # seeded
   answers = set()
   for e in examples:
-    a, op, b = e.query.split("?")[0].split()[-3:]
-    value = int(a) + int(b) if op == "+" else int(a) - int(b)
+    value = solve(e.query)
     assert len(set(e.choices)) == 4 and e.choices[e.gold] == str(value)
     answers.add(str(value))
   assert all(set(e.choices) <= answers for e in examples)   # other questions' answers
@@ -151,3 +151,7 @@ def test_arithmetic_task_hides_the_answer_among_other_questions_answers():
               for ls, e in zip(lengths, examples)]
     assert np.mean(unique) < 0.35
   assert 0.15 < np.mean([e.gold == 0 for e in examples]) < 0.35   # answers shuffled
+  # the math source's six forms, each cut where the source writes its answer
+  assert {e.query.split()[0] for e in examples} >= {"What", "Compute", "Divide"}
+  assert all(e.query.endswith(("\nAnswer:", "=")) for e in examples)
+  assert 0.5 < np.mean([e.query.endswith("=") for e in examples]) < 0.85   # 4 forms in 6
