@@ -6,12 +6,13 @@ into the step's metrics row (metrics.jsonl and TensorBoard).
 
 `heldout` logs `eval/heldout/loss`, `bits_per_byte` and `<source>_loss` on the embedded
 corpus' held-out split (llama3_jax/eval/perplexity.py); each task logs `eval/<task>/acc`,
-`acc_norm` and `gold_nll_per_char` on its first `eval.examples` examples, scored as
-`python -m experiments.evaluate` scores them (llama3_jax/eval/multiple_choice.py): the same
-numbers for the same parameters.
+`acc_norm` and `gold_nll_per_char` on its first `eval.examples` examples, and a generative
+task (`arith_gen`, or a file of `answer` records) logs `eval/<task>/exact_match` with its shipped
+generation settings, scored as `python -m experiments.evaluate` scores them
+(llama3_jax/eval/multiple_choice.py, generative.py): the same numbers for the same parameters.
 """
 
-from llama3_jax.eval import multiple_choice, tasks
+from llama3_jax.eval import generative, multiple_choice, tasks
 
 
 class Evaluator:
@@ -23,10 +24,14 @@ class Evaluator:
                        "data?); set eval.every_steps=0")
     self.every = config.every_steps
     self.tokenizer = load_tokenizer(tokenizer_path)
-    self.tasks, self.heldout = {}, False
+    self.tasks, self.generative, self.heldout = {}, {}, False
     for name in filter(None, config.tasks.split(",")):
       if name == "heldout":   # held-out loss per source (llama3_jax/eval/perplexity.py)
         self.heldout = True
+        continue
+      if name in generative.SHIPPED or generative.is_generative(name):
+        task_name, examples, settings = generative.read_task(name)
+        self.generative[task_name] = examples[:config.examples], settings
         continue
       task_name, examples = tasks.read_task(name)
       self.tasks[task_name] = examples[:config.examples]
@@ -50,4 +55,7 @@ class Evaluator:
       scores = multiple_choice.metrics(examples, lls)
       for key in ("acc", "acc_norm", "gold_nll_per_char"):
         out[f"eval/{name}/{key}"] = scores[key]
+    for name, (examples, settings) in self.generative.items():
+      scores = generative.score_generative(model, self.tokenizer, examples, settings)
+      out[f"eval/{name}/exact_match"] = scores["exact_match"]
     return out

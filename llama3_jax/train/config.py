@@ -131,7 +131,7 @@ class DPOConfig:
 class EvalConfig:
   """Evaluation during training (llama3_jax/eval/during_training.py); 0 = off."""
   every_steps: int = 0          # a multiple of log.every_steps: results go into that row
-  tasks: str = "heldout,arith"  # heldout (loss per source), shipped task names or task files
+  tasks: str = "heldout,arith"  # heldout (loss per source), shipped tasks (arith_gen too), files
   examples: int = 100           # the first N examples of each task
 
   def __post_init__(self):

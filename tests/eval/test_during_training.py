@@ -3,7 +3,7 @@
 import pytest
 
 from llama3_jax.checkpoint.model import load_model, run_tokenizer
-from llama3_jax.eval import multiple_choice, tasks
+from llama3_jax.eval import generative, multiple_choice, tasks
 from llama3_jax.train.config import run_config
 from llama3_jax.train.loop import train
 from llama3_jax.train.metrics import read_metrics
@@ -14,7 +14,7 @@ from tests.helpers import tiny_run_config
 @pytest.mark.slow
 def test_scores_go_into_the_rows_and_match_the_checkpoint(tmp_path):
   cfg = tiny_run_config(steps=4)
-  cfg.eval.update(every_steps=2, tasks="heldout,arith", examples=24)
+  cfg.eval.update(every_steps=2, tasks="heldout,arith,arith_gen", examples=24)
   train(cfg, tmp_path)
   rows = {r["step"]: r for r in read_metrics(tmp_path)}
   assert [s for s, r in rows.items() if "eval/arith/acc" in r] == [2, 4]
@@ -28,6 +28,10 @@ def test_scores_go_into_the_rows_and_match_the_checkpoint(tmp_path):
   heldout = perplexity.evaluate(model, perplexity.heldout_rows(seq_len=64, rows_per_source=16))
   assert rows[4]["eval/heldout/loss"] == pytest.approx(heldout["loss"], rel=1e-5)
   assert {f"eval/heldout/{s}_loss" for s in heldout["per_source"]} <= set(rows[4])
+  name, examples, settings = generative.read_task("arith_gen")
+  expected = generative.score_generative(model, run_tokenizer(tmp_path), examples[:24], settings)
+  assert rows[4]["eval/arith_gen/exact_match"] == expected["exact_match"]
+  assert "eval/arith_gen/exact_match" in rows[2]
 
 
 def test_eval_steps_must_fall_on_metrics_rows():
