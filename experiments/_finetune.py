@@ -52,9 +52,12 @@ def report(summary: dict, workdir) -> None:
           f"{scores['preference_accuracy_ci']:.3f} (n={scores['n']}; answers e.g. "
           f"{scores['answers'][:3]})")
   status = "run complete" if summary.get("complete") else "done"
+  # eval.json only where there were held-out examples (the shipped task's, not a user's file)
+  written = [n for n in ("metrics.jsonl", "eval.json", "hf/")
+             if (pathlib.Path(workdir) / n.rstrip("/")).exists()]
   print(f"{status}: {summary.get('steps')} steps"
         + (f", loss {summary['loss']:.4f}" if "loss" in summary else "")
-        + f"; outputs in {workdir} (metrics.jsonl, eval.json, hf/)")
+        + f"; outputs in {workdir} ({', '.join(written)})")
 
 
 def main_for(kind: str):

@@ -2,7 +2,7 @@
 
     config, model = load_model("workdirs/pretrain")                 # the newest checkpoint
     config, model = load_model("workdirs/pretrain", averaged=True)  # the anneal's average
-    config, model = load_model("workdirs/pretrain/checkpoints/40")  # one step
+    config, model = load_model("workdirs/pretrain/checkpoints/380")  # one step
     config, rm = load_model("workdirs/reward_model", kind="reward")  # a RewardModel
     tokenizer = run_tokenizer("workdirs/pretrain")                   # what its data was made with
 

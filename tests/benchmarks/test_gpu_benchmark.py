@@ -5,6 +5,8 @@ The GPU figures themselves come from running it on a GPU host (BENCHMARKS.md).
 
 import json
 
+import pytest
+
 from benchmarks import gpu
 
 
@@ -23,6 +25,7 @@ def test_cases_are_llama3_shaped_bf16_with_cudnn_attention():
                                         ("full", "blockwise")]
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_one_json_with_a_row_per_case(tmp_path):
   out = tmp_path / "gpu.json"
   gpu.main(["--smoke", "--out", str(out), "--steps", "2", "--warmup", "1"])

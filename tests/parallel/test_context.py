@@ -98,7 +98,8 @@ def context_run(mesh, schedule="all_gather"):
 
 @pytest.mark.parametrize("mesh", [
     pytest.param("context2_fsdp4", marks=pytest.mark.slow),
-    pytest.param("context4_fsdp2", marks=pytest.mark.slow), "context8", "context2_tensor2_fsdp2"])
+    pytest.param("context4_fsdp2", marks=pytest.mark.slow),
+    pytest.param("context8", marks=pytest.mark.slow), "context2_tensor2_fsdp2"])
 def test_context_parallel_equals_unsharded(mesh):
   assert_equal_runs(context_run(mesh), unsharded(), f"all_gather {mesh}")
 

@@ -39,9 +39,14 @@ def inputs():
   return weights, x, aux
 
 
-@pytest.mark.parametrize("stages", [2, 4])
-@pytest.mark.parametrize("repeats", [1, 2])
-@pytest.mark.parametrize("micro_batches", [1, 3, 4, 8])
+# The fast core runs four of the 16 (each stage count, each repeat count, micro-batches fewer
+# than, equal to and more than the stages); the rest are marked slow.
+_FAST_LAYOUTS = {(2, 1, 3), (2, 2, 4), (4, 1, 1), (4, 2, 8)}
+
+
+@pytest.mark.parametrize("stages, repeats, micro_batches", [
+    pytest.param(s, v, m, marks=() if (s, v, m) in _FAST_LAYOUTS else pytest.mark.slow)
+    for s in (2, 4) for v in (1, 2) for m in (1, 3, 4, 8)])
 def test_pipeline_equals_sequential_layers(inputs, stages, repeats, micro_batches):
   weights, x, aux = inputs
   x, aux = x[:micro_batches], jax.tree.map(lambda a: a[:micro_batches], aux)
@@ -85,9 +90,10 @@ def test_stage_outputs_move_by_collective_permute(inputs):
 
 
 @pytest.mark.parametrize("n_layers, stages, repeats, micro_batches", [
-    (3, 2, 1, 2), (5, 2, 2, 3), (7, 4, 1, 4),
+    (3, 2, 1, 2), pytest.param(5, 2, 2, 3, marks=pytest.mark.slow),
+    pytest.param(7, 4, 1, 4, marks=pytest.mark.slow),
     (6, 2, 2, 1),   # L divides S, not V S
-    (5, 4, 1, 8)])
+    pytest.param(5, 4, 1, 8, marks=pytest.mark.slow)])
 def test_uneven_layer_counts_equal_sequential_layers(inputs, n_layers, stages, repeats,
                                                       micro_batches):
   weights, x, aux = inputs

@@ -225,6 +225,7 @@ def test_average_checkpoints_command_reads_checkpoints_of_any_device_count(strai
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_missing_a_streams_data_state_is_set_aside(straight_run, tmp_path):
   """One stream's iterator state missing: resuming would restart that stream from its first
   document (not exact); the checkpoint is incomplete, set aside, and the previous one used."""
@@ -242,6 +243,7 @@ def test_a_checkpoint_missing_a_streams_data_state_is_set_aside(straight_run, tm
     train(changed, tmp_path)
 
 
+@pytest.mark.slow
 def test_no_usable_checkpoint_stops_instead_of_starting_over(tmp_path):
   first = tiny_config(steps=2)
   first.train.schedule_steps = 6
