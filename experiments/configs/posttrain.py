@@ -28,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.rejection = ml_collections.ConfigDict(dict(
       prompts=400, samples=8, temperature=0.8, top_p=0.95, seed=0, max_new_tokens=8))
   c.sft_start = sft.get_config()             # round 0: 600 steps
-  c.reward = reward_model.get_config()       # 300 steps at 1e-3
+  c.reward = reward_model.get_config()       # 1,200 steps at 1e-3
   c.sft = sft.get_config("steps=200")
   c.sft.train.peak_lr = 3e-4
   c.dpo = dpo.get_config()                   # 120 steps at 3e-4
