@@ -146,9 +146,9 @@ def read_file(path, format: str | None = None) -> list[Example]:
 
 def arithmetic_questions(n: int = 400, seed: int = 2000) -> list[tuple[str, int]]:
   """(query, answer): problems of the math source in its six forms and its own words, each
-  cut where the source writes the answer ("What is 512 + 89?\nAnswer:", "Compute 12 * 31.\n12
-  * 31 =", a word problem up to its worked "Ada has 512 + 7 ="), seeded apart from the corpus
-  (which uses seeds 0 and 1000)."""
+  cut where the source writes the answer ("What is 512 + 89?\\nAnswer:", "Compute 12 *
+  31.\\n12 * 31 =", a word problem up to its worked "Ada has 512 + 7 ="), seeded apart from
+  the corpus (which uses seeds 0 and 1000)."""
   from llama3_jax.data.corpus import math_problem
   rng = random.Random(seed)
   return [math_problem(rng)[:2] for _ in range(n)]
@@ -168,7 +168,7 @@ def arithmetic_task(n: int = 400, seed: int = 2000, choices: int = 4) -> list[Ex
   preference fell below chance (0.155 +/- 0.035). Its second asked sums and differences only:
   the default model, then trained 60 steps, scored chance on it, and so did a 400-step model
   (acc_norm 0.273 +/- 0.044): neither computes three-digit sums. On all six forms the 400-step
-  model scores acc_norm 0.362 +/- 0.047 (README "Evaluation"): it knows what size of number
+  model scores acc_norm 0.422 +/- 0.048 (README "Evaluation"): it knows what size of number
   each operation gives. acc (unnormalised) stays near chance: a longer number costs more
   log-likelihood whatever the question, which acc_norm's per-character normalisation removes."""
   questions = arithmetic_questions(n, seed)
