@@ -10,8 +10,9 @@ Set in the config's `faults` section (all empty by default, so a normal run neve
 as counted in metrics and checkpoints (1 = the first); PROCESS defaults to every process and
 ATTEMPT to 0, the first run of the job (`launch.local` numbers its restarts in LLAMA3_ATTEMPT),
 so a restarted job does not die again at the same place. `kill` moments: `before` (step done,
-its checkpoint, if it has one, not started), `during` (its asynchronous checkpoint write under
-way) and `after` (written); the last two need a step that checkpoints.
+the earlier checkpoints written, its own, if it has one, not started), `during` (its
+asynchronous checkpoint write under way) and `after` (written); the last two need a step that
+checkpoints.
 
 NaN reaches the compiled step honestly: the batch's `loss_mask` is multiplied by NaN, so the
 loss and every gradient are NaN, as with bad data or an overflow; nothing in the step knows.
@@ -91,20 +92,23 @@ class Faults:
       if f.step == step:
         time.sleep(float(f.what))
 
-  def kill(self, step: int, moment: str, checkpoints: pathlib.Path | None = None) -> None:
+  def kill(self, step: int, moment: str, checkpoints: pathlib.Path | None = None,
+           written: int = 0) -> None:
     """SIGKILLs this process if a `kill` fault names this step and moment.
 
     `checkpoints`: the checkpoint directory, watched so that `during` strikes while Orbax's
-    temporary directory of the step exists and `after` once the step's final directory does
-    (with several processes, process 0 renames it when all have written).
+    temporary directory of the step exists, `after` once the step's final directory does
+    (with several processes, process 0 renames it when all have written) and `before` once
+    the final directory of `written`, the newest step saved before, does: its write is
+    asynchronous, and a kill that beat it would make the moment depend on the machine's speed.
     """
     if not any(f.step == step and f.what == moment for f in self.kills):
       return
-    if checkpoints is not None and moment in ("during", "after"):
+    if checkpoints is not None and (moment != "before" or written):
       def seen():
         names = [p.name for p in checkpoints.iterdir()]
-        if moment == "after":
-          return str(step) in names
+        if moment in ("before", "after"):
+          return str(written if moment == "before" else step) in names
         return any(n.startswith(f"{step}.") and "tmp" in n for n in names)
       deadline = time.monotonic() + 60
       while not seen() and time.monotonic() < deadline:

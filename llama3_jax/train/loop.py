@@ -146,7 +146,7 @@ def train(cfg, workdir, *, objective=NEXT_TOKEN, source=None,
                watchdog]
 
       # ---- the steps ------------------------------------------------------------------------
-      compiled_stages, stopped, step, done = set(), None, start, start
+      compiled_stages, stopped, step, done, written = set(), None, start, start, start
       run_start = time.perf_counter()
       goodput.lap("startup")
       log.info("process %d of %d: %d of %d devices, mesh %s, from step %d", jax.process_index(),
@@ -172,15 +172,18 @@ def train(cfg, workdir, *, objective=NEXT_TOKEN, source=None,
           if verdict.rollback:
             data_skip = batches.position - done
             step, state, _ = checkpoints.rollback(verdict.before)
+            written = step
             log.warning("rolled back to step %d; batches %d..%d are skipped", step,
                         step + 1 + data_skip, batches.position)
             for hook in hooks:
               hook.after_rollback(step)
             continue
           stopped = stop.requested(done)
-          faults.kill(done, "before")   # the step done, its checkpoint (if any) not begun
+          # the step done, earlier checkpoints written, its own (if any) not begun
+          faults.kill(done, "before", checkpoints.directory, written)
           if done % run.checkpoint.every_steps == 0 or done == plan.steps or stopped:
             checkpoints.save(done, state, rollbacks=guard.rollbacks)
+            written = done
             for hook in hooks:
               hook.after_save(done)
           step = done
