@@ -13,6 +13,7 @@ ShapeDtypeStructs with their shardings) is what a checkpoint restores onto.
 import concurrent.futures
 import dataclasses
 import logging
+import os
 from typing import Callable
 
 import jax
@@ -56,8 +57,19 @@ class Setup:
       same = jax.tree.structure(model) == jax.tree.structure(pretrained)
       pretrained = jax.device_put(pretrained, model if same else NamedSharding(
           self.mesh, PartitionSpec()))
-    return jax.jit(lambda p: nnx.split(self.build(p))[1], out_shardings=self.shardings)(
-        pretrained)
+    return jax.jit(lambda p: nnx.split(self.build(p))[1], out_shardings=self.shardings,
+                   compiler_options=self.init_compiler_options())(pretrained)
+
+  def init_compiler_options(self) -> dict | None:
+    """XLA options for the one-time init program. It is integer hashing (threefry) and
+    elementwise maths: on CPU, LLVM's default optimisation level (3) buys it nothing but costs
+    seconds of compile on the way to the first step (2.9 -> 1.0 s at level 1 for the peers'
+    tiny model; the same bits for the default run's model, tests/train/test_init_state.py).
+    A level set in XLA_FLAGS wins."""
+    if (self.mesh.devices.flat[0].platform != "cpu"
+        or "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", "")):
+      return None
+    return {"xla_backend_optimization_level": 1}
 
   @property
   def abstract_model(self):
