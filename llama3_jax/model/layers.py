@@ -33,6 +33,23 @@ def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
   return linen.with_logical_constraint(x, names)
 
 
+def constrain_as_logit_rows(x_bt: jax.Array) -> jax.Array:
+  """Sharding hint on a per-token array [B, T] (the targets) to lie as the logits' rows and
+  positions do; a no-op unless rules are active.
+
+  Where the vocabulary is split over `fsdp` (vocab_over_fsdp) the logits' rows cannot use
+  fsdp, so they land on fewer mesh axes than the batch's rows. Left alone, XLA may move the
+  logits' big fp32 cotangent to the targets' rows rather than the small targets to the logits':
+  in the pipeline layout that was an all-gather of [B, T, V / fsdp] over `stage` every step
+  (65 of the step's 77 MB of all-gathers for the peers' tiny model, benchmarks/step_hlo.py).
+  """
+  rules = linen.get_logical_axis_rules()
+  if not rules:
+    return x_bt
+  spec = linen.logical_to_mesh_axes(("act_batch", "act_seq", "act_vocab"), rules)
+  return jax.lax.with_sharding_constraint(x_bt, jax.sharding.PartitionSpec(*spec[:2]))
+
+
 class RMSNorm(nnx.Module):
   """Root-mean-square norm (no mean subtraction, no bias), computed in fp32."""
 

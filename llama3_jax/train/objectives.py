@@ -25,6 +25,7 @@ import optax
 
 from llama3_jax.data.batches import LM_FIELDS
 from llama3_jax.model import Transformer
+from llama3_jax.model.layers import constrain_as_logit_rows
 
 
 class NextTokenLoss:
@@ -38,7 +39,8 @@ class NextTokenLoss:
   def loss_sums(self, model, batch, run_blocks=None, frozen=None):
     logits_btv = model(batch["inputs"], batch.get("segment_ids"), batch.get("positions"),
                        batch.get("indices"), run_blocks=run_blocks)
-    ce_bt = optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch["targets"])
+    ce_bt = optax.softmax_cross_entropy_with_integer_labels(
+        logits_btv, constrain_as_logit_rows(batch["targets"]))
     mask_bt = batch.get("loss_mask", jnp.ones_like(ce_bt)).astype(jnp.float32)
     return (ce_bt * mask_bt).sum(), mask_bt.sum(), {}
 
