@@ -115,17 +115,20 @@ def test_full_4d_mesh_on_16_devices():
   assert "4D OK" in done.stdout
 
 
+VOCAB_OVER_FSDP = MeshConfig(stage=2, fsdp=4), ShardingConfig(vocab_over_fsdp=True)
+
+
 def test_pipeline_with_the_vocabulary_over_fsdp_moves_targets_not_logits():
   """With the vocabulary over fsdp the logits' rows lie over `stage` and the batch's over
   fsdp x stage. The step moves the small targets to the logits' rows (constrain_as_logit_rows),
   not the logits' fp32 cotangent [B, T, V / fsdp] to the targets' (an all-gather over `stage`
-  once 8x the rest of the step's, BENCHMARKS.md); and it still trains as one device does."""
+  once 8x the rest of the step's, BENCHMARKS.md)."""
   from flax import linen
 
   from llama3_jax.sharding.hlo import collectives
   from llama3_jax.train.setup import setup
   from tests.helpers import LR, OPTIMIZER, lm_batch
-  mesh, sharding = MeshConfig(stage=2, fsdp=4), ShardingConfig(vocab_over_fsdp=True)
+  mesh, sharding = VOCAB_OVER_FSDP
   s = setup(MODEL, mesh, sharding=sharding, optimizer=OPTIMIZER, micro_batches=2)
   batch = jax.device_put(lm_batch(MODEL.vocab_size, B=24), s.fns.batch_sharding)
   with jax.set_mesh(s.mesh), linen.logical_axis_rules(s.rules):
@@ -134,4 +137,8 @@ def test_pipeline_with_the_vocabulary_over_fsdp_moves_targets_not_logits():
   gathered = [[int(d) for d in c.shape.split("[", 1)[1].split("]")[0].split(",") if d]
               for c in collectives(hlo) if c.op == "all-gather"]
   assert gathered and logits_cotangent not in gathered, gathered
-  assert_same_training(run(mesh, sharding, micro_batches=2), single_device())
+
+
+@pytest.mark.slow   # the fast core checks vocab_over_fsdp's equivalence without a pipeline
+def test_pipeline_with_the_vocabulary_over_fsdp_equals_one_device():
+  assert_same_training(run(*VOCAB_OVER_FSDP, micro_batches=2), single_device())
