@@ -1,6 +1,6 @@
 """Llama 3's post-training rounds (report §4.1-4.2), end to end on the shipped task.
 
-python -m experiments.posttrain                          # 2 rounds, ~15-20 minutes on 2 cores
+python -m experiments.posttrain                          # 2 rounds, ~10-15 minutes on 2 cores
 python -m experiments.posttrain --config experiments/configs/posttrain.py \
     --config.rounds=3 --config.rejection.samples=16 --workdir /tmp/rounds
 

@@ -1,6 +1,6 @@
 """Llama 3's rounds (reward model -> rejection sampling -> SFT -> DPO) on the shipped task.
 
-python -m experiments.posttrain                      # this config: 2 rounds, ~15-20 minutes
+python -m experiments.posttrain                      # this config: 2 rounds, ~10-15 minutes
 python -m experiments.posttrain --config.rounds=3 --config.rejection.samples=16 --workdir W
 
 Each stage is a whole training config (`sft_start`, `reward`, `sft`, `dpo`: the launchers' own,

@@ -17,8 +17,10 @@ The draws depend on the seed and the prompt's place only: a seed reproduces the 
 `sample_to_dir` does it for saved models into a directory: `sft.jsonl` (the kept examples),
 `pairs.jsonl` and `summary.json` (throughput; with known answers, the share of kept answers
 that are correct against a random one of the K). Where the answers are known, a checker stands
-in for the annotators: a prompt with both correct and wrong samples gives a preference pair,
-the best-scored correct one over the best-scored wrong one.
+in for the annotators: a prompt with both correct and wrong samples gives one preference pair
+per distinct wrong answer among its samples, the correct answer over it. (One pair per prompt,
+the best-scored correct sample over the best-scored wrong one, left the next round's reward
+model below a random pick on the next policy's samples: BENCHMARKS.md, "Post-training rounds".)
 """
 
 import dataclasses
@@ -124,6 +126,18 @@ def same_tokenizer(policy_path, reward_path):
   return policy
 
 
+def checker_pairs(prompts, responses, correct) -> list[dict]:
+  """Preference pairs from checked samples: per prompt (messages), each distinct correct
+  response over each distinct wrong non-empty one, in sample order. `correct[i][j]`: whether
+  responses[i][j] is right."""
+  pairs = []
+  for messages, texts, right in zip(prompts, responses, correct, strict=True):
+    good = list(dict.fromkeys(t for t, ok in zip(texts, right, strict=True) if ok))
+    bad = list(dict.fromkeys(t for t, ok in zip(texts, right, strict=True) if not ok and t))
+    pairs += [{"messages": messages, "chosen": g, "rejected": b} for g in good for b in bad]
+  return pairs
+
+
 def sample_to_dir(out, policy_path, reward_path, prompts, settings: Settings, *,
                   log=print) -> dict:
   """Rejection sampling of saved models (workdirs) into `out`; `prompts`: (messages, answer or
@@ -144,13 +158,7 @@ def sample_to_dir(out, policy_path, reward_path, prompts, settings: Settings, *,
   if all(answer is not None for _, answer in prompts):
     correct = [[text == answer.strip() for text in texts]
                for texts, (_, answer) in zip(result.responses, prompts)]
-    for (messages, _), texts, scores, right in zip(prompts, result.responses, result.scores,
-                                                   correct):
-      good = [j for j, ok in enumerate(right) if ok]
-      bad = [j for j, ok in enumerate(right) if not ok and texts[j]]
-      if good and bad:
-        g, b = max(good, key=lambda j: scores[j]), max(bad, key=lambda j: scores[j])
-        pairs.append({"messages": messages, "chosen": texts[g], "rejected": texts[b]})
+    pairs = checker_pairs([m for m, _ in prompts], result.responses, correct)
     summary.update(
         best_of_k_correct=float(np.mean([j is not None and ok[j]
                                          for ok, j in zip(correct, result.best)])),

@@ -12,8 +12,8 @@ the annotators:
                 task's pairs and the pairs annotated from earlier rounds' samples);
   `rejection/`  K samples per training prompt from the policy, the reward model's best kept as
                 SFT data (`sft.jsonl`, with provenance); the samples are also annotated by the
-                checker into new pairs (`pairs.jsonl`: the best-scored correct sample over the
-                best-scored wrong one, where a prompt has both);
+                checker into new pairs (`pairs.jsonl`: the correct answer over each distinct
+                wrong answer sampled, where a prompt has both);
   `sft/`        SFT of the policy (`cfg.sft_init="previous"`) or of the pre-trained model
                 (`"pretrained"`, Llama 3's choice) on the task's answers plus the kept samples;
   `dpo/`        DPO of that SFT model on all preference pairs so far: the round's policy.

@@ -1,4 +1,5 @@
-"""Rejection sampling: K = 1 greedy is plain generation, the kept one is the argmax, seeds."""
+"""Rejection sampling: K = 1 greedy is plain generation, the kept one is the argmax, seeds; the
+checker's preference pairs."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from flax import nnx
 from llama3_jax.infer.chat import decode, encode_chat
 from llama3_jax.infer.generate import Generator, Sampling
 from llama3_jax.model import Transformer
-from llama3_jax.posttrain.rejection import Settings, rejection_sample
+from llama3_jax.posttrain.rejection import Settings, checker_pairs, rejection_sample
 from llama3_jax.posttrain.reward import RewardModel, score_responses
 from tests.posttrain.conftest import TINY
 
@@ -79,3 +80,13 @@ def test_a_reward_model_of_another_tokenizer_is_refused(tmp_path, monkeypatch):
   assert same_tokenizer("policy", "rm_same").path == str(tmp_path / "a.model")
   with pytest.raises(UserError, match="the reward model rm_other was trained with the tokenizer"):
     same_tokenizer("policy", "rm_other")
+
+
+def test_the_checker_pairs_the_correct_answer_with_each_distinct_wrong_one():
+  responses = [["9", "8", "9", "", "7", "8"], ["17"] * 3, ["1", "2"], []]
+  answers = ["9", "17", "3", "5"]
+  correct = [[t == a for t in texts] for texts, a in zip(responses, answers)]
+  pairs = checker_pairs(PROMPTS + [PROMPTS[0]], responses, correct)
+  # all right, all wrong and no samples give none; empty responses are never a pair's side
+  assert pairs == [{"messages": PROMPTS[0], "chosen": "9", "rejected": "8"},
+                   {"messages": PROMPTS[0], "chosen": "9", "rejected": "7"}]
