@@ -20,11 +20,10 @@ count), so micro-batches and meshes do not change it.
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from llama3_jax.model import Transformer
-from llama3_jax.model.layers import constrain_as_logit_rows
 from llama3_jax.posttrain.data import CONVERSATION_FIELDS
+from llama3_jax.train.objectives import token_nll
 
 
 def response_sums(model, batch, run_blocks=None, *, slots: int):
@@ -37,8 +36,7 @@ def token_logps(model, batch, run_blocks=None):
   """[B, T] fp32: the log-probability of each target."""
   logits_btv = model(batch["inputs"], batch["segment_ids"], batch["positions"],
                      batch.get("indices"), run_blocks=run_blocks)
-  return -optax.softmax_cross_entropy_with_integer_labels(
-      logits_btv, constrain_as_logit_rows(batch["targets"]))
+  return -token_nll(logits_btv, batch["targets"])
 
 
 def _slot_sums(logp_bt, batch, slots: int):

@@ -28,6 +28,13 @@ from llama3_jax.model import Transformer
 from llama3_jax.model.layers import constrain_as_logit_rows
 
 
+def token_nll(logits_btv, targets_bt):
+  """[B, T] fp32: the negative log-likelihood of each target (the targets laid out as the
+  logits' rows, so XLA never moves the logits' cotangent to the batch's layout instead)."""
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits_btv, constrain_as_logit_rows(targets_bt))
+
+
 class NextTokenLoss:
   """Cross-entropy of the next token, weighted by `loss_mask` (0 for padding and for the last
   token of each document, whose next token belongs to another)."""
@@ -39,8 +46,7 @@ class NextTokenLoss:
   def loss_sums(self, model, batch, run_blocks=None, frozen=None):
     logits_btv = model(batch["inputs"], batch.get("segment_ids"), batch.get("positions"),
                        batch.get("indices"), run_blocks=run_blocks)
-    ce_bt = optax.softmax_cross_entropy_with_integer_labels(
-        logits_btv, constrain_as_logit_rows(batch["targets"]))
+    ce_bt = token_nll(logits_btv, batch["targets"])
     mask_bt = batch.get("loss_mask", jnp.ones_like(ce_bt)).astype(jnp.float32)
     return (ce_bt * mask_bt).sum(), mask_bt.sum(), {}
 
