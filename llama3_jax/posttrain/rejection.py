@@ -78,10 +78,12 @@ def rejection_sample(policy, reward_model, tokenizer, prompts: list[list[dict]],
       sampling=[prompt_sampling(settings, i) for i in range(len(prompts))])
   generation_s = time.perf_counter() - start
   responses = [[decode(tokenizer, tokens).strip() for tokens in r.tokens] for r in generated]
-  # Empty responses are not scored (nothing to keep); a placeholder keeps the row's shape.
-  scores = score_responses(reward_model, tokenizer, prompts,
-                           [[text or "." for text in texts] for texts in responses],
-                           seq_len=seq_len)
+  if reward_model is None:   # samples to annotate: all scores equal, the first kept
+    scores = [np.zeros(len(texts), np.float32) for texts in responses]
+  else:   # empty responses are not scored (nothing to keep); a placeholder keeps the row's shape
+    scores = score_responses(reward_model, tokenizer, prompts,
+                             [[text or "." for text in texts] for texts in responses],
+                             seq_len=seq_len)
   scores = [np.where([bool(t) for t in texts], s, -np.inf).astype(np.float32)
             for texts, s in zip(responses, scores)]
   total_s = time.perf_counter() - start
@@ -138,39 +140,80 @@ def checker_pairs(prompts, responses, correct) -> list[dict]:
   return pairs
 
 
+def ranking(scores, correct) -> dict:
+  """How well scores rank each prompt's K samples, against the checker. `scores[i]`: prompt
+  i's K scores (-inf: an empty response), `correct[i]`: which of them are right.
+
+  best_of_k: the share of prompts whose best-scored sample is right; random: a random one of
+  the K (the mean share of right samples); any: some sample is right; each with its 95%
+  interval over the prompts, and best - random paired by prompt with its own. auc: the
+  within-prompt AUC, per prompt with right and wrong non-empty samples the share of (right,
+  wrong) pairs scored in that order (ties half), averaged over those prompts (`auc_prompts`).
+  """
+  best, share, any_, aucs = [], [], [], []
+  for s, ok in zip(scores, correct, strict=True):
+    s, ok = np.asarray(s, np.float64), np.asarray(ok, bool)
+    best.append(bool(np.isfinite(s).any() and ok[int(np.argmax(s))]))
+    share.append(ok.mean())
+    any_.append(ok.any())
+    right, wrong = s[ok & np.isfinite(s)], s[~ok & np.isfinite(s)]
+    if right.size and wrong.size:
+      diff = right[:, None] - wrong[None, :]
+      aucs.append(float(np.mean((diff > 0) + 0.5 * (diff == 0))))
+  best, share, any_ = np.array(best, float), np.array(share), np.array(any_, float)
+  mean_ci = lambda x: (float(x.mean()), float(1.96 * x.std(ddof=1) / np.sqrt(x.size))
+                       if x.size > 1 else float("nan"))
+  (b, b_ci), (r, r_ci), (a, a_ci) = mean_ci(best), mean_ci(share), mean_ci(any_)
+  gain, gain_ci = mean_ci(best - share)
+  auc, auc_ci = mean_ci(np.array(aucs)) if aucs else (float("nan"), float("nan"))
+  return {"best_of_k_correct": b, "best_of_k_correct_ci": b_ci, "random_sample_correct": r,
+          "random_sample_correct_ci": r_ci, "any_correct": a, "any_correct_ci": a_ci,
+          "best_minus_random": gain, "best_minus_random_ci": gain_ci, "auc": auc,
+          "auc_ci": auc_ci, "auc_prompts": len(aucs)}
+
+
 def sample_to_dir(out, policy_path, reward_path, prompts, settings: Settings, *,
                   log=print) -> dict:
   """Rejection sampling of saved models (workdirs) into `out`; `prompts`: (messages, answer or
-  None). Done once: a directory with its summary.json is read back, not sampled again."""
-  from llama3_jax.checkpoint.model import load_model
+  None). `reward_path` None: samples for the checker to annotate only (pairs.jsonl; sft.jsonl
+  keeps each prompt's first non-empty sample). Done once: a directory with its summary.json is
+  read back, not sampled again."""
+  from llama3_jax.checkpoint.model import load_model, run_tokenizer
   out = pathlib.Path(out)
   done = out / "summary.json"
   if done.exists():
     return json.loads(done.read_text())
-  tokenizer = same_tokenizer(policy_path, reward_path)
+  reward_model = None
+  if reward_path is None:
+    tokenizer = run_tokenizer(policy_path)
+  else:
+    tokenizer = same_tokenizer(policy_path, reward_path)
+    _, reward_model = load_model(reward_path, kind="reward")
   _, policy = load_model(policy_path)
-  _, reward_model = load_model(reward_path, kind="reward")
   result = rejection_sample(policy, reward_model, tokenizer, [m for m, _ in prompts], settings,
                             provenance={"policy": str(policy_path),
-                                        "reward_model": str(reward_path)})
+                                        "reward_model": reward_path and str(reward_path)})
   summary = {**result.stats, "settings": dataclasses.asdict(settings)}
   pairs = []
   if all(answer is not None for _, answer in prompts):
     correct = [[text == answer.strip() for text in texts]
                for texts, (_, answer) in zip(result.responses, prompts)]
     pairs = checker_pairs([m for m, _ in prompts], result.responses, correct)
-    summary.update(
-        best_of_k_correct=float(np.mean([j is not None and ok[j]
-                                         for ok, j in zip(correct, result.best)])),
-        random_sample_correct=float(np.mean(correct)),   # a random one of the K, on average
-        any_correct=float(np.mean([any(ok) for ok in correct])), pairs=len(pairs))
+    report = ranking(result.scores, correct)
+    if reward_model is None:   # no scores to rank by
+      report = {k: v for k, v in report.items() if k.startswith(("random", "any"))}
+    summary.update(report, pairs=len(pairs))
   write_jsonl(result.kept, out / "sft.jsonl")
   write_jsonl(pairs, out / "pairs.jsonl")
   done.write_text(json.dumps(summary, indent=1))   # last: the mark of a finished directory
-  line = (f"rejection sampling: {summary['samples']} samples at {summary['samples_per_s']}/s, "
-          f"{summary['kept']} kept -> {out}/sft.jsonl")
+  line = (f"{'rejection sampling' if reward_model else 'samples to annotate'}: "
+          f"{summary['samples']} at {summary['samples_per_s']}/s -> {out}")
   if "best_of_k_correct" in summary:
     line += (f"; best of {settings.samples} correct {summary['best_of_k_correct']:.3f} vs a "
-             f"random one {summary['random_sample_correct']:.3f}, {len(pairs)} new pairs")
+             f"random one {summary['random_sample_correct']:.3f} (best - random "
+             f"{summary['best_minus_random']:+.3f} ± {summary['best_minus_random_ci']:.3f}, "
+             f"within-prompt AUC {summary['auc']:.3f})")
+  if "pairs" in summary:
+    line += f"; {len(pairs)} checker pairs"
   log(line)
   return summary

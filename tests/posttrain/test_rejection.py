@@ -90,3 +90,26 @@ def test_the_checker_pairs_the_correct_answer_with_each_distinct_wrong_one():
   # all right, all wrong and no samples give none; empty responses are never a pair's side
   assert pairs == [{"messages": PROMPTS[0], "chosen": "9", "rejected": "8"},
                    {"messages": PROMPTS[0], "chosen": "9", "rejected": "7"}]
+
+
+def test_ranking_counts_best_random_any_and_the_within_prompt_auc():
+  from llama3_jax.posttrain.rejection import ranking
+  inf = -np.inf
+  scores = [[3.0, 1.0, 2.0, inf], [0.0, 5.0, 1.0, 1.0], [1.0, 1.0, 0.0, 0.0], [inf, inf, 2.0, 0.0]]
+  correct = [[True, False, False, False], [True, False, True, True], [False] * 4,
+             [True, True, False, True]]
+  report = ranking(scores, correct)
+  best = np.array([1.0, 0.0, 0.0, 0.0])
+  share = np.array([0.25, 0.75, 0.0, 0.75])
+  assert report["best_of_k_correct"] == 0.25 and report["any_correct"] == 0.75
+  np.testing.assert_allclose(report["random_sample_correct"], share.mean())
+  np.testing.assert_allclose(report["best_minus_random"], (best - share).mean())
+  np.testing.assert_allclose(report["best_minus_random_ci"],
+                             1.96 * (best - share).std(ddof=1) / 2)
+  # prompt 0: 3 over 1 and 2 (the empty one counts in neither side); prompt 1: of (0, 1, 1)
+  # against 5 none wins; prompt 3: the right 0 against the wrong 2 loses, empty ones left out
+  assert report["auc_prompts"] == 3
+  np.testing.assert_allclose(report["auc"], np.mean([1.0, 0.0, 0.0]))
+  # ties count half
+  tied = ranking([[1.0, 1.0]], [[True, False]])
+  assert tied["auc"] == 0.5 and tied["best_of_k_correct"] == 1.0
