@@ -3,6 +3,8 @@
   python -m experiments.curate --input raw/ --out clean/          # all defaults
   python -m experiments.curate --input raw/ --out clean/ --strict --workers 8 \
       --config.minhash.threshold=0.8 --config.filters.dirty_words_path=words.txt
+  python -m experiments.curate --input raw/ --out clean/ --executor ray --tasks 64
+  python -m experiments.curate --input raw/ --out clean/ --executor slurm --tasks 512
 
 Stages, in order, each switchable (config.py has the defaults and their reasons):
   1. URL dedup: one document per URL, the newest by timestamp (else the first seen).
@@ -14,8 +16,12 @@ Stages, in order, each switchable (config.py has the defaults and their reasons)
   5. Optional, off by default: language ID (langid.py) and a linear quality classifier
      (quality.py), each trained on the user's labelled JSONL.
 
-pipeline.py runs them as four streaming passes over the input files, parallel across files;
-reader.py turns malformed lines into counted skips (or, strict, errors naming file and line).
+stages.py cuts them into stages of tasks joined by files (per input file, per key range, a few
+one-unit merges), with no stage holding all documents' signatures or line hashes; tasks.py
+runs a task and leaves completion markers; executors.py runs the tasks on a process pool, Ray
+or SLURM job arrays; pipeline.py is `curate`. reference.py is the single-process version the
+staged one is tested against. reader.py turns malformed lines into counted skips (or, strict,
+errors naming file and line).
 """
 
 from llama3_jax.data.curation.config import CurationConfig

@@ -89,6 +89,14 @@ class QualityConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PartitionConfig:
+  """How the staged pipeline cuts its global stages into units (stages.py). Results never
+  depend on it; memory per task does: a URL, band-key or line-hash range holds the keys of
+  about `docs_per_unit` documents (16-24 B each), so it stays flat as the corpus grows."""
+  docs_per_unit: int = 1_000_000
+
+
+@dataclasses.dataclass(frozen=True)
 class CurationConfig:
   read: ReadConfig = ReadConfig()
   url_dedup: UrlDedupConfig = UrlDedupConfig()
@@ -97,6 +105,7 @@ class CurationConfig:
   filters: FilterConfig = FilterConfig()
   langid: LangIdConfig = LangIdConfig()
   quality: QualityConfig = QualityConfig()
+  partitions: PartitionConfig = PartitionConfig()
   workers: int = 0              # processes; 0 = all CPUs, 1 = in this process
 
   def __post_init__(self):
@@ -116,6 +125,9 @@ class CurationConfig:
       problems.append(f"filters.dup_ngrams={self.filters.dup_ngrams}: n must be positive")
     if self.filters.kl_buckets <= 0:
       problems.append(f"filters.kl_buckets={self.filters.kl_buckets} must be positive")
+    if self.partitions.docs_per_unit <= 0:
+      problems.append(f"partitions.docs_per_unit={self.partitions.docs_per_unit} must be "
+                      "positive")
     if self.workers < 0:
       problems.append(f"workers={self.workers} must be >= 0")
     if problems:

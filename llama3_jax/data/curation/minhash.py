@@ -55,21 +55,30 @@ def similarity(sig_x: np.ndarray, sig_y: np.ndarray) -> np.ndarray:
 
 def cluster_keep(sigs: np.ndarray, bands: int, threshold: float) -> np.ndarray:
   """Which rows of `sigs` (N, P) uint32 to keep: the first of each near-duplicate cluster."""
-  n, p = sigs.shape
-  rows = p // bands
+  n = len(sigs)
   src, dst = [], []
-  for band in range(bands):
-    block = sigs[:, band * rows:(band + 1) * rows].astype(np.uint64)      # (N, R)
-    key = mix64(block @ np.arange(1, 2 * rows, 2, dtype=np.uint64) + np.uint64(band))  # (N,)
-    u, v = _verified_pairs(sigs, key, threshold)
+  for key in band_keys(sigs, bands):
+    u, v = verified_pairs(sigs, key, threshold)
     src.append(u)
     dst.append(v)
   label = components(n, np.concatenate(src), np.concatenate(dst))
   return label == np.arange(n)
 
 
-def _verified_pairs(sigs, key, threshold):
-  """Pairs (first member, member) within equal-key buckets whose similarity is >= threshold."""
+def band_keys(sigs: np.ndarray, bands: int) -> np.ndarray:
+  """One 64-bit key per band of each signature: equal bands, equal keys. (bands, N) uint64."""
+  n, p = sigs.shape
+  rows = p // bands
+  keys = np.zeros((bands, n), np.uint64)
+  for band in range(bands):
+    block = sigs[:, band * rows:(band + 1) * rows].astype(np.uint64)      # (N, R)
+    keys[band] = mix64(block @ np.arange(1, 2 * rows, 2, dtype=np.uint64) + np.uint64(band))
+  return keys
+
+
+def verified_pairs(sigs, key, threshold):
+  """Pairs (first member, member) of rows within equal-key buckets whose similarity is >=
+  threshold; rows are in document order (the first of a bucket is its smallest row)."""
   order = np.argsort(key, kind="stable")        # equal keys keep document order
   idx, k = order, key[order]
   src, dst = [], []

@@ -37,6 +37,22 @@ def init_worker(cfg: CurationConfig, log_q: np.ndarray | None = None):
                        else None)
 
 
+def ensure_worker(cfg: CurationConfig, log_q_path: str | None = None):
+  """`init_worker` unless this process already holds the state of this config (and corpus
+  distribution): a staged run's tasks call it before each unit, models load once."""
+  key = (cfg, log_q_path)
+  if _STATE.get("key") != key:
+    init_worker(cfg, np.load(log_q_path) if log_q_path else None)
+    _STATE["key"] = key
+
+
+def any_filter(cfg: CurationConfig) -> bool:
+  """Whether any stage after line dedup is on (the score pass has work)."""
+  f = cfg.filters
+  return bool(f.dup_ngrams or f.dirty_words_path or f.kl_enabled or cfg.langid.model_path
+              or cfg.quality.model_path)
+
+
 @dataclasses.dataclass
 class ScanResult:
   """Pass 1 of one file: what URL dedup, MinHash and the corpus word distribution need."""
