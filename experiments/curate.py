@@ -1,6 +1,9 @@
 """Pre-training data curation (report §3.1.1): JSONL in, de-duplicated and filtered JSONL out.
 
+python -m experiments.curate              # the embedded corpus' raw text -> workdirs/curate
 python -m experiments.curate --input raw/ --out clean/
+python -m experiments.curate --input raw/ --out clean/ --executor ray --tasks 64
+python -m experiments.curate --input raw/ --out clean/ --executor slurm --tasks 512
 python -m experiments.curate --input raw/ --out clean/ --strict --workers 8 \
     --dirty-words words.txt --config.minhash.threshold=0.8 --config.filters.kl_quantile=0.995
 python -m experiments.curate --train-langid langs.jsonl --langid-model langid.npz
@@ -12,11 +15,17 @@ Reads every *.jsonl / *.jsonl.gz under --input (lines {"text": ..., "url": ..., 
 writes the kept documents to the same relative paths under --out (".gz" dropped) and
 --out/stats.json: input_lines = kept + sum(removed) + sum(skipped_lines). Malformed lines are
 counted (first few listed) unless --strict, which stops at the first with file, line and fix.
-A missing input, no input files or a bad option: one line on stderr, exit code 2
-(llama3_jax/cli.py).
+The work runs as stages of tasks (llama3_jax/data/curation/stages.py) on --executor: local (a
+process pool of --workers, the default), ray (`ray.init()`: the cluster RAY_ADDRESS names, or a
+local one) or slurm (writes one job array per stage and --out/_work/slurm/submit.sh). --tasks
+is the tasks per stage (default: --workers). Relaunching the same command after a crash runs
+only the unfinished tasks; --out/_work holds the stages' files and --out/_work/stats/ a stats
+JSON per stage. A missing input, no input files, a bad option, a task failing on bad input:
+one line on stderr, exit code 2 (llama3_jax/cli.py).
 """
 
 import pathlib
+import shlex
 import sys
 import time
 
@@ -27,13 +36,18 @@ from llama3_jax import cli
 from llama3_jax.errors import UserError
 
 _DEFAULT = str(pathlib.Path(__file__).parent / "configs" / "curation.py")
+DEFAULT_OUT = "workdirs/curate"
 
 
 def _define_flags():
   """Defined only when run as a program: spawned workers re-import this module as __mp_main__."""
   config_flags.DEFINE_config_file("config", _DEFAULT, "curation config file")
   flags.DEFINE_string("input", None, "directory of *.jsonl / *.jsonl.gz files")
-  flags.DEFINE_string("out", None, "output directory (kept documents + stats.json)")
+  flags.DEFINE_string("out", None, "output directory (kept documents + stats.json); default "
+                      f"{DEFAULT_OUT} for the embedded corpus")
+  flags.DEFINE_enum("executor", "local", ["local", "ray", "slurm"],
+                    "who runs the tasks: a process pool, Ray, or SLURM job arrays (files only)")
+  flags.DEFINE_integer("tasks", None, "tasks per stage (default: the workers)")
   flags.DEFINE_bool("strict", False, "stop at the first malformed line instead of counting it")
   flags.DEFINE_integer("workers", None, "processes (default: config.workers; 0 = all CPUs)")
   flags.DEFINE_string("dirty-words", None, "word list for the dirty-word filter")
@@ -78,9 +92,13 @@ def main(argv):
       trained = True
   if trained:
     return
-  if not f.input or not f.out:
-    raise UserError("--input DIR and --out DIR are required",
-                    "give both, or --train-langid / --train-quality")
+  if f.input and not f.out:
+    raise UserError("--input without --out", "give --out DIR for the kept documents")
+  if not f.input:
+    from llama3_jax.data.corpus import embedded_corpus
+    f.input = str(embedded_corpus() / "raw")
+    f.out = f.out or DEFAULT_OUT
+    print(f"no --input: curating the embedded corpus' raw text ({f.input})")
   c = f.config.to_dict()
   c["read"]["strict"] = c["read"]["strict"] or f.strict
   if f.workers is not None:
@@ -91,12 +109,18 @@ def main(argv):
     if f[f"{kind}-model"].value:
       c[kind]["model_path"] = f[f"{kind}-model"].value
   start = time.time()
-  stats = curate(f.input, f.out, CurationConfig.from_dict(c))
+  relaunch = shlex.join(["python", "-m", "experiments.curate", *sys.argv[1:]])
+  stats = curate(f.input, f.out, CurationConfig.from_dict(c), executor=f.executor,
+                 tasks=f.tasks or 0, relaunch=relaunch, log=print)
+  if not stats:          # slurm: the job files are written, nothing ran here
+    print(f"when the jobs finish: kept documents and stats.json in {f.out}")
+    return
   removed = ", ".join(f"{k} {v:,}" for k, v in stats["removed"].items() if v)
   skipped = sum(stats["skipped_lines"].values())
   print(f"kept {stats['kept']:,} of {stats['input_lines']:,} lines "
         f"(removed: {removed or 'none'}; skipped malformed: {skipped:,}) in "
-        f"{time.time() - start:.1f} s; wrote {f.out}/stats.json")
+        f"{time.time() - start:.1f} s; wrote the kept documents to {f.out}/, "
+        f"{f.out}/stats.json and per-stage stats in {f.out}/_work/stats/")
   for problem in stats["file_problems"]:
     print(f"warning: {problem['file']}: {problem['reason']} ({problem['detail']})",
           file=sys.stderr)

@@ -3,22 +3,30 @@
     python -m experiments.prepare_data --input raw/*.jsonl --tokenizer tok.model \
         --source general --out data/
 
-Layout of `out/`: `manifest.json` (tokenizer, and per source: documents, tokens, shards,
-provenance) and `<source>/shard-00000.array_record` (one record per document: its token ids as
-little-endian int32, BOS and EOS included). Each input file becomes one shard, written under a
-temporary name and renamed with a small `.json` summary next to it when complete, so an
-interrupted run resumes where it stopped and several machines can split the files
-(`shard_index`/`shard_count`). Run it once per source into the same `out/`.
+Layout of `out/`: `manifest.json` (tokenizer and its sha256, and per source: documents,
+tokens, shards, provenance) and `<source>/shard-00000.array_record` (one record per document:
+its token ids as little-endian int32, BOS and EOS included). Run it once per source into the
+same `out/`.
+
+Tokenization is two stages of tasks (llama3_jax/data/curation/tasks.py), run by the same
+executors as curation (`executor`: local process pool, ray, slurm job arrays; `tasks` per
+stage): `tokenize`, one unit per input file, writes its shard under a temporary name, renames
+it, then its small `.json` summary (the unit's completion marker, with the input's size and
+modification time); `manifest`, one unit, writes the manifest from the summaries. An
+interrupted run resumes where it stopped; an input that changed since its shard was written is
+tokenized again; several machines can split the files (`shard_index`/`shard_count`: the last
+to finish writes the manifest). The stages' spec lies in `out/_work/prepare-<source>/`.
 """
 
 import hashlib
 import json
-import multiprocessing
 import os
 import pathlib
 
 import numpy as np
 
+from llama3_jax.data.curation import executors
+from llama3_jax.data.curation.tasks import Stage, fingerprint, write_spec
 from llama3_jax.errors import UserError
 from llama3_jax.data.sources import Skips, list_files, read_documents
 from llama3_jax.data.tokenizers import load_tokenizer
@@ -37,10 +45,14 @@ def _write_json(path: pathlib.Path, value) -> None:
   os.replace(tmp, path)
 
 
-def _tokenize_file(job) -> dict:
-  """Writes one shard from one input file; returns its summary."""
+def _tokenize_file(input_path, shard_path, tokenizer_path, strict, text_field,
+                   min_tokens) -> dict:
+  """Writes one shard from one input file; returns its summary (the caller writes it)."""
   from array_record.python.array_record_module import ArrayRecordWriter
-  input_path, shard_path, tokenizer_path, strict, text_field, min_tokens = job
+  if fingerprint(input_path[0]) != input_path[1]:
+    raise UserError(f"{input_path[0]} changed since this tokenization began",
+                    "relaunch: its shard is written again")
+  recorded, input_path = input_path[1], pathlib.Path(input_path[0])
   tokenizer = _tokenizer_cache(tokenizer_path)
   skips = Skips(strict=strict)
   documents = tokens = short = 0
@@ -62,10 +74,9 @@ def _tokenize_file(job) -> dict:
     raise
   writer.close()
   os.replace(tmp, shard_path)
-  summary = {"input": str(input_path), "shard": shard_path.name, "documents": documents,
-             "tokens": tokens, "too_short": short, "skipped": skips.as_dict()}
-  _write_json(shard_path.with_suffix(".json"), summary)
-  return summary
+  return {"input": str(input_path), "shard": shard_path.name, "documents": documents,
+          "docs": documents, "tokens": tokens, "too_short": short, "skipped": skips.as_dict(),
+          "fingerprint": recorded}
 
 
 _TOKENIZERS = {}
@@ -79,8 +90,10 @@ def _tokenizer_cache(path):
 
 def prepare(inputs, tokenizer_path, out_dir, *, source: str = "general", workers: int = 1,
             strict: bool = False, text_field: str = "text", min_tokens: int = 3,
-            shard_index: int = 0, shard_count: int = 1, provenance: str = "") -> dict:
-  """Tokenizes `inputs` (files, dirs or globs) into `out_dir/source/`; returns the manifest."""
+            shard_index: int = 0, shard_count: int = 1, provenance: str = "",
+            executor: str = "local", tasks: int = 0, relaunch: str = "", log=None) -> dict:
+  """Tokenizes `inputs` (files, dirs or globs) into `out_dir/source/`; returns the manifest
+  ({} while other machines, or the SLURM jobs, still have shards to write)."""
   if not source.isidentifier():
     raise UserError(f"--source {source!r} must be an identifier", "use letters, digits and _")
   if shard_count < 1 or not 0 <= shard_index < shard_count:
@@ -91,21 +104,52 @@ def prepare(inputs, tokenizer_path, out_dir, *, source: str = "general", workers
   out_dir = pathlib.Path(out_dir)
   files = list_files(inputs)
   tokenizer_path = str(pathlib.Path(tokenizer_path).resolve())
-  tokenizer = load_tokenizer(tokenizer_path)
-  shard_dir = out_dir / source
-  shard_dir.mkdir(parents=True, exist_ok=True)
-  jobs = []
-  for i, path in enumerate(files):
-    shard = shard_dir / f"shard-{i:05d}.array_record"
-    if i % shard_count == shard_index and not shard.with_suffix(".json").exists():
-      jobs.append((path, shard, tokenizer_path, strict, text_field, min_tokens))
-  if workers > 1 and len(jobs) > 1:
-    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-      list(pool.imap_unordered(_tokenize_file, jobs))
-  else:
-    for job in jobs:
-      _tokenize_file(job)
-  return _update_manifest(out_dir, source, files, tokenizer, tokenizer_path, provenance)
+  load_tokenizer(tokenizer_path)               # a bad tokenizer fails here, not in every task
+  (out_dir / source).mkdir(parents=True, exist_ok=True)
+  work = out_dir / "_work" / f"prepare-{source}"
+  args = {"inputs": [[str(p), fingerprint(p)] for p in files], "tokenizer_path": tokenizer_path,
+          "out_dir": str(out_dir.resolve()), "source": source, "strict": strict,
+          "text_field": text_field, "min_tokens": min_tokens, "provenance": provenance,
+          "relaunch": relaunch}
+  stages = build_stages(work, **args)
+  for i, (path, recorded) in enumerate(args["inputs"]):     # changed since its shard: redo
+    summary = stages[0].marker(i)
+    if summary.exists() and json.loads(summary.read_text()).get("fingerprint",
+                                                                 recorded) != recorded:
+      (log or print)(f"{path} changed since its shard was written: tokenizing it again")
+      summary.unlink()
+  stages[1].marker(0).unlink(missing_ok=True)   # the manifest is always written again
+  write_spec(work, "llama3_jax.data.prepare:build_stages", args)
+  tasks = tasks or workers
+  if executor == "slurm":
+    executors.run_pipeline(work, "slurm", tasks, log=log or print)
+    return {}
+  executors.run_pipeline(work, executor, tasks * shard_count, workers, log,
+                         stages=["tokenize"], part=(shard_index, shard_count))
+  if any(not stages[0].marker(i).exists() for i in range(len(files))):
+    return {}   # other machines are still writing their shards; the last one finishes
+  executors.run_pipeline(work, "local", 1, log=log, stages=["manifest"])
+  return json.loads((out_dir / MANIFEST).read_text())
+
+
+def build_stages(work, *, inputs, tokenizer_path, out_dir, source, strict, text_field,
+                 min_tokens, provenance, relaunch="") -> list[Stage]:
+  """The tokenize and manifest stages of one source (rebuilt by every task from spec.json)."""
+  out_dir = pathlib.Path(out_dir)
+  shard = lambda i: out_dir / source / f"shard-{i:05d}.array_record"   # noqa: E731
+  tokenize = Stage(
+      "tokenize", lambda: len(inputs),
+      lambda i: _tokenize_file(inputs[i], shard(i), tokenizer_path, strict, text_field,
+                               min_tokens),
+      describe=lambda i: inputs[i][0], max_tasks=len(inputs),
+      marker=lambda i: shard(i).with_suffix(".json"))
+
+  def manifest(_):
+    m = _update_manifest(out_dir, source, inputs, load_tokenizer(tokenizer_path),
+                         tokenizer_path, provenance)
+    return {"docs": m["sources"][source]["documents"], "tokens": m["sources"][source]["tokens"]}
+  return [tokenize, Stage("manifest", lambda: 1, manifest, max_tasks=1,
+                          marker=lambda _: pathlib.Path(work) / "manifest" / "done.json")]
 
 
 def _update_manifest(out_dir, source, files, tokenizer, tokenizer_path, provenance) -> dict:

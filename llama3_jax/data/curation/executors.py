@@ -27,12 +27,15 @@ SLURM_TEMPLATE = ROOT / "launch" / "slurm" / "data_stage.sbatch"
 
 
 def run_pipeline(work, executor: str = "local", tasks: int = 1, workers: int = 0,
-                 log=None, fresh_processes: bool = False, ray_num_cpus: int | None = None):
-  """Runs every stage of the pipeline in `work` (or, for slurm, writes its job files).
+                 log=None, fresh_processes: bool = False, ray_num_cpus: int | None = None,
+                 stages=None, part=(0, 1)):
+  """Runs the stages of the pipeline in `work` in order (or, for slurm, writes job files).
 
   `tasks`: the world size of each stage (fewer where a stage has fewer units); `workers`:
   processes of the local pool (0 = all CPUs); `fresh_processes`: one new process per task (the
-  benchmark's per-task peak memory). Returns the path of submit.sh for slurm, else None.
+  benchmark's per-task peak memory); `stages`: the names to run (default all); `part`:
+  (index, count) runs only the units u with u % count == index (one machine's share).
+  Returns the path of submit.sh for slurm, else None.
   """
   if executor not in EXECUTORS:
     raise UserError(f"--executor {executor!r} is not one of {', '.join(EXECUTORS)}",
@@ -40,19 +43,20 @@ def run_pipeline(work, executor: str = "local", tasks: int = 1, workers: int = 0
   if tasks < 1:
     raise UserError(f"--tasks {tasks}", "give at least 1 task per stage")
   log = log or (lambda message: None)
-  stages = tasks_lib.load_stages(work)
+  chosen = [s for s in tasks_lib.load_stages(work) if stages is None or s.name in stages]
   if executor == "slurm":
-    return write_slurm(work, stages, tasks, log)
+    return write_slurm(work, chosen, tasks, log)
   with _runner(executor, tasks, workers, fresh_processes, ray_num_cpus) as run:
-    for stage in stages:
-      _run_stage(work, stage, tasks, run, log)
+    for stage in chosen:
+      _run_stage(work, stage, tasks, run, log, part)
   return None
 
 
-def _run_stage(work, stage, tasks, run, log):
+def _run_stage(work, stage, tasks, run, log, part=(0, 1)):
   units = stage.units()
-  world = max(1, min(tasks, units))
-  pending = tasks_lib.pending_units(work, stage, units)
+  index, count = part
+  world = count * max(1, min(tasks, units) // count)   # a multiple of count: ranks split parts
+  pending = [u for u in tasks_lib.pending_units(work, stage, units) if u % count == index]
   ranks = sorted({u % world for u in pending})
   if not ranks:
     log(f"{stage.name}: {units} units already done")
@@ -64,7 +68,7 @@ def _run_stage(work, stage, tasks, run, log):
     docs += summary["docs"]
     rate = docs / max(time.perf_counter() - start, 1e-9)
     log(f"{stage.name}: tasks {done}/{len(ranks)} done, {docs:,} docs, {rate:,.0f} docs/s")
-  if tasks_lib.pending_units(work, stage, units):   # a unit ran without leaving its marker
+  if any(u % count == index for u in tasks_lib.pending_units(work, stage, units)):
     raise RuntimeError(f"stage {stage.name} finished with units missing their markers")
 
 
