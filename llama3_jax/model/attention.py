@@ -28,8 +28,11 @@ class Attention(nnx.Module):
     self.wv_dkh = param(rngs, init, (D, K, H), ("embed", "kv_heads", "head_dim"), dtype)
     self.wo_nhd = param(rngs, init, (N, H, D), ("heads", "head_dim", "embed"), dtype)
 
-  def __call__(self, x_btd, rope, segment_bt, index_bt, cache=None):
+  def __call__(self, x_btd, rope, segment_bt, index_bt, cache=None, attend=None):
     """x [B, T, D]; rope = (cos, sin) [B, T, H/2]; segment ids and token indices [B, T].
+
+    attend: the kernel, (q, k, v, segment_bt, index_bt, config) -> out [B, T, N, H]; default
+    `attention_ops.self_attention` (the one `config.attention` names).
 
     cache: None (training), or (k, v) [B, S, K, H] and the cache's segment ids [B, S] already
     holding this call's tokens; then returns (out, (k, v)) with this call's keys and values
@@ -45,8 +48,8 @@ class Attention(nnx.Module):
     v_btkh = constrain(v_btkh, ("act_batch", "act_seq", "act_kv_heads", None))
 
     if cache is None:
-      out_btnh = attention_ops.self_attention(q_btnh, k_btkh, v_btkh, segment_bt, index_bt,
-                                              self.config)
+      attend = attend or attention_ops.self_attention
+      out_btnh = attend(q_btnh, k_btkh, v_btkh, segment_bt, index_bt, self.config)
       out_btnh = checkpoint_name(out_btnh, "attn_context")
       return jnp.einsum("btnh,nhd->btd", out_btnh, w(self.wo_nhd))
     (k_bskh, v_bskh), kv_segment_bs = cache

@@ -27,12 +27,10 @@ The blocked layouts and the flash forward / backward passes are public (`query_b
 `kv_blocks`, `flash_forward`, `flash_backward`) so that ring attention
 (llama3_jax/parallel/context.py) can run them on one key block at a time.
 
-`self_attention` is what the model calls: the kernel its config names, unless a caller has
-installed another for the duration of a trace with `kernel_scope` (context parallelism does).
+`self_attention` is what the model calls: the kernel its config names (`KERNELS`), unless a
+parallelism installed another in the model (`Transformer.attention_kernel`).
 """
 
-import contextlib
-import contextvars
 import warnings
 
 import jax
@@ -298,55 +296,40 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 # --- The model's entry point ----------------------------------------------------------------
-_KERNEL = contextvars.ContextVar("attention_kernel", default=None)
-_PERMUTED = contextvars.ContextVar("rows_permuted", default=False)
 
+def self_attention(q_btnh, k_btkh, v_btkh, segment_bt, index_bt, config, *,
+                   rows_in_order: bool = True):
+  """Causal, document-masked self-attention with the kernel `config.attention` names.
 
-@contextlib.contextmanager
-def permuted_rows(permuted: bool = True):
-  """Within this scope the model's tokens may come out of row order (explicit indices), so no
-  kernel may take the row order for the causal order. The model opens it when given indices."""
-  token = _PERMUTED.set(permuted or _PERMUTED.get())
-  try:
-    yield
-  finally:
-    _PERMUTED.reset(token)
-
-
-@contextlib.contextmanager
-def kernel_scope(kernel):
-  """Within this scope (while a step traces), `self_attention` calls `kernel` instead.
-
-  `kernel(q_btnh, k_btkh, v_btkh, segment_bt, index_bt, config) -> out_btnh`. This is how a
-  parallelism strategy (context parallelism's shard_map) replaces the kernel without the model
-  knowing about meshes.
+  `rows_in_order`: the tokens come in row order (no explicit indices), so a kernel may take the
+  row order for the causal order (`cudnn_attention`'s shortcut). A parallelism that replaces
+  this (context parallelism's shard_map) does so through `Transformer.attention_kernel`
+  (llama3_jax/parallel/parallelize.py), with the same signature less `rows_in_order`.
   """
-  token = _KERNEL.set(kernel)
-  try:
-    yield
-  finally:
-    _KERNEL.reset(token)
-
-
-def self_attention(q_btnh, k_btkh, v_btkh, segment_bt, index_bt, config):
-  """Causal, document-masked self-attention with the kernel `config.attention` names."""
-  kernel = _KERNEL.get()
-  if kernel is not None:
-    return kernel(q_btnh, k_btkh, v_btkh, segment_bt, index_bt, config)
   return local_attention(q_btnh, k_btkh, v_btkh, segment_bt, segment_bt, index_bt, index_bt,
-                         config, rows_in_order=not _PERMUTED.get())
+                         config, rows_in_order=rows_in_order)
+
+
+def _cudnn(q, k, v, q_seg, kv_seg, q_idx, kv_idx, config, rows_in_order):
+  return cudnn_attention(q, k, v, q_seg, kv_seg, q_idx, kv_idx, rows_in_order=rows_in_order)
+
+
+def _blockwise(q, k, v, q_seg, kv_seg, q_idx, kv_idx, config, rows_in_order):
+  return blockwise_attention(q, k, v, q_seg, kv_seg, q_idx, kv_idx,
+                             block_q=config.attention_block_q, block_kv=config.attention_block_kv)
+
+
+def _reference(q, k, v, q_seg, kv_seg, q_idx, kv_idx, config, rows_in_order):
+  return reference_attention(q, k, v, q_seg, kv_seg, q_idx, kv_idx)
+
+
+# The kernels `ModelConfig.attention` chooses from, by name: a new kernel is one entry here.
+KERNELS = {"reference": _reference, "blockwise": _blockwise, "cudnn": _cudnn}
 
 
 def local_attention(q_btnh, k_bskh, v_bskh, q_segment_bt, kv_segment_bs, q_index_bt,
                     kv_index_bs, config, *, rows_in_order: bool = False):
   """Queries against the keys given, with the kernel and block sizes of `config`.
   `rows_in_order`: see `cudnn_attention` (only that kernel uses it)."""
-  if config.attention == "cudnn":
-    return cudnn_attention(q_btnh, k_bskh, v_bskh, q_segment_bt, kv_segment_bs, q_index_bt,
-                           kv_index_bs, rows_in_order=rows_in_order)
-  if config.attention == "blockwise":
-    return blockwise_attention(q_btnh, k_bskh, v_bskh, q_segment_bt, kv_segment_bs, q_index_bt,
-                               kv_index_bs, block_q=config.attention_block_q,
-                               block_kv=config.attention_block_kv)
-  return reference_attention(q_btnh, k_bskh, v_bskh, q_segment_bt, kv_segment_bs, q_index_bt,
-                             kv_index_bs)
+  return KERNELS[config.attention](q_btnh, k_bskh, v_bskh, q_segment_bt, kv_segment_bs,
+                                   q_index_bt, kv_index_bs, config, rows_in_order)

@@ -8,6 +8,8 @@ counts are asserted in tests/model/test_config.py with `jax.eval_shape`, so noth
 import dataclasses
 import math
 
+from llama3_jax.model.attention_ops import KERNELS
+
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
@@ -50,7 +52,7 @@ class ModelConfig:
   scan_layers: bool = True                  # False: a Python loop over layers (for debugging)
   remat: str = "none"                       # "none" | "full" | "save_names"
   remat_names: tuple[str, ...] = ("attn_out", "mlp_out")  # kept by remat="save_names"
-  attention: str = "reference"              # "reference" | "blockwise" | "cudnn"
+  attention: str = "reference"              # a kernel of attention_ops.KERNELS
   attention_block_q: int = 512
   attention_block_kv: int = 512
 
@@ -67,8 +69,8 @@ class ModelConfig:
       problems.append(f"head_dim={self.head_dim} must be even for rotary embeddings")
     if self.remat not in ("none", "full", "save_names"):
       problems.append(f"remat={self.remat!r}; use 'none', 'full' or 'save_names'")
-    if self.attention not in ("reference", "blockwise", "cudnn"):
-      problems.append(f"attention={self.attention!r}; use 'reference', 'blockwise' or 'cudnn'")
+    if self.attention not in KERNELS:
+      problems.append(f"attention={self.attention!r}; use one of {', '.join(map(repr, KERNELS))}")
     if self.attention == "cudnn" and self.dtype == "float32":
       problems.append("attention='cudnn' runs in bfloat16 or float16 only (cuDNN's fused "
                       "attention has no fp32 kernel); set dtype='bfloat16' or use "

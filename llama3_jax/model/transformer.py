@@ -9,6 +9,8 @@ The blocks' parameters are stacked ([L, ...]) and run by `nnx.scan`, so compile 
 grow with depth; `scan_layers=False` runs the same stacked parameters in a Python loop.
 """
 
+import functools
+
 import jax
 from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
@@ -34,10 +36,11 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(config.d_model, config.norm_eps, param_dtype=dtype, rngs=rngs)
     self.mlp = MLP(config, rngs=rngs)
 
-  def __call__(self, x_btd, rope, segment_bt, index_bt, cache=None):
-    """With a KV cache ((k, v) of this layer, the cache's segment ids): returns (x, (k, v))."""
+  def __call__(self, x_btd, rope, segment_bt, index_bt, cache=None, attend=None):
+    """With a KV cache ((k, v) of this layer, the cache's segment ids): returns (x, (k, v)).
+    `attend`: the attention kernel (Attention.__call__)."""
     h_btd = constrain(self.attn_norm(x_btd), _BLOCK_IN)
-    attn = self.attn(h_btd, rope, segment_bt, index_bt, cache)
+    attn = self.attn(h_btd, rope, segment_bt, index_bt, cache, attend)
     attn_btd, kv = attn if cache is not None else (attn, None)
     x_btd = constrain(x_btd + checkpoint_name(attn_btd, "attn_out"), _RESIDUAL)
     h_btd = constrain(self.mlp_norm(x_btd), _BLOCK_IN)
@@ -78,15 +81,16 @@ class Transformer(nnx.Module):
     self.final_norm = RMSNorm(D, config.norm_eps, param_dtype=dtype, rngs=rngs)
     if not config.tie_embeddings:
       self.lm_head_dv = param(rngs, init, (D, V), ("embed", "vocab"), dtype)
+    # The two seams a parallelism uses, set by llama3_jax/parallel/parallelize.py on the model a
+    # step traces (never saved): `block_runner(blocks, x_btd, rope, segment_bt, index_bt,
+    # attend) -> x_btd` runs the stacked blocks (e.g. as a pipeline over the stage axis);
+    # `attention_kernel` replaces the attention kernel (e.g. under shard_map over the context
+    # axis). None: this device runs everything (`_run_blocks`, `attention_ops.self_attention`).
+    self.block_runner = None
+    self.attention_kernel = None
 
-  def __call__(self, tokens_bt, segment_ids=None, positions=None, indices=None, **kwargs):
-    """tokens [B, T] int -> logits [B, T, V] fp32 (see `forward`). Given `indices`, attention
-    takes no shortcut that assumes the tokens in row order."""
-    with attention_ops.permuted_rows(indices is not None):
-      return self.forward(tokens_bt, segment_ids, positions, indices, **kwargs)
-
-  def forward(self, tokens_bt, segment_ids=None, positions=None, indices=None, *,
-              run_blocks=None, cache=None, logits_at=None, hidden: bool = False):
+  def __call__(self, tokens_bt, segment_ids=None, positions=None, indices=None, *,
+               cache=None, logits_at=None, hidden: bool = False):
     """tokens [B, T] int -> logits [B, T, V] fp32.
 
     segment_ids [B, T]: tokens attend only within their own segment (document); ids must be
@@ -95,7 +99,7 @@ class Transformer(nnx.Module):
     segment (0..T-1 without segment ids). indices [B, T]: each token's index in its packed row,
     which the causal mask compares; by default 0..T-1. Pass them (and positions) when the
     tokens come permuted, as in context parallelism's load-balanced order; the logits then come
-    in the same permuted order.
+    in the same permuted order, and attention takes no shortcut that assumes row order.
 
     cache: a KV cache (llama3_jax/infer/kv_cache.py: {"k", "v": [L, B, S, K, H], "segment":
     [B, S]}); the tokens are written at slots `indices` with `segment_ids` and attend to the
@@ -126,11 +130,13 @@ class Transformer(nnx.Module):
       rows_bt = jnp.broadcast_to(jnp.arange(B)[:, None], (B, T))
       cache = {**cache, "segment": cache["segment"].at[rows_bt, index_bt].set(segment_bt)}
       x_btd, (cache["k"], cache["v"]) = self._run_blocks(
-          x_btd, rope, segment_bt, index_bt, (cache["k"], cache["v"]), cache["segment"])
-    elif run_blocks is None:
-      x_btd = self._run_blocks(x_btd, rope, segment_bt, index_bt)
-    else:   # e.g. a pipeline over the stacked blocks (llama3_jax/parallel/pipeline.py)
-      x_btd = run_blocks(self.blocks, x_btd, rope, segment_bt, index_bt)
+          self.blocks, x_btd, rope, segment_bt, index_bt, kv=(cache["k"], cache["v"]),
+          kv_segment_bs=cache["segment"])
+    else:
+      attend = self.attention_kernel or functools.partial(attention_ops.self_attention,
+                                                          rows_in_order=indices is None)
+      run = self.block_runner or self._run_blocks
+      x_btd = run(self.blocks, x_btd, rope, segment_bt, index_bt, attend)
     if logits_at is not None:
       x_btd = jnp.take_along_axis(x_btd, logits_at[:, :, None], axis=1)
     x_btd = self.final_norm(x_btd)
@@ -143,9 +149,10 @@ class Transformer(nnx.Module):
     logits_btv = constrain(logits_btv, ("act_batch", "act_seq", "act_vocab"))
     return logits_btv if cache is None else (logits_btv, cache)
 
-  def _run_blocks(self, x_btd, rope, segment_bt, index_bt, kv=None, kv_segment_bs=None):
-    """The stacked blocks over x; with `kv` (the cache's stacked (k, v) [L, B, S, K, H]), also
-    the new (k, v)."""
+  def _run_blocks(self, blocks, x_btd, rope, segment_bt, index_bt, attend=None, *, kv=None,
+                  kv_segment_bs=None):
+    """The stacked blocks over x, on this device's share of the work (the default block
+    runner); with `kv` (the cache's stacked (k, v) [L, B, S, K, H]), also the new (k, v)."""
     c = self.config
     if kv is not None:   # decoding: no backward pass, so no remat
       def apply_cached(block, x_btd, kv_layer):
@@ -153,8 +160,8 @@ class Transformer(nnx.Module):
       if c.scan_layers:
         scan = nnx.scan(apply_cached, in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0),
                         transform_metadata={nnx.PARTITION_NAME: "layers"})
-        return scan(self.blocks, x_btd, kv)
-      graphdef, state = nnx.split(self.blocks)
+        return scan(blocks, x_btd, kv)
+      graphdef, state = nnx.split(blocks)
       layers = []
       for i in range(c.n_layers):
         block = nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
@@ -163,7 +170,7 @@ class Transformer(nnx.Module):
       return x_btd, jax.tree.map(lambda *a: jnp.stack(a), *layers)
 
     def apply(block, x_btd):
-      return block(x_btd, rope, segment_bt, index_bt)
+      return block(x_btd, rope, segment_bt, index_bt, attend=attend)
 
     if c.remat != "none":
       apply = nnx.remat(apply, policy=_remat_policy(c))
@@ -171,9 +178,9 @@ class Transformer(nnx.Module):
     if c.scan_layers:
       scan = nnx.scan(apply, in_axes=(0, nnx.Carry), out_axes=nnx.Carry,
                       transform_metadata={nnx.PARTITION_NAME: "layers"})
-      return scan(self.blocks, x_btd)
+      return scan(blocks, x_btd)
     # Unrolled: the same stacked parameters, one layer slice at a time.
-    graphdef, state = nnx.split(self.blocks)
+    graphdef, state = nnx.split(blocks)
     for i in range(c.n_layers):
       block = nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state))
       x_btd = apply(block, x_btd)

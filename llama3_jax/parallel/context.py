@@ -1,8 +1,8 @@
 """Context parallelism: one sequence split over the `context` mesh axis (report §3.3.2).
 
     batch = reorder_batch(batch, context)               # once per batch, in the train step
-    with attention_scope(mesh, rules, "all_gather"):    # while the step traces
-      loss = loss_sums(model, batch)                    # every layer's attention: shard_map
+    model.attention_kernel = context_kernel(mesh, rules, "all_gather")   # parallelize() does
+    loss = loss_sums(model, batch)                      # every layer's attention: shard_map
 
 Llama 3's design, for 128K-token sequences on CP=16:
 - Load balance. The sequence is cut into 2*C chunks and rank i holds chunks i and 2C-1-i, so
@@ -31,7 +31,6 @@ runs the single-device kernel on its own heads and rows, and the only collective
 over `context` written here.
 """
 
-import contextlib
 import functools
 import math
 
@@ -118,20 +117,14 @@ def _permute(x, order: np.ndarray, axis: int = 1):
 
 # --- Attention under shard_map --------------------------------------------------------------
 
-@contextlib.contextmanager
-def attention_scope(mesh, rules, schedule: str = "all_gather"):
-  """While a step traces in this scope, every attention layer runs `context_attention`.
-
-  Does nothing when the context axis has size 1.
-  """
+def context_kernel(mesh, rules, schedule: str = "all_gather"):
+  """The attention kernel of a mesh with a context axis (`context_attention` on it), for
+  `Transformer.attention_kernel`; None when the context axis has size 1."""
   if schedule not in SCHEDULES:
     raise ValueError(f"context schedule {schedule!r}; use one of {SCHEDULES}")
   if context_size(mesh, rules) == 1:
-    yield
-    return
-  kernel = functools.partial(context_attention, mesh=mesh, rules=rules, schedule=schedule)
-  with attention_ops.kernel_scope(kernel):
-    yield
+    return None
+  return functools.partial(context_attention, mesh=mesh, rules=rules, schedule=schedule)
 
 
 def context_attention(q_btnh, k_btkh, v_btkh, segment_bt, index_bt, config, *, mesh, rules,

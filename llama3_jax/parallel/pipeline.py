@@ -191,7 +191,7 @@ def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
 
 
 def pipelined_blocks(stages: int, repeats: int, micro_batches: int, stage_axis: str = "stage"):
-  """A `run_blocks` for `Transformer`: its stacked blocks as a pipeline of `stages` stages.
+  """A `Transformer.block_runner`: its stacked blocks as a pipeline of `stages` stages.
 
   The batch is cut into micro-batches by rows m, m + M, m + 2M, ... (every device keeps its
   share of each). The embedding before and the norm, head and loss after run outside the
@@ -202,7 +202,7 @@ def pipelined_blocks(stages: int, repeats: int, micro_batches: int, stage_axis: 
 
   from llama3_jax.model.layers import constrain
 
-  def run(blocks, x_btd, rope, segment_bt, index_bt):
+  def run(blocks, x_btd, rope, segment_bt, index_bt, attend=None):
     graphdef, weights = nnx.split(blocks)
     B, M = x_btd.shape[0], micro_batches
     validate(jax.tree.leaves(weights)[0].shape[0], stages, repeats, M, B)
@@ -220,7 +220,7 @@ def pipelined_blocks(stages: int, repeats: int, micro_batches: int, stage_axis: 
 
       def layer(layer_weights, x_btd, aux_one):
         block = nnx.merge(graphdef, layer_weights)
-        return block(x_btd, aux_one["rope"], aux_one["segment"], aux_one["index"])
+        return block(x_btd, aux_one["rope"], aux_one["segment"], aux_one["index"], attend=attend)
 
       out_mbtd = pipeline(layer, weights, split(x_btd, rows + ("act_embed",)), aux,
                           stages=stages, repeats=repeats, stage_axis=stage_axis)

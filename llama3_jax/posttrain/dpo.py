@@ -26,16 +26,16 @@ from llama3_jax.posttrain.data import CONVERSATION_FIELDS
 from llama3_jax.train.objectives import token_nll
 
 
-def response_sums(model, batch, run_blocks=None, *, slots: int):
+def response_sums(model, batch, *, slots: int):
   """(log-prob sums, token counts) per response slot, [B, slots]: slot 3k-2 is example k's
   chosen response, 3k-1 its rejected, 3k its edited one (llama3_jax/posttrain/data.py)."""
-  return _slot_sums(token_logps(model, batch, run_blocks), batch, slots)
+  return _slot_sums(token_logps(model, batch), batch, slots)
 
 
-def token_logps(model, batch, run_blocks=None):
+def token_logps(model, batch):
   """[B, T] fp32: the log-probability of each target."""
   logits_btv = model(batch["inputs"], batch["segment_ids"], batch["positions"],
-                     batch.get("indices"), run_blocks=run_blocks)
+                     batch.get("indices"))
   return -token_nll(logits_btv, batch["targets"])
 
 
@@ -72,14 +72,14 @@ class DPOLoss:
     """The reference: the same model, set to the starting parameters (Setup.init_state)."""
     return Transformer(model_config, rngs=rngs) if self.reference == "in_step" else None
 
-  def loss_sums(self, model, batch, run_blocks=None, frozen=None):
-    policy, count = _slot_sums(token_logps(model, batch, run_blocks), batch, self.slots)
+  def loss_sums(self, model, batch, frozen=None):
+    policy, count = _slot_sums(token_logps(model, batch), batch, self.slots)
     if self.reference == "precomputed":
       reference, _ = _slot_sums(batch["reference_logp"], batch, self.slots)
     elif frozen is None:
       raise ValueError("DPO needs the reference model in the train state (init_frozen)")
     else:
-      reference, _ = _slot_sums(token_logps(frozen, batch, run_blocks), batch, self.slots)
+      reference, _ = _slot_sums(token_logps(frozen, batch), batch, self.slots)
     reference = jax.lax.stop_gradient(reference)
     return pair_loss_sums(policy, reference, count, self.beta, self.nll_weight)
 

@@ -43,11 +43,9 @@ class RewardModel(nnx.Module):
     self.head_d = param(rngs, nnx.initializers.normal(config.init_std), (config.d_model,),
                         ("embed",), jnp.dtype(config.param_dtype))
 
-  def __call__(self, tokens_bt, segment_ids=None, positions=None, indices=None, *,
-               run_blocks=None):
+  def __call__(self, tokens_bt, segment_ids=None, positions=None, indices=None):
     """[B, T] fp32 rewards, one per position."""
-    h_btd = self.backbone(tokens_bt, segment_ids, positions, indices, run_blocks=run_blocks,
-                          hidden=True)
+    h_btd = self.backbone(tokens_bt, segment_ids, positions, indices, hidden=True)
     return jnp.einsum("btd,d->bt", h_btd.astype(jnp.float32), self.head_d[...].astype(
         jnp.float32))
 
@@ -98,9 +96,9 @@ class RewardLoss:
   def load_pretrained(self, model: RewardModel, params) -> None:
     nnx.update(model.backbone, params)   # the head stays new
 
-  def loss_sums(self, model, batch, run_blocks=None, frozen=None):
+  def loss_sums(self, model, batch, frozen=None):
     rewards_bt = model(batch["inputs"], batch["segment_ids"], batch["positions"],
-                       batch.get("indices"), run_blocks=run_blocks)
+                       batch.get("indices"))
     rewards_bs, present_bs = response_rewards(rewards_bt, batch["response"], self.slots)
     return ranked_pair_sums(rewards_bs, present_bs)
 

@@ -7,12 +7,12 @@ An objective is a small object with
               head);
   init_frozen (optional) (model_config, rngs) -> a module the loss reads but does not train
               (DPO's reference model); it starts as a copy of the pretrained model;
-  loss_sums   (model, batch, run_blocks, frozen) -> (loss_sum, weight_sum, metric_sums): sums
-              over the batch's rows. The step adds them over micro-batches and divides by the
-              weight of the whole global batch, so micro-batching, data and context parallelism
-              all give the same loss and gradients. Each metric is a sum reported divided by
-              the same weight. `run_blocks` runs the layer stack (the pipeline when there is
-              one); pass it to the model. `frozen`: the init_frozen module, or None.
+  loss_sums   (model, batch, frozen) -> (loss_sum, weight_sum, metric_sums): sums over the
+              batch's rows. The step adds them over micro-batches and divides by the weight of
+              the whole global batch, so micro-batching, data and context parallelism all give
+              the same loss and gradients. Each metric is a sum reported divided by the same
+              weight. `frozen`: the init_frozen module, or None. The model comes with the
+              mesh's parallelism installed (llama3_jax/parallel/parallelize.py): just call it.
 
 Pre-training's next-token cross-entropy is the first, and supervised fine-tuning is the same
 objective on conversation rows whose weights select the assistant's tokens
@@ -43,9 +43,9 @@ class NextTokenLoss:
   def init_model(self, model_config, rngs) -> Transformer:
     return Transformer(model_config, rngs=rngs)
 
-  def loss_sums(self, model, batch, run_blocks=None, frozen=None):
+  def loss_sums(self, model, batch, frozen=None):
     logits_btv = model(batch["inputs"], batch.get("segment_ids"), batch.get("positions"),
-                       batch.get("indices"), run_blocks=run_blocks)
+                       batch.get("indices"))
     ce_bt = token_nll(logits_btv, batch["targets"])
     mask_bt = batch.get("loss_mask", jnp.ones_like(ce_bt)).astype(jnp.float32)
     return (ce_bt * mask_bt).sum(), mask_bt.sum(), {}

@@ -12,7 +12,8 @@ objective's loss sum over the whole batch divided by its weight sum over the who
 
 With a context axis (context parallelism), the step permutes each batch once into the
 load-balanced chunk order, adding `indices` (each token's index in its row, for the causal mask)
-and `positions` if absent, and runs attention under shard_map (llama3_jax/parallel/context.py);
+and `positions` if absent, and runs attention under shard_map (llama3_jax/parallel/context.py); the pipeline and that
+kernel enter the model through llama3_jax/parallel/parallelize.py;
 the loss, a sum over tokens, needs no un-permuting.
 """
 
@@ -28,7 +29,7 @@ from jax.sharding import NamedSharding
 
 from llama3_jax.optim.optimizer import set_learning_rate
 from llama3_jax.parallel import context as context_parallel
-from llama3_jax.parallel import pipeline
+from llama3_jax.parallel.parallelize import accumulated_micro_batches, parallelizer
 from llama3_jax.sharding.rules import ShardingConfig, batch_spec, gathered_over_fsdp
 from llama3_jax.train.objectives import NEXT_TOKEN
 
@@ -47,11 +48,8 @@ def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = Sha
   With a `stage` axis the blocks run as a pipeline (llama3_jax/parallel/pipeline.py) of
   `micro_batches` micro-batches, instead of accumulating gradients over them one by one.
   """
-  run_blocks = None
-  if mesh.shape["stage"] > 1:
-    run_blocks = pipeline.pipelined_blocks(mesh.shape["stage"], config.pipeline_repeats,
-                                           micro_batches)
-    micro_batches = 1
+  install = parallelizer(mesh, rules, config, micro_batches)
+  micro_batches = accumulated_micro_batches(mesh, micro_batches)
   param_shardings = nnx.state(nnx.merge(graphdef, shardings, copy=True).model, nnx.Param)
   batch_sharding = NamedSharding(mesh, batch_spec(rules))
   # Llama 3 FSDP mode: gather every weight once per step, before the first micro-batch. Autodiff
@@ -74,14 +72,12 @@ def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = Sha
 
     def micro_step(batch):
       def sums(p):
-        reference = None if frozen is None else nnx.merge(
-            frozen[0], jax.lax.stop_gradient(frozen[1]))
-        loss_sum, weight_sum, metrics = objective.loss_sums(nnx.merge(model_def, p), batch,
-                                                            run_blocks, frozen=reference)
+        reference = None if frozen is None else install(nnx.merge(
+            frozen[0], jax.lax.stop_gradient(frozen[1])))
+        loss_sum, weight_sum, metrics = objective.loss_sums(install(nnx.merge(model_def, p)),
+                                                            batch, frozen=reference)
         return loss_sum, (weight_sum, metrics)
-      # With a context axis, every attention layer traced here runs under shard_map.
-      with context_parallel.attention_scope(mesh, rules, config.context_schedule):
-        (loss_sum, (weight_sum, metrics)), grads = jax.value_and_grad(sums, has_aux=True)(params)
+      (loss_sum, (weight_sum, metrics)), grads = jax.value_and_grad(sums, has_aux=True)(params)
       return loss_sum, weight_sum, metrics, grads
 
     if micro_batches == 1:

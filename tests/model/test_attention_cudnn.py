@@ -29,7 +29,7 @@ def test_cudnn_needs_a_half_precision_dtype_and_a_head_dim_it_has_kernels_for():
     SIZES["debug"].replace(attention="cudnn")                 # fp32 activations
   with pytest.raises(ValueError, match="head_dim a multiple of 8"):
     BF16.replace(head_dim=20, attention="cudnn")
-  with pytest.raises(ValueError, match="'reference', 'blockwise' or 'cudnn'"):
+  with pytest.raises(ValueError, match="use one of 'reference', 'blockwise', 'cudnn'"):
     BF16.replace(attention="flash")
   assert isinstance(BF16.replace(attention="cudnn"), ModelConfig)
 

@@ -25,9 +25,9 @@ class WeightedNextToken:
   def init_model(self, model_config, rngs):
     return Transformer(model_config, rngs=rngs)
 
-  def loss_sums(self, model, batch, run_blocks=None, frozen=None):
+  def loss_sums(self, model, batch, frozen=None):
     logits_btv = model(batch["inputs"], batch["segment_ids"], batch["positions"],
-                       batch.get("indices"), run_blocks=run_blocks)
+                       batch.get("indices"))
     ce_bt = optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch["targets"])
     weight_bt = batch["weights"] * batch["loss_mask"]
     correct_bt = (logits_btv.argmax(-1) == batch["targets"]) * weight_bt
