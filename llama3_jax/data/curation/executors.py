@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import pathlib
 import shlex
+import socket
 import sys
 import time
 
@@ -82,7 +83,7 @@ class _runner:
 
   def __enter__(self):
     if self.executor == "ray":
-      self.remote = _start_ray(self.ray_num_cpus)
+      self.remote = start_ray(self.ray_num_cpus)
       return self._run_ray
     processes = min(self.tasks, self.workers or os.cpu_count() or 1)
     if processes > 1 or self.fresh:
@@ -129,15 +130,18 @@ class _runner:
         raise (cause if isinstance(cause, UserError) else error) from None
 
 
-def _start_ray(num_cpus):
-  """`ray.init()`: joins RAY_ADDRESS's cluster or starts a local one; errors in one line."""
+def start_ray(num_cpus: int | None = None):
+  """`ray.init()`: joins RAY_ADDRESS's cluster or starts a local one (of `num_cpus`); returns
+  the remote task. No Ray, or no cluster at RAY_ADDRESS, is one line (ray.init itself would
+  wait minutes for an address nobody answers)."""
   try:
     import ray
   except ImportError:
     raise UserError("--executor ray needs Ray, which is not installed",
                     "pip install 'ray==2.60.0' (requirements.txt), or use --executor local"
                     ) from None
-  address = os.environ.get("RAY_ADDRESS")
+  address = os.environ.get("RAY_ADDRESS") or None
+  _check_address(address)
   # Tasks import llama3_jax: the workers of a local cluster (or of one sharing this file
   # system) find it on PYTHONPATH.
   env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
@@ -151,6 +155,19 @@ def _start_ray(num_cpus):
                       "start one (ray start --head) or unset RAY_ADDRESS to run a local one"
                       ) from None
   return ray.remote(num_cpus=1, max_retries=0)(tasks_lib.run_task)
+
+
+def _check_address(address: str | None) -> None:
+  """A host:port address (ray:// or not) must accept a connection within a few seconds."""
+  if address in (None, "auto", "local"):
+    return
+  host, _, port = address.removeprefix("ray://").rpartition(":")
+  try:
+    socket.create_connection((host, int(port)), timeout=5).close()
+  except (OSError, ValueError) as error:
+    raise UserError(f"no Ray cluster at RAY_ADDRESS={address!r} ({error})",
+                    "start one (ray start --head), fix the address, or unset RAY_ADDRESS to "
+                    "run a local one") from None
 
 
 def write_slurm(work, stages, tasks, log) -> pathlib.Path:

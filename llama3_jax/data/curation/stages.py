@@ -381,7 +381,7 @@ def sorted_quantile(arrays, q: float) -> float:
   """np.quantile(concatenate(arrays), q) (its default "linear" method) of sorted float64
   arrays, by selecting two order statistics: memory O(len(arrays)), not O(elements)."""
   n = sum(len(a) for a in arrays)
-  virtual = np.float64(n) * np.float64(q) + (1 + np.float64(q) * (1 - 1 - 1)) - 1   # numpy's
+  virtual = np.float64(n - 1) * np.float64(q)                 # numpy's "linear" index
   below = int(np.clip(np.floor(virtual), 0, n - 1))
   above = min(below + 1, n - 1)
   gamma = np.float64(virtual - np.floor(virtual))

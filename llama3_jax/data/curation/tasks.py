@@ -23,6 +23,7 @@ import json
 import os
 import pathlib
 import resource
+import signal
 import sys
 import time
 import traceback
@@ -33,6 +34,8 @@ import numpy as np
 from llama3_jax.errors import UserError
 
 SPEC = "spec.json"
+# "stage:unit": SIGKILL the process running that unit right after its marker (the crash tests).
+FAULT_ENV = "LLAMA3_JAX_TASK_FAULT"
 
 
 @dataclasses.dataclass
@@ -143,6 +146,8 @@ def run_task(work, stage_name: str, rank: int, world: int) -> dict:
     stats = {**stats, "seconds": seconds,
              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     save_json(marker, stats)
+    if os.environ.get(FAULT_ENV) == f"{stage_name}:{unit}":
+      os.kill(os.getpid(), signal.SIGKILL)
     summary["units"] += 1
     summary["docs"] += stats.get("docs", 0)
     summary["seconds"] += seconds
@@ -156,10 +161,9 @@ def _relaunch(work) -> str:
 
 def _with_relaunch(error: UserError, work) -> tuple:
   """The error's (what, fix), the fix ending with how to relaunch (one line still)."""
-  what = getattr(error, "what", str(error))
-  fix = getattr(error, "fix", "")
+  what, fix = getattr(error, "what", str(error)), getattr(error, "fix", "")
   again = f"then relaunch: {_relaunch(work)}"
-  return what, f"{fix}; {again}" if fix else again
+  return (what, f"{fix}; {again}") if fix else (f"{what}; {again}",)
 
 
 def stage_stats(work, stage: Stage) -> dict:
