@@ -48,6 +48,7 @@ def curate(input_dir: str, out_dir: str, cfg: CurationConfig = CurationConfig(),
           "config": dataclasses.asdict(cfg), "relaunch": relaunch}
   _reconcile(work, args, log or (lambda message: None))
   write_spec(work, BUILDER, args)
+  (work / "stats" / "done" / f"{0:06d}.json").unlink(missing_ok=True)   # always re-summed
   workers = cfg.workers or os.cpu_count() or 1
   if run_pipeline(work, executor, tasks or workers, workers, log) is not None:
     return {}
@@ -60,7 +61,9 @@ def _reconcile(work: pathlib.Path, args: dict, log) -> None:
     return
   old = json.loads((work / SPEC).read_text(encoding="utf-8"))["args"]
   same_files = [p[:2] for p in old["inputs"]] == [p[:2] for p in args["inputs"]]
-  if old["config"] != json.loads(json.dumps(args["config"])) or not same_files:
+  layout_free = lambda c: {k: v for k, v in c.items() if k != "workers"}   # noqa: E731
+  if layout_free(old["config"]) != layout_free(json.loads(json.dumps(args["config"]))) or \
+      not same_files:
     log(f"{work}: the config or the set of input files changed since the last launch; "
         "starting over")
     shutil.rmtree(work)

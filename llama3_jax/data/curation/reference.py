@@ -37,7 +37,7 @@ from llama3_jax.data.curation.filters import log_corpus_distribution
 from llama3_jax.data.curation.lines import BucketCounter
 from llama3_jax.data.curation.reader import CurationInputError, list_inputs
 from llama3_jax.data.curation.pipeline import check_resources, output_paths
-from llama3_jax.data.curation.stages import REMOVAL_STAGES, write_stats
+from llama3_jax.data.curation.stages import REMOVAL_STAGES, layout_free_config, write_stats
 
 STAGES = REMOVAL_STAGES
 
@@ -104,7 +104,7 @@ def curate_in_memory(input_dir: str, out_dir: str, cfg: CurationConfig = Curatio
       "line_dedup_buckets": len(frequent),
       "frequent_lines": int(sum(len(f) for f in frequent)),
       "files": len(files),
-      "config": dataclasses.asdict(cfg),
+      "config": layout_free_config(cfg),
   }
   write_stats(pathlib.Path(out_dir) / "stats.json", stats)
   return stats

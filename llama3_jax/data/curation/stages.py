@@ -241,7 +241,9 @@ def _buckets(run: Run, unit: int) -> dict:
   keys, ids = keys[order], ids[order]
   src, dst = minhash.verified_pairs(_signatures(run, ids), keys, run.cfg.minhash.threshold)
   save_npy(run.path("pairs", f"{unit:06d}.npy"), np.stack([ids[src], ids[dst]]))
-  return {"docs": docs, "candidates": len(ids), "pairs": len(src)}
+  # Documents counted in band 0 only: the stage's docs/s is per document, not per band.
+  return {"docs": docs if band == 0 else 0, "band_entries": docs, "candidates": len(ids),
+          "pairs": len(src)}
 
 
 def _in_shared_key(keys: np.ndarray) -> np.ndarray:
@@ -489,10 +491,15 @@ def _stats(run: Run, stages: list[Stage]) -> dict:
       "line_dedup_buckets": line_units[1],
       "frequent_lines": per_stage.get("line_counts", {}).get("frequent", 0),
       "files": len(run.inputs),
-      "config": dataclasses.asdict(run.cfg),
+      "config": layout_free_config(run.cfg),
   }
   write_stats(run.work.parent / "stats.json", stats)
   return {"docs": kept}
+
+
+def layout_free_config(cfg: CurationConfig) -> dict:
+  """The config as stats.json records it: without `workers`, which never changes a result."""
+  return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "workers"}
 
 
 def write_stats(path: pathlib.Path, stats: dict) -> None:

@@ -132,6 +132,7 @@ def run_task(work, stage_name: str, rank: int, world: int) -> dict:
     if marker.exists():
       summary["skipped"] += 1
       continue
+    _reset_peak_rss()
     start = time.perf_counter()
     try:
       stats = stage.run(unit)
@@ -143,8 +144,7 @@ def run_task(work, stage_name: str, rank: int, world: int) -> dict:
           f"{type(error).__name__}: {error}\n{traceback.format_exc()}",
           f"fix it and relaunch: {_relaunch(work)}") from None
     seconds = time.perf_counter() - start
-    stats = {**stats, "seconds": seconds,
-             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    stats = {**stats, "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
     save_json(marker, stats)
     if os.environ.get(FAULT_ENV) == f"{stage_name}:{unit}":
       os.kill(os.getpid(), signal.SIGKILL)
@@ -152,6 +152,27 @@ def run_task(work, stage_name: str, rank: int, world: int) -> dict:
     summary["docs"] += stats.get("docs", 0)
     summary["seconds"] += seconds
   return summary
+
+
+def _reset_peak_rss() -> None:
+  """Linux: restart the process's peak-RSS count, so a unit's marker holds its own peak."""
+  try:
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")
+  except OSError:
+    pass
+
+
+def _peak_rss_mb() -> float:
+  """Peak resident memory since `_reset_peak_rss` (VmHWM), else since the process began."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _relaunch(work) -> str:
