@@ -337,7 +337,9 @@ def loader_losses(data_dir, steps: int = 3) -> list:
   state, loader, losses = s.init_state(), Loader(data_dir, seed=0, streams=8,
                                                  vocab_size=512), []
   for _ in range(steps):
-    state, metrics = s.fns.train(state, loader.next_batch(0, Stage(None, 8 * 32, 32)), LR)
+    batch = loader.next_batch(0, Stage(None, 8 * 32, 32))
+    fields = ("inputs", "targets", "segment_ids", "loss_mask")   # what the step reads
+    state, metrics = s.fns.train(state, {k: batch[k] for k in fields}, LR)
     losses.append(float(metrics["loss"]))
   return losses
 
