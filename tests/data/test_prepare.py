@@ -129,3 +129,26 @@ def test_command_lines(tokenizer, raw, tmp_path):
                 str(tmp_path / "cli.model"), "--out", str(tmp_path / "x"))
   assert missing.returncode == 2 and missing.stderr.startswith("error: input")
   assert "Traceback" not in missing.stderr
+
+
+def test_slurm_job_arrays_and_changed_inputs(tokenizer, raw, tmp_path):
+  """The SLURM executor's files name the world sizes the tasks then run with, giving the local
+  run's shards; an input changed after its shard was written is tokenized again."""
+  from llama3_jax.data.curation.tasks import run_task
+  local = prepare(raw, tokenizer.path, tmp_path / "local", workers=2)
+  out = tmp_path / "slurm"
+  assert prepare(raw, tokenizer.path, out, executor="slurm", tasks=2) == {}
+  work = out / "_work" / "prepare-general"
+  assert "#SBATCH --array=0-1" in (work / "slurm/00-tokenize.sbatch").read_text()
+  assert "--world 1" in (work / "slurm/01-manifest.sbatch").read_text()
+  assert "afterok" in (work / "slurm/submit.sh").read_text()
+  for stage, world in (("tokenize", 2), ("manifest", 1)):   # what the array tasks run
+    for rank in range(world):
+      run_task(work, stage, rank, world)
+  assert shard_tokens(out, read_manifest(out)) == shard_tokens(tmp_path / "local", local)
+  (raw / "c.txt").write_text(DOCS[0] + " and more words")     # shard 2's input changes
+  logs = []
+  manifest = prepare(raw, tokenizer.path, out, log=logs.append)
+  assert any("c.txt changed since its shard was written" in line for line in logs)
+  assert shard_tokens(out, manifest)[7] == tokenizer.encode(DOCS[0] + " and more words",
+                                                            bos=True, eos=True)
