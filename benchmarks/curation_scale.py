@@ -25,6 +25,7 @@ import dataclasses
 import json
 import pathlib
 import shutil
+import sys
 import tempfile
 import time
 
@@ -40,7 +41,9 @@ STAGES = ("scan", "index", "url", "buckets", "clusters", "lines", "line_counts",
 def generate(root: pathlib.Path, docs: int, files: int, seed: int = 0) -> None:
   """`docs` documents in `files` JSONL files: 80% distinct, 10% exact, 10% near copies."""
   rng = np.random.default_rng(seed)
-  vocab = np.array([f"w{i}" for i in range(30_000)])
+  # Letters only: datatrove's text normalisation folds digits, so "w1" and "w2" would be one.
+  letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+  vocab = np.unique(["".join(w) for w in letters[rng.integers(0, 26, (40_000, 6))]])
   boiler = "subscribe to our newsletter for more"
   root.mkdir(parents=True, exist_ok=True)
   per_file = -(-docs // files)
@@ -95,6 +98,9 @@ def datatrove_minhash(corpus: pathlib.Path, work: pathlib.Path, tasks: int) -> f
   from datatrove.pipeline.writers.jsonl import JsonlWriter
   from datatrove.utils.hashing import HashConfig
   from datatrove.utils.word_tokenizers import WordTokenizer
+  from loguru import logger
+  logger.remove()                    # its per-task statistics would bury the tables
+  logger.add(sys.stderr, level="WARNING")
 
   class Words(WordTokenizer):        # our tokenisation: lower-cased \w+ runs
     def word_tokenize(self, text):
