@@ -5,6 +5,9 @@ python -m experiments.curate --input raw/ --out clean/ \
 
 Variants: "" (everything on except the model-based stages), "dedup_only" (URL, MinHash and
 line dedup; no heuristic filters), "small" (buckets and workers for a laptop-sized corpus).
+`partitions.docs_per_unit` sets how many documents' keys one task of a range stage holds
+(memory per task; never the result): lower it for small nodes, e.g.
+--config.partitions.docs_per_unit=200000.
 """
 
 import dataclasses

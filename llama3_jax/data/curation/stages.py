@@ -306,7 +306,7 @@ def _lines(run: Run, i: int) -> dict:
   bucket = _buckets_of(run, i, alive)
   hashes, sizes = passes.line_file(path, alive)
   doc_bucket = np.repeat(bucket[alive], sizes)
-  for b in np.unique(doc_bucket):
+  for b in np.unique(bucket[alive]):     # every bucket it has survivors in (line_counts reads)
     save_npy(run.path("lines", f"{i:05d}-{b:06d}.npy"), np.sort(hashes[doc_bucket == b]))
   return {"docs": int(alive.sum()), "lines": len(hashes)}
 
@@ -323,10 +323,12 @@ def _line_units(run: Run) -> tuple[int, int, int]:
 def _line_counts(run: Run, unit: int) -> dict:
   _, _, ranges = _line_units(run)
   b, k = divmod(unit, ranges)
+  offsets, bucket_docs = run.survivors()["offsets"], run.cfg.line_dedup.bucket_docs
   parts = []
-  for path in sorted(run.path("lines").glob(f"*-{b:06d}.npy")):
-    hashes = load_npy(path, mmap=True)
-    parts.append(np.array(hashes[_key_slice(hashes, k, ranges)]))
+  for i in range(len(run.inputs)):       # the files with survivors in bucket b
+    if offsets[i] < (b + 1) * bucket_docs and offsets[i + 1] > b * bucket_docs:
+      hashes = load_npy(run.path("lines", f"{i:05d}-{b:06d}.npy"), mmap=True)
+      parts.append(np.array(hashes[_key_slice(hashes, k, ranges)]))
   h = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
   values, counts = np.unique(h, return_counts=True)
   frequent = values[counts > run.cfg.line_dedup.max_count]
@@ -337,8 +339,9 @@ def _line_counts(run: Run, unit: int) -> dict:
 def _frequent_for(run: Run, bucket: np.ndarray) -> dict:
   """The frequent-line sets of the buckets a file's documents fall in (non-empty ones only)."""
   out = {}
+  ranges = _line_units(run)[2] if run.cfg.line_dedup.enabled else 0
   for b in np.unique(bucket[bucket >= 0]):
-    parts = [load_npy(p) for p in sorted(run.path("frequent").glob(f"{b:06d}-*.npy"))]
+    parts = [load_npy(run.path("frequent", f"{b:06d}-{k:04d}.npy")) for k in range(ranges)]
     frequent = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
     if len(frequent):
       out[int(b)] = frequent
