@@ -364,7 +364,7 @@ def test_generated_slurm_files_run_to_the_same_bytes(planted, reference, tmp_pat
 
 
 def test_sorted_quantile_is_numpys_quantile_of_the_concatenation():
-  from llama3_jax.data.curation.stages import sorted_quantile
+  from llama3_jax.data.curation.quantile import sorted_quantile
   rng = np.random.default_rng(0)
   for trial in range(300):
     n = int(rng.integers(1, 300))

@@ -34,6 +34,7 @@ import numpy as np
 from llama3_jax.data.curation import minhash, passes
 from llama3_jax.data.curation.config import CurationConfig
 from llama3_jax.data.curation.filters import log_corpus_distribution
+from llama3_jax.data.curation.quantile import sorted_quantile
 from llama3_jax.data.curation.tasks import Stage, fingerprint, load_npy, save_json, save_npy
 from llama3_jax.errors import UserError
 
@@ -380,43 +381,6 @@ def _kl_threshold(run: Run) -> dict:
   threshold = min(limits) if limits else None
   save_json(run.path("kl_threshold.json"), {"threshold": threshold})
   return {"docs": n}
-
-
-def sorted_quantile(arrays, q: float) -> float:
-  """np.quantile(concatenate(arrays), q) (its default "linear" method) of sorted float64
-  arrays, by selecting two order statistics: memory O(len(arrays)), not O(elements)."""
-  n = sum(len(a) for a in arrays)
-  virtual = np.float64(n - 1) * np.float64(q)                 # numpy's "linear" index
-  below = int(np.clip(np.floor(virtual), 0, n - 1))
-  above = min(below + 1, n - 1)
-  gamma = np.float64(virtual - np.floor(virtual))
-  a, b = np.float64(_kth(arrays, below)), np.float64(_kth(arrays, above))
-  diff = b - a
-  return float(b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma)   # numpy's lerp
-
-
-def _kth(arrays, k: int) -> float:
-  """The k-th smallest (0-based) element of sorted float64 arrays, by bisecting on values in
-  their order-preserving integer form: each step counts with one searchsorted per array."""
-  lo = _ordered(min(float(a[0]) for a in arrays if len(a)))
-  hi = _ordered(max(float(a[-1]) for a in arrays if len(a)))
-  while lo < hi:                           # the smallest value with more than k at or below it
-    mid = (lo + hi) // 2
-    v = _float(mid)
-    if sum(int(np.searchsorted(a, v, "right")) for a in arrays) > k:
-      hi = mid
-    else:
-      lo = mid + 1
-  return _float(lo)
-
-
-def _ordered(x: float) -> int:
-  i = int(np.float64(x).view(np.int64))
-  return i if i >= 0 else -(i & 0x7FFF_FFFF_FFFF_FFFF)
-
-
-def _float(t: int) -> float:
-  return float(np.int64(t if t >= 0 else -t | -0x8000_0000_0000_0000).view(np.float64))
 
 
 def _write(run: Run, i: int) -> dict:
