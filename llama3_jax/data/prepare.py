@@ -106,8 +106,9 @@ def prepare(inputs, tokenizer_path, out_dir, *, source: str = "general", workers
   tokenizer_path = str(pathlib.Path(tokenizer_path).resolve())
   load_tokenizer(tokenizer_path)               # a bad tokenizer fails here, not in every task
   (out_dir / source).mkdir(parents=True, exist_ok=True)
-  work = out_dir / "_work" / f"prepare-{source}"
-  args = {"inputs": [[str(p), fingerprint(p)] for p in files], "tokenizer_path": tokenizer_path,
+  work = (out_dir / "_work" / f"prepare-{source}").resolve()   # tasks may run elsewhere
+  args = {"inputs": [[str(p.resolve()), fingerprint(p)] for p in files],
+          "tokenizer_path": tokenizer_path,
           "out_dir": str(out_dir.resolve()), "source": source, "strict": strict,
           "text_field": text_field, "min_tokens": min_tokens, "provenance": provenance,
           "relaunch": relaunch}

@@ -42,7 +42,7 @@ def curate(input_dir: str, out_dir: str, cfg: CurationConfig = CurationConfig(),
   files = list_inputs(input_dir)
   outputs = output_paths(files, pathlib.Path(input_dir), pathlib.Path(out_dir))
   check_resources(cfg)
-  work = pathlib.Path(out_dir) / WORK
+  work = (pathlib.Path(out_dir) / WORK).resolve()   # tasks may run in another directory
   args = {"inputs": [[str(p.resolve()), str(o.resolve()), *fingerprint(p)]
                      for p, o in zip(files, outputs)],
           "config": dataclasses.asdict(cfg), "relaunch": relaunch}
