@@ -51,7 +51,8 @@ from llama3_jax.data.synthetic import synthetic_batch  # noqa: E402
 from llama3_jax.model import attention_ops  # noqa: E402
 from llama3_jax.model.config import SIZES, ModelConfig  # noqa: E402
 from llama3_jax.sharding import MeshConfig  # noqa: E402
-from llama3_jax.train.metrics import flops_per_token, peak_flops  # noqa: E402
+from llama3_jax.model.flops import flops_per_token  # noqa: E402
+from llama3_jax.train.metrics import peak_flops  # noqa: E402
 from llama3_jax.train.setup import setup  # noqa: E402
 
 # (name, model, sequence length, rows per device, remat). Rows per device are sized so that

@@ -24,7 +24,8 @@ import time
 import numpy as np
 
 from llama3_jax.model import ModelConfig
-from llama3_jax.train.metrics import flops_per_token, measure_matmul_peak
+from llama3_jax.model.flops import flops_per_token
+from llama3_jax.train.metrics import measure_matmul_peak
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OVERRIDES = [

@@ -11,8 +11,9 @@ def ensure_pretrained(path=PRETRAIN) -> pathlib.Path:
   if not (path / "checkpoints").exists():
     print(f"no run in {path}: training the default model first (python -m experiments.pretrain)")
     from experiments.configs.llama3_debug import get_config
+    from llama3_jax.train.config import run_config
     from llama3_jax.train.loop import train
-    train(get_config(), path)
+    train(run_config(get_config()), path)
   return path
 
 

@@ -77,7 +77,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax
   jax.config.update("jax_num_cpu_devices", 8)   # ignored on GPU/TPU
-  from llama3_jax.infer import chat
+  from llama3_jax.data.conversations import chat
   from llama3_jax.infer.generate import Generator, Sampling
   from llama3_jax.sharding import MeshConfig, parse_mesh
   if _PROMPTS.value and _PROMPT.value:

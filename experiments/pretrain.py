@@ -57,8 +57,9 @@ def main(argv):
   from llama3_jax.runtime import distributed
   from llama3_jax.runtime.goodput import report
   distributed.initialize()
+  from llama3_jax.train.config import run_config
   from llama3_jax.train.loop import train
-  summary = train(cfg, workdir, started_at=STARTED_AT)
+  summary = train(run_config(cfg), workdir, started_at=STARTED_AT)
   if summary.get("complete") or jax.process_index() != 0:
     return
   print(f"done: {summary['steps']} steps"

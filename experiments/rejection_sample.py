@@ -25,7 +25,7 @@ _DEFAULT_POLICY, _DEFAULT_REWARD = "workdirs/sft", "workdirs/reward_model"
 
 def read_prompts(path) -> list[tuple[list[dict], str | None]]:
   """(messages, answer or None) per line; a bad line is an error naming it."""
-  from llama3_jax.posttrain.conversations import check_messages
+  from llama3_jax.data.conversations import check_messages
   prompts = []
   for line_no, line in enumerate(open(path, encoding="utf-8"), start=1):
     if not line.strip():

@@ -8,7 +8,7 @@ With no arguments it fine-tunes workdirs/pretrain (trained first if absent) on t
 arithmetic task and reports held-out exact match and preference accuracy before and after,
 each with its 95% interval. Writes WORKDIR/metrics.jsonl, TensorBoard events, loss_lr.png,
 checkpoints (resumable; SIGTERM saves and exits 0), eval.json and the model in Hugging Face
-format in WORKDIR/hf. Data files: llama3_jax/posttrain/conversations.py. Exit codes: 0 done,
+format in WORKDIR/hf. Data files: llama3_jax/data/conversations/__init__.py. Exit codes: 0 done,
 2 bad config or data.
 """
 

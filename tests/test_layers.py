@@ -121,3 +121,18 @@ def test_cycles_are_found():
   """The checker itself: a planted cycle is reported."""
   assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
   assert package_graph({"llama3_jax.x.f": {"llama3_jax.y.g"}}) == {"x": {"y"}}
+
+
+def test_packages_import_only_the_layers_below_them():
+  """The order llama3_jax/__init__.py writes down is the order the imports keep."""
+  order = []
+  for line in llama3_jax.__doc__.splitlines():
+    if line.startswith("    ") and not line.startswith("     "):   # "    name[, name]  job"
+      names = [w.strip(",") for w in line.split()[:2]]
+      order += [n for n in names if (ROOT / n).is_dir() or (ROOT / f"{n}.py").exists()]
+  rank = {name: i for i, name in enumerate(order)}   # "errors, cli": cli is the higher
+  packages = package_graph(import_graph())
+  assert set(packages) | {t for ts in packages.values() for t in ts} <= set(rank), order
+  upward = [f"{a} -> {b}" for a, targets in sorted(packages.items()) for b in sorted(targets)
+            if rank[b] > rank[a]]
+  assert upward == []

@@ -23,7 +23,7 @@ from flax import nnx
 from llama3_jax.checkpoint.averaging import (checkpoint_step_dir, restore_params,
                                              unreadable_as_user_error)
 from llama3_jax.errors import UserError
-from llama3_jax.model import ModelConfig, RopeScaling, Transformer
+from llama3_jax.model import ModelConfig, RopeScaling, Transformer, new_module
 
 
 def model_config_of(step_dir: pathlib.Path) -> ModelConfig:
@@ -52,7 +52,7 @@ def run_tokenizer(path):
   from llama3_jax.data import corpus
   from llama3_jax.data.prepare import read_manifest
   from llama3_jax.data.tokenizers import load_tokenizer
-  from llama3_jax.posttrain.data import is_conversation_data, sha256
+  from llama3_jax.data.conversations.prepared import is_conversation_data, sha256
   step_dir = checkpoint_step_dir(pathlib.Path(path))
   meta = json.loads((step_dir / "meta" / "metadata").read_text())
   recorded = meta.get("tokenizer")
@@ -77,14 +77,6 @@ def model_kind_of(step_dir: pathlib.Path) -> str:
   """What a checkpoint step holds: "lm" (a Transformer) or "reward" (a RewardModel)."""
   meta = json.loads((step_dir / "meta" / "metadata").read_text())
   return meta.get("model_kind", "lm")
-
-
-def new_module(config: ModelConfig, kind: str = "lm"):
-  """A new model of `kind`: "lm" (Transformer) or "reward" (RewardModel)."""
-  if kind == "reward":
-    from llama3_jax.posttrain.reward import RewardModel
-    return RewardModel(config, rngs=nnx.Rngs(0))
-  return Transformer(config, rngs=nnx.Rngs(0))
 
 
 def load_model(path, *, averaged: bool = False, device=None,
@@ -134,9 +126,8 @@ def init_model_config(path) -> ModelConfig:
     raise FileNotFoundError(f"init.path {path} does not exist; give a training workdir, a "
                             "checkpoint step directory or a Hugging Face model directory")
   if is_hf_dir(path):
-    import json as json_lib
     from llama3_jax.checkpoint.hf import config_from_hf
-    return config_from_hf(json_lib.loads((path / "config.json").read_text()))
+    return config_from_hf(json.loads((path / "config.json").read_text()))
   return model_config_of(checkpoint_step_dir(path))
 
 

@@ -7,22 +7,15 @@
 
 A batch is a dict of [B, T] arrays named by a format (`LM_FIELDS` for language modelling:
 `inputs`, `targets`, `segment_ids`, `positions`, `loss_mask`); an objective names the format it
-reads (llama3_jax/train/objectives.py). A source gives the rows of each batch that this process
-holds, as numpy arrays:
-
-    source.read(number, stage_index, stage, (start, stop)) -> {field: [stop - start, T] array}
-
-`number` is the batch's place in the data (1-based): the synthetic source is a pure function of
-it; the prepared-data `Loader` (llama3_jax/data/loader.py) keeps its own place and saves it per
-stream (`get_state` / `set_state`). `Batches` counts batches (`position`, saved with the
-checkpoint), finds the rows this process's devices hold, and assembles global arrays from every
+reads (llama3_jax/objectives/). A source (the `Source` protocol, llama3_jax/data/source.py)
+gives the rows of each batch that this process holds, as numpy arrays. `Batches` counts batches
+(`position`, saved with the checkpoint), finds the rows this process's devices hold, and assembles global arrays from every
 process's rows (`jax.make_array_from_process_local_data`).
 """
 
 import jax
 import numpy as np
 
-from llama3_jax.data.synthetic import synthetic_batch
 
 # Language-modelling batches: token ids, next-token targets, document ids (0 = padding) and
 # positions in the document (the document mask and RoPE), and the weight of each target.
@@ -82,44 +75,6 @@ class Batches:
       counts = multihost_utils.process_allgather(np.array(list(local.values()), np.int64))
       local = dict(zip(local, counts.reshape(-1, len(local)).sum(0).tolist()))
     return {f"data/{name}_tokens": count for name, count in local.items()}
-
-
-def source_for(data, seed: int, vocab_size: int, max_examples_per_row: int = 16):
-  """The source a DataConfig names: prepared shards, prepared conversations (post-training;
-  `max_examples_per_row` packed at most), the embedded corpus, or synthetic."""
-  if data.synthetic:
-    return SyntheticSource(seed, vocab_size)
-  from llama3_jax.posttrain.data import ConversationSource, is_conversation_data
-  if data.path and is_conversation_data(data.path):
-    return ConversationSource(data.path, seed=seed, vocab_size=vocab_size,
-                              max_examples_per_row=max_examples_per_row)
-  from llama3_jax.data import corpus
-  from llama3_jax.data.loader import Loader
-  return Loader(data.path or corpus.embedded_corpus(), seed=seed, streams=data.streams,
-                vocab_size=vocab_size)
-
-
-class SyntheticSource:
-  """The arithmetic-sequence batches of llama3_jax/data/synthetic.py (no files, no state)."""
-  fields = tuple(LM_FIELDS)
-  state_streams = ()   # nothing to checkpoint: a batch is a function of its number
-
-  def __init__(self, seed: int, vocab_size: int):
-    self.seed, self.vocab_size = seed, vocab_size
-
-  def read(self, number: int, stage_index: int, stage, rows: tuple[int, int]) -> dict:
-    batch = synthetic_batch(self.seed, number - 1, stage.batch_size, stage.seq_len,
-                            self.vocab_size)
-    return {name: value[rows[0]:rows[1]] for name, value in batch.items()}
-
-  def get_state(self):
-    return None
-
-  def set_state(self, states, stages) -> None:
-    pass
-
-  def tokens_per_source(self) -> dict[str, int]:
-    return {}
 
 
 def _span(sharding, shape, dim: int) -> tuple[int, int]:

@@ -31,6 +31,7 @@ from grain import experimental as grain_experimental
 
 from llama3_jax.data.corpus import DEFAULT_MIXTURE
 from llama3_jax.data.prepare import read_manifest
+from llama3_jax.data.source import Source
 from llama3_jax.data.tokenizers import check_token_ids
 from llama3_jax.errors import UserError
 
@@ -99,7 +100,7 @@ class _Stream:
   iterator: object = None
 
 
-class Loader:
+class Loader(Source):
   fields = ("inputs", "targets", "segment_ids", "positions", "loss_mask", "source")
 
   def __init__(self, data_dir, *, seed: int, streams: int, vocab_size: int,

@@ -33,7 +33,8 @@ _LLAMA3_NAMED = ("<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_tok
                  "<|eom_id|>", "<|eot_id|>", "<|python_tag|>")
 
 
-# The tokens Llama 3's chat format needs besides begin/end of text (llama3_jax/infer/chat.py).
+# The tokens Llama 3's chat format needs besides begin/end of text
+# (llama3_jax/data/conversations/chat.py).
 # A SentencePiece model keeps them as control symbols: encode() never makes them from text.
 CHAT_SPECIAL_TOKENS = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 

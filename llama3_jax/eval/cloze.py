@@ -26,7 +26,7 @@ import functools
 import pathlib
 import random
 
-from llama3_jax.eval.tasks import Example
+from llama3_jax.eval.example import Example
 
 PREFIX_TOKENS = 64
 SPAN_TOKENS = 16

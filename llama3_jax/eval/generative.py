@@ -32,7 +32,8 @@ import re
 
 import numpy as np
 
-from llama3_jax.eval.multiple_choice import few_shot_context, interval
+from llama3_jax.eval.multiple_choice import few_shot_context
+from llama3_jax.eval.stats import exact_match
 from llama3_jax.eval.tasks import TaskError, _fail, _records, arithmetic_questions
 from llama3_jax.infer.generate import Generator, bucket
 
@@ -227,9 +228,7 @@ def score_generative(model, tokenizer, examples: list[GenerativeExample],
     answer = extract(text, config)
     samples.append({"task": task, "index": e.index, "gold": e.answer, "generation": text,
                     "extracted": answer, "correct": answer == normalise(e.answer)})
-  score = float(np.mean([s["correct"] for s in samples]))
-  return {"exact_match": score, "exact_match_ci": interval(score, len(samples)),
-          "n": len(samples), "shots": shots, "max_new_tokens": config.max_new_tokens,
+  return {**exact_match([s["correct"] for s in samples]), "shots": shots, "max_new_tokens": config.max_new_tokens,
           "stop": list(config.stop), "samples": samples}
 
 

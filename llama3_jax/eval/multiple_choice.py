@@ -20,7 +20,6 @@ power-of-two buckets, fp32 log-softmax), so a score does not depend on the batch
 which other examples share the batch.
 """
 
-import math
 import random
 
 import jax
@@ -28,16 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from llama3_jax.eval.stats import interval
 from llama3_jax.eval.tasks import Example
 from llama3_jax.model.attention_ops import shared_prefix_segments
 
 ROWS = 8          # rows per forward pass, whatever the batch size asked for
 MIN_BUCKET = 32
-
-
-def interval(score: float, n: int) -> float:
-  """Half-width of the 95% interval of a score over n examples (report §5.1.1)."""
-  return 1.96 * math.sqrt(score * (1 - score) / n) if n else float("nan")
 
 
 def few_shot_context(example: Example, pool: list[Example], shots: int, seed: int) -> str:

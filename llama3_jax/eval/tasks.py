@@ -14,20 +14,11 @@ take the benchmark files as users have them (no hub at run time) and give each t
 A bad line is one error naming the file, the line and the fix.
 """
 
-import dataclasses
 import json
 import pathlib
 import random
 
-
-@dataclasses.dataclass(frozen=True)
-class Example:
-  query: str                 # the context the choices continue (shots are prepended)
-  choices: tuple[str, ...]   # the continuations, scored as " " + choice
-  gold: int
-  index: int                 # the example's line (0-based record) in its file
-  subject: str = ""          # MMLU's subject: scores are macro-averaged over subjects
-  shot: str = ""             # this example as a few-shot demonstration (query + answer)
+from llama3_jax.eval.example import Example
 
 
 class TaskError(ValueError):

@@ -5,7 +5,7 @@ link it crosses, what overlaps, and the pipeline bubble; out come TFLOP/s per GP
     t["mfu"], t["tflops_per_gpu"], t["exposed_s"]          # seconds exposed, by axis
     collectives(model, layout)                             # [Traffic(axis, op, payload, what)]
 
-Model FLOPs are `llama3_jax.train.metrics.flops_per_token` (6N + causal attention), the count
+Model FLOPs are `llama3_jax.model.flops.flops_per_token` (6N + causal attention), the count
 the launcher's MFU uses, so predicted and measured MFU mean the same thing. Collective volumes
 are payloads: the bytes of the whole tensor a collective gathers or reduces over its group
 (what llama3_jax/planner/measure.py reads from compiled HLO); the time on the wire is payload x
@@ -22,7 +22,8 @@ from llama3_jax.parallel.pipeline import Schedule
 from llama3_jax.planner.layout import Layout, stage_layers
 from llama3_jax.planner.memory import _bytes, layer_params, table_params
 from llama3_jax.sharding.mesh import AXES
-from llama3_jax.train.metrics import flops_per_token
+from llama3_jax.model.flops import (attention_flops_per_token, flops_per_token,
+                                     head_params)
 
 # The main free constant: the fraction of the dense bf16 peak that a transformer step's
 # kernels sustain between collectives (large bf16 GEMMs reach ~65-75% of the data-sheet peak
@@ -183,8 +184,8 @@ def step_time(model, layout: Layout, hw) -> dict:
   # runs slower than the matmuls.
   imbalance = max(layers) * S / model.n_layers
   per_token = flops_per_token(model, layout.seq_len)
-  head = 6 * model.d_model * model.vocab_size
-  attention = 6 * model.n_layers * layout.seq_len * model.n_heads * model.head_dim
+  head = 6 * head_params(model)
+  attention = attention_flops_per_token(model, layout.seq_len)
   matmul = per_token - head - attention
   recompute = layout.remat in ("save_names", "full") or (S > 1 and layout.schedule == "circular")
   again = 4 / 3 if recompute else 1

@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 from llama3_jax.errors import UserError
-from llama3_jax.infer.chat import decode, encode_chat
+from llama3_jax.data.conversations.chat import decode, encode_chat
 from llama3_jax.infer.generate import Generator, Sampling
 from llama3_jax.posttrain.reward import score_responses
 
@@ -119,7 +119,7 @@ def write_jsonl(rows, path) -> None:
 def same_tokenizer(policy_path, reward_path):
   """The policy's tokenizer, which the reward model must share (it scores the policy's text)."""
   from llama3_jax.checkpoint.model import run_tokenizer
-  from llama3_jax.posttrain.data import sha256
+  from llama3_jax.data.conversations.prepared import sha256
   policy, reward = run_tokenizer(policy_path), run_tokenizer(reward_path)
   if sha256(policy.path) != sha256(reward.path):
     raise UserError(f"the reward model {reward_path} was trained with the tokenizer "

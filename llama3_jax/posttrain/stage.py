@@ -21,13 +21,14 @@ import pathlib
 
 from llama3_jax.checkpoint import hf
 from llama3_jax.checkpoint.model import is_hf_dir, load_model, run_tokenizer
-from llama3_jax.posttrain import task
-from llama3_jax.posttrain.data import is_conversation_data, prepare_conversations, sha256
+from llama3_jax.data.conversations.prepared import (is_conversation_data, prepare_conversations,
+                                                    sha256)
 from llama3_jax.errors import UserError
-from llama3_jax.posttrain.dpo import DPOLoss
-from llama3_jax.posttrain.reward import RewardLoss, pairwise_accuracy
+from llama3_jax.objectives import NEXT_TOKEN
+from llama3_jax.objectives.reward import RewardLoss
+from llama3_jax.posttrain import task
+from llama3_jax.posttrain.reward import pairwise_accuracy
 from llama3_jax.train.config import run_config
-from llama3_jax.train.objectives import NEXT_TOKEN
 
 # stage -> (data kind, the shipped task's file)
 KINDS = {"sft": ("sft", "sft"), "dpo": ("preference", "preferences"),
@@ -93,8 +94,7 @@ def objective_of(cfg, kind: str):
     return NEXT_TOKEN   # on rows whose weights select the assistant's tokens
   if kind == "reward":
     return RewardLoss(cfg.dpo.max_examples_per_row)
-  return DPOLoss(cfg.dpo.beta, cfg.dpo.nll_weight, cfg.dpo.max_examples_per_row,
-                 cfg.dpo.reference)
+  return run_config(cfg).dpo   # the config section is the objective
 
 
 def _start_model(cfg):
@@ -106,8 +106,8 @@ def _start_model(cfg):
 def precompute_reference(cfg, workdir: pathlib.Path) -> None:
   """dpo.reference="precomputed": the starting model's log-probs, stored with the data."""
   from flax import nnx
-  from llama3_jax.posttrain.data import add_reference_logps
-  from llama3_jax.posttrain.dpo import token_logps
+  from llama3_jax.data.conversations.prepared import add_reference_logps
+  from llama3_jax.objectives.dpo import token_logps
   model = _start_model(cfg)
   logps = nnx.jit(token_logps)
   manifest = add_reference_logps(cfg.data.path, workdir / "data_reference",
@@ -138,7 +138,7 @@ def run_stage(cfg, workdir, kind: str, heldout=None) -> dict:
     evaluation["before"] = json.loads(previous.read_text()).get("after")
   if examples and not evaluation.get("before") and kind != "reward":   # a new head: no before
     evaluation["before"] = task.evaluate(_start_model(cfg), tokenizer, examples)
-  summary = train(cfg, workdir, objective=objective_of(cfg, kind))
+  summary = train(run_config(cfg), workdir, objective=objective_of(cfg, kind))
   if summary.get("stopped_by"):
     return summary
   finished = (workdir / "hf" / "config.json").exists() and (not examples or "after" in evaluation)

@@ -14,7 +14,6 @@ report's §5.1.1.
 
 import hashlib
 import json
-import math
 import pathlib
 import random
 
@@ -22,11 +21,12 @@ from flax import nnx
 import jax.numpy as jnp
 import numpy as np
 
-from llama3_jax.infer.chat import decode, encode_chat
+from llama3_jax.data import conversations
+from llama3_jax.data.conversations.chat import decode, encode_chat
+from llama3_jax.data.conversations.prepared import decode_record, encode_record, example_rows
+from llama3_jax.eval import stats
 from llama3_jax.infer.generate import Generator, Sampling
-from llama3_jax.posttrain import conversations
-from llama3_jax.posttrain.data import decode_record, encode_record, example_rows
-from llama3_jax.posttrain.dpo import response_sums
+from llama3_jax.objectives.dpo import response_sums
 
 SYSTEM = "Answer with the number only."
 _TEMPLATES = ("What is {a} {op} {b}?", "Compute {a} {op} {b}.", "{a} {op} {b} = ?")
@@ -95,11 +95,6 @@ def read_heldout(path) -> list[dict]:
   return [json.loads(line) for line in open(path) if line.strip()]
 
 
-def interval(score: float, n: int) -> float:
-  """Half-width of the 95% interval of a score over n examples (report §5.1.1)."""
-  return 1.96 * math.sqrt(score * (1 - score) / n) if n else float("nan")
-
-
 def exact_match(model, tokenizer, examples: list[dict], max_new_tokens: int = 8) -> dict:
   """Greedy answers to the examples' questions against their answers."""
   prompts = [encode_chat(tokenizer, e["messages"], add_generation_prompt=True)[0].tolist()
@@ -108,10 +103,8 @@ def exact_match(model, tokenizer, examples: list[dict], max_new_tokens: int = 8)
   results = Generator(model, stop_ids=stop).generate(prompts, max_new_tokens=max_new_tokens,
                                                       sampling=Sampling())
   answers = [decode(tokenizer, r.tokens[0]).strip() for r in results]
-  correct = [a == e["answer"] for a, e in zip(answers, examples)]
-  score = float(np.mean(correct))
-  return {"exact_match": score, "exact_match_ci": interval(score, len(correct)),
-          "n": len(correct), "answers": answers[:5],
+  return {**stats.exact_match(a == e["answer"] for a, e in zip(answers, examples)),
+          "answers": answers[:5],
           "stopped": float(np.mean([r.finished[0] for r in results]))}
 
 
@@ -128,7 +121,8 @@ def preference_accuracy(model, tokenizer, examples: list[dict], seq_len: int = 1
     logp, _ = score(model, {k: jnp.asarray(v) for k, v in batch.items()})
     wins += (np.asarray(logp[:, 1]) > np.asarray(logp[:, 2])).tolist()
   value = float(np.mean(wins))
-  return {"preference_accuracy": value, "preference_accuracy_ci": interval(value, len(wins))}
+  return {"preference_accuracy": value,
+          "preference_accuracy_ci": stats.interval(value, len(wins))}
 
 
 def evaluate(model, tokenizer, examples: list[dict]) -> dict:

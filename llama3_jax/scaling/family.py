@@ -22,7 +22,8 @@ import dataclasses
 import math
 
 from llama3_jax.model import ModelConfig
-from llama3_jax.train import metrics
+# The N of the fits and the FLOPs of a budget: the launcher's own count (MFU).
+from llama3_jax.model.flops import flops_per_token, matmul_params, total_params  # noqa: F401
 
 VOCAB = 512          # the embedded corpus' tokenizer
 HEAD_DIM = 8
@@ -34,25 +35,6 @@ MIN_LAYERS = 2
 FFN_MULTIPLE = 8
 WIDTH_STEP = HEAD_DIM * KV_GROUPS   # whole KV groups of whole heads
 SMALLEST = 12_000    # about the smallest model here: 2 layers, width 16, FFN 24 (12,032)
-
-
-def matmul_params(config: ModelConfig) -> int:
-  """Weights the launcher's 6N counts: attention, MLP and the LM head (not the embedding)."""
-  D, L, V = config.d_model, config.n_layers, config.vocab_size
-  N, K, H, F = config.n_heads, config.n_kv_heads, config.head_dim, config.ffn_dim
-  return L * (D * N * H * 2 + D * K * H * 2 + 3 * D * F) + D * V
-
-
-def total_params(config: ModelConfig) -> int:
-  """Every parameter: matmuls, the input embedding (untied) and the RMSNorm scales."""
-  embed = 0 if config.tie_embeddings else config.vocab_size * config.d_model
-  norms = (2 * config.n_layers + 1) * config.d_model
-  return matmul_params(config) + embed + norms
-
-
-def flops_per_token(config: ModelConfig, seq_len: int) -> float:
-  """Training FLOPs per token: the launcher's MFU count (llama3_jax/train/metrics.py)."""
-  return metrics.flops_per_token(config, seq_len)
 
 
 def _shape(n_layers: int, d_model: int, ffn_dim: int) -> ModelConfig:

@@ -139,12 +139,13 @@ def train_and_measure(point: Point, workdir: pathlib.Path, seed: int, peak_flops
   """Trains `point` in `workdir` (resuming), then measures its held-out loss."""
   from llama3_jax.checkpoint.model import load_model
   from llama3_jax.eval.perplexity import evaluate, heldout_rows
+  from llama3_jax.train.config import run_config
   from llama3_jax.train.loop import train
   cfg = point_config(point, seed)
   if peak_flops:
     cfg.mfu.peak_flops = peak_flops
   start = time.perf_counter()
-  summary = train(cfg, workdir)
+  summary = train(run_config(cfg), workdir)
   train_s = time.perf_counter() - start
   if summary.get("stopped_by"):   # SIGTERM / Ctrl-C: checkpointed, not finished: no record
     raise SweepStopped(f"stopped by {summary['stopped_by']} during {point.name} (checkpoint "

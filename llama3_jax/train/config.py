@@ -22,6 +22,7 @@ from ml_collections import config_dict
 
 from llama3_jax.errors import UserError
 from llama3_jax.model import SIZES, ModelConfig, RopeScaling
+from llama3_jax.objectives.dpo import DPOLoss
 from llama3_jax.optim.schedules import Stage
 from llama3_jax.runtime.faults import FaultsConfig
 from llama3_jax.runtime.guard import GuardConfig
@@ -96,35 +97,6 @@ class InitConfig:
   model is the one saved there. A resumed run reads its own checkpoints, not this."""
   path: str | None = None
   averaged: bool = False     # a workdir's anneal average (WORKDIR/averaged_params)
-
-
-@dataclasses.dataclass(frozen=True)
-class DPOConfig:
-  """Direct preference optimisation (llama3_jax/posttrain/dpo.py), report §4.1.4."""
-  beta: float = 0.1
-  nll_weight: float = 0.2          # x the chosen response's length-normalised NLL
-  max_examples_per_row: int = 16   # preference pairs packed into one row at most
-  # "shared": a pair's prompt once per row, both answers attending to it; "separate": prompt +
-  # answer as two documents (llama3_jax/posttrain/conversations.py). The same loss.
-  layout: str = "shared"
-  # "in_step": the frozen reference model runs in every step; "precomputed": its log-probs are
-  # computed once before training and stored with the data (one model per step).
-  reference: str = "in_step"
-
-  def __post_init__(self):
-    problems = []
-    if not self.beta > 0:
-      problems.append(f"dpo.beta={self.beta} must be > 0")
-    if self.nll_weight < 0:
-      problems.append(f"dpo.nll_weight={self.nll_weight} must be >= 0")
-    if self.max_examples_per_row < 1:
-      problems.append(f"dpo.max_examples_per_row={self.max_examples_per_row} must be >= 1")
-    if self.layout not in ("shared", "separate"):
-      problems.append(f"dpo.layout={self.layout!r}: use shared or separate")
-    if self.reference not in ("in_step", "precomputed"):
-      problems.append(f"dpo.reference={self.reference!r}: use in_step or precomputed")
-    if problems:
-      raise ValueError("; ".join(problems))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,7 +190,7 @@ class RunConfig:
   train: TrainConfig = TrainConfig()
   data: DataConfig = DataConfig()
   init: InitConfig = InitConfig()
-  dpo: DPOConfig = DPOConfig()
+  dpo: DPOLoss = DPOLoss()            # DPO's settings: llama3_jax/objectives/dpo.py
   eval: EvalConfig = EvalConfig()
   checkpoint: CheckpointConfig = CheckpointConfig()
   log: LogConfig = LogConfig()

@@ -32,7 +32,7 @@ from llama3_jax.planner.search import evaluate, explain
 from llama3_jax.sharding import AXES, abstract_mesh, make_rules, state_shardings
 from llama3_jax.sharding.rules import batch_spec
 from llama3_jax.train.config import run_config
-from llama3_jax.train.objectives import NEXT_TOKEN
+from llama3_jax.objectives.next_token import NEXT_TOKEN
 from llama3_jax.train.plan import make_plan
 from llama3_jax.train.setup import abstract_train_state
 from llama3_jax.train.step import make_step_fns

@@ -1,11 +1,12 @@
 """The training loop, one for every objective: set up, restore or start, step, log, checkpoint.
 
-    summary = train(cfg, workdir)                               # pre-training (next token)
-    summary = train(cfg, workdir, objective=MyLoss(), source=my_rows)   # any other objective
-    summary = train(sft_cfg, workdir)     # cfg.init.path: fine-tune; cfg.data.path: conversations
+    summary = train(run_config(cfg), workdir)                   # pre-training (next token)
+    summary = train(run, workdir, objective=MyLoss(), source=my_rows)   # any other objective
+    summary = train(sft_run, workdir)     # run.init.path: fine-tune; run.data.path: conversations
 
-Run through `python -m experiments.pretrain`. `cfg` is a ConfigDict of the schema in
-llama3_jax/train/config.py; an objective (llama3_jax/train/objectives.py) says what the step
+Run through `python -m experiments.pretrain`. `run` is the typed config of
+llama3_jax/train/config.py (a launcher converts its ConfigDict once, with `run_config`); an
+objective (llama3_jax/objectives/next_token.py) says what the step
 minimises and which batch fields it reads; `source` gives the rows (default: what `cfg.data`
 names, llama3_jax/data/batches.py). Every JAX process runs this alike
 (llama3_jax/runtime/distributed.py); process 0 alone writes the job-wide files (metrics.jsonl,
@@ -27,7 +28,9 @@ from flax import nnx
 from llama3_jax.checkpoint import model as model_lib
 from llama3_jax.checkpoint.run import RunCheckpoints, model_meta
 from llama3_jax.data import corpus
-from llama3_jax.data.batches import Batches, source_for
+from llama3_jax.data.batches import Batches
+from llama3_jax.data.source import Source
+from llama3_jax.data.source_for import source_for
 from llama3_jax.errors import writable_dir
 from llama3_jax.optim.optimizer import build_optimizer, nonfinite_counts
 from llama3_jax.optim.schedules import lr_schedule, stage_at
@@ -42,22 +45,24 @@ from llama3_jax.runtime.signals import StopRequest
 from llama3_jax.runtime.stragglers import Stragglers
 from llama3_jax.runtime.watchdog import Watchdog
 from llama3_jax.train import metrics as metrics_lib
-from llama3_jax.train.config import run_config
-from llama3_jax.train.objectives import NEXT_TOKEN
+from llama3_jax.train.config import RunConfig, to_config_dict
+from llama3_jax.objectives import NEXT_TOKEN, Objective
 from llama3_jax.train.plan import make_plan
 from llama3_jax.train.setup import setup
 
 log = logging.getLogger("llama3_jax")
 
 
-def train(cfg, workdir, *, objective=NEXT_TOKEN, source=None,
-          started_at: float | None = None) -> dict:
+def train(run: RunConfig, workdir, *, objective: Objective = NEXT_TOKEN,
+          source: Source | None = None, started_at: float | None = None) -> dict:
   """Runs (or resumes) the configured training; returns a summary dict.
 
   `started_at`: when this process started (time.time()), for the goodput's start-up share.
   """
   started_at = time.time() if started_at is None else started_at
-  run = run_config(cfg)
+  if not isinstance(run, RunConfig):
+    raise TypeError(f"train takes a RunConfig, not a {type(run).__name__}; convert a "
+                    "ConfigDict with llama3_jax.train.config.run_config(cfg)")
   init_model = model_lib.init_model_config(run.init.path) if run.init.path else None
   plan = make_plan(run, jax.device_count(), jax.process_count(), init_model)
   # The data is opened and every stage checked against it before the workdir is touched, so
@@ -65,8 +70,7 @@ def train(cfg, workdir, *, objective=NEXT_TOKEN, source=None,
   if source is None:
     source = source_for(run.data, run.train.seed, plan.model.vocab_size,
                         run.dpo.max_examples_per_row)
-  if hasattr(source, "check_stages"):   # fails now, not when a later stage begins
-    source.check_stages(plan.stages)
+  source.check_stages(plan.stages)   # fails now, not when a later stage begins
   # Orbax needs absolute paths; a workdir that cannot be written fails here, not at step N.
   workdir = writable_dir(pathlib.Path(workdir).resolve(), "workdir")
   with logs.process_log(workdir) as log_file:
@@ -86,18 +90,17 @@ def train(cfg, workdir, *, objective=NEXT_TOKEN, source=None,
         workdir, run.checkpoint, s, batches, plan, faults=faults,
         meta={"seed": t.seed, "model": model_meta(plan.model),
               # what the checkpoint holds: "lm" (a Transformer) or "reward" (a RewardModel)
-              "model_kind": getattr(objective, "model_kind", "lm"),
+              "model_kind": objective.model_kind,
               # what generation, evaluation and fine-tuning must encode with (path, sha256)
-              "tokenizer": getattr(source, "manifest", {}).get("tokenizer"),
-              "config": json.loads(cfg.to_json_best_effort())},
+              "tokenizer": source.manifest.get("tokenizer"),
+              "config": json.loads(to_config_dict(run).to_json_best_effort())},
         initial=lambda: s.init_state(model_lib.init_params(run.init.path, plan.model,
                                                            run.init.averaged)
                                      if run.init.path else None))
     evaluator = None
     if run.eval.every_steps:
       from llama3_jax.eval.during_training import Evaluator
-      evaluator = Evaluator(run.eval, (getattr(source, "manifest", {}).get("tokenizer")
-                                       or {}).get("path"))
+      evaluator = Evaluator(run.eval, (source.manifest.get("tokenizer") or {}).get("path"))
     watchdog = Watchdog(run.runtime.watchdog_s, log_file, lambda: _describe(s.mesh),
                         compile_s=run.runtime.watchdog_compile_s)
 

@@ -1,9 +1,8 @@
 """Training metrics: model FLOPs, MFU, the metrics rows and their writers (metrics.jsonl,
 TensorBoard), the progress bar.
 
-MFU = model FLOPs per second / peak FLOP/s. Model FLOPs per token are 6N (forward + backward
-of every matmul weight; the input embedding is a lookup and not counted) plus attention,
-12 * L * T * N_heads * H, halved for the causal mask. The peak is the bf16 dense peak of known
+MFU = model FLOPs per second / peak FLOP/s, model FLOPs per token as llama3_jax/model/flops.py
+counts them (6N plus causal attention). The peak is the bf16 dense peak of known
 accelerators (override with `peak_flops`); on CPU it is measured once by a large fp32 matmul
 (and kept in the cache directory, keyed by processor, core count and JAX version).
 """
@@ -21,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llama3_jax.model.flops import flops_per_token
 from llama3_jax.runtime.hooks import Hook
 
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets (SXM parts).
@@ -28,15 +28,6 @@ PEAK_BF16_FLOPS = {
     "H200": 989e12, "H100": 989e12, "A100": 312e12, "B200": 2250e12, "L40S": 362e12,
     "TPU v5p": 459e12, "TPU v5 lite": 197e12, "TPU v4": 275e12,
 }
-
-
-def flops_per_token(config, seq_len: int) -> float:
-  D, L, V = config.d_model, config.n_layers, config.vocab_size
-  N, K, H, F = config.n_heads, config.n_kv_heads, config.head_dim, config.ffn_dim
-  per_layer = D * N * H * 2 + D * K * H * 2 + 3 * D * F
-  matmul_params = L * per_layer + D * V   # LM head (tied or not) is a matmul; embedding is not
-  attention = 12 * L * seq_len * N * H / 2
-  return 6 * matmul_params + attention
 
 
 def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:

@@ -15,7 +15,7 @@ from llama3_jax.errors import UserError
 from llama3_jax.model import ModelConfig
 from llama3_jax.optim.schedules import Stage, tokens_after, validate_stages
 from llama3_jax.parallel import pipeline
-from llama3_jax.posttrain.data import is_conversation_data
+from llama3_jax.data.conversations.prepared import is_conversation_data
 from llama3_jax.sharding import MeshConfig, ShardingConfig, validate
 from llama3_jax.train.config import RunConfig
 

@@ -27,7 +27,7 @@ from llama3_jax.optim.optimizer import build_optimizer
 from llama3_jax.sharding import (MeshConfig, ShardingConfig, make_mesh, make_rules,
                                  state_shardings, validate)
 from llama3_jax.sharding.rules import Rules
-from llama3_jax.train.objectives import NEXT_TOKEN
+from llama3_jax.objectives.next_token import NEXT_TOKEN
 from llama3_jax.train.state import TrainState
 from llama3_jax.train.step import StepFns, make_step_fns
 
@@ -97,17 +97,15 @@ def abstract_train_state(model_config, optimizer=None, objective=NEXT_TOKEN, see
   """(graphdef, abstract state, build): the state's shapes and logical axes without devices, for
   a real mesh or an abstract one (planning 16K GPUs on a laptop); `build` makes it for real."""
   tx = build_optimizer() if optimizer is None else optimizer
-  load = getattr(objective, "load_pretrained", nnx.update)
 
   def build(pretrained=None):
     rngs = nnx.Rngs(seed)
     model = objective.init_model(model_config, rngs)
-    init_frozen = getattr(objective, "init_frozen", None)
-    frozen = init_frozen(model_config, rngs) if init_frozen else None
+    frozen = objective.init_frozen(model_config, rngs)
     if pretrained is not None:
-      load(model, pretrained)
+      objective.load_pretrained(model, pretrained)
       if frozen is not None:
-        load(frozen, pretrained)
+        objective.load_pretrained(frozen, pretrained)
     return TrainState(model, tx, frozen)
   graphdef, abstract = nnx.split(nnx.eval_shape(build))
   return graphdef, abstract, build

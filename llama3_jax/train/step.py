@@ -5,15 +5,15 @@ and AdamW.
     state, metrics = fns.train(state, batch, lr)
 
 Built by `llama3_jax.train.setup.setup` (mesh, rules, state and these functions in one call).
-A batch is a dict of [B, T] arrays in the objective's format (llama3_jax/train/objectives.py;
+A batch is a dict of [B, T] arrays in the objective's format (llama3_jax/objectives/next_token.py;
 pre-training: `inputs`, `targets`, `segment_ids`, `positions`, `loss_mask`). The loss is the
 objective's loss sum over the whole batch divided by its weight sum over the whole batch
 (for cross-entropy: the mean over all unmasked targets), however it is split into micro-batches.
 
 With a context axis (context parallelism), the step permutes each batch once into the
 load-balanced chunk order, adding `indices` (each token's index in its row, for the causal mask)
-and `positions` if absent, and runs attention under shard_map (llama3_jax/parallel/context.py); the pipeline and that
-kernel enter the model through llama3_jax/parallel/parallelize.py;
+and `positions` if absent, and runs attention under shard_map (llama3_jax/parallel/context.py);
+the pipeline and that kernel enter the model through llama3_jax/parallel/parallelize.py;
 the loss, a sum over tokens, needs no un-permuting.
 """
 
@@ -31,7 +31,7 @@ from llama3_jax.optim.optimizer import set_learning_rate
 from llama3_jax.parallel import context as context_parallel
 from llama3_jax.parallel.parallelize import accumulated_micro_batches, parallelizer
 from llama3_jax.sharding.rules import ShardingConfig, batch_spec, gathered_over_fsdp
-from llama3_jax.train.objectives import NEXT_TOKEN
+from llama3_jax.objectives.next_token import NEXT_TOKEN
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from llama3_jax.data.loader import Loader
 from llama3_jax.data.prepare import FORMAT
 from llama3_jax.optim.schedules import Stage
+from llama3_jax.train.config import run_config
 
 VOCAB = 500_000
 
@@ -202,6 +203,6 @@ def test_a_run_whose_later_stage_lacks_a_source_stops_before_training(tmp_path):
   cfg.train.stages = (cfg.train.stages[0], {**cfg.train.stages[1], "mixture": {"math": 1.0}})
   cfg.data.path = str(data)
   with pytest.raises(ValueError, match=r"train.stages\[1\].*\['math'\]"):
-    train(cfg, tmp_path / "run")
+    train(run_config(cfg), tmp_path / "run")
   assert not (tmp_path / "run" / "checkpoints").exists() or not any(
       (tmp_path / "run" / "checkpoints").iterdir())

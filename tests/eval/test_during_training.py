@@ -15,7 +15,7 @@ from tests.helpers import tiny_run_config
 def test_scores_go_into_the_rows_and_match_the_checkpoint(tmp_path):
   cfg = tiny_run_config(steps=4)
   cfg.eval.update(every_steps=2, tasks="heldout,arith,arith_gen", examples=24)
-  train(cfg, tmp_path)
+  train(run_config(cfg), tmp_path)
   rows = {r["step"]: r for r in read_metrics(tmp_path)}
   assert [s for s, r in rows.items() if "eval/arith/acc" in r] == [2, 4]
   _, model = load_model(tmp_path / "checkpoints" / "4")

@@ -18,7 +18,7 @@ def run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("eval") / "run"
   cfg = tiny_run_config(steps=2)
   cfg.model.max_seq_len = 256
-  train(cfg, workdir)
+  train(run_config(cfg), workdir)
   return workdir
 
 

@@ -9,8 +9,8 @@ from tiktoken._educational import bpe_train
 
 from llama3_jax.data.tokenizers import (CHAT_SPECIAL_TOKENS, LLAMA3_PATTERN, Llama3Tokenizer,
                                         train_sentencepiece)
-from llama3_jax.infer.chat import (ASSISTANT, FORMAT, SYSTEM, USER, assistant_mask, decode,
-                                   encode_chat, format_chat)
+from llama3_jax.data.conversations.chat import (ASSISTANT, FORMAT, SYSTEM, USER, assistant_mask,
+                                                decode, encode_chat, format_chat)
 
 TEXT = ("You are a helpful assistant. What is 2 + 2? It is 4.\n"
         "def f(x):\n    return x ** 2  # squares\n"

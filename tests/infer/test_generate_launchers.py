@@ -24,7 +24,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("run")
-  train(tiny_run_config(steps=4, stages=((None, 8 * 16, 16),)), workdir)
+  train(run_config(tiny_run_config(steps=4, stages=((None, 8 * 16, 16),))), workdir)
   return workdir
 
 

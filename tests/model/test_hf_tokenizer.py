@@ -11,7 +11,7 @@ from tiktoken._educational import bpe_train
 from llama3_jax import hf
 from llama3_jax.data.tokenizers import (CHAT_SPECIAL_TOKENS, LLAMA3_PATTERN, Llama3Tokenizer,
                                         train_sentencepiece)
-from llama3_jax.infer.chat import encode_chat, format_chat
+from llama3_jax.data.conversations.chat import encode_chat, format_chat
 from llama3_jax.model import ModelConfig, Transformer
 
 TEXT = ("The quick brown fox jumps over the lazy dog 1234567890 times.\n"

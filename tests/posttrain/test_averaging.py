@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 from llama3_jax.checkpoint.averaging import average_checkpoints, restore_params
-from llama3_jax.checkpoint.model import load_model, new_module
+from llama3_jax.checkpoint.model import load_model
+from llama3_jax.model import new_module
 from llama3_jax.checkpoint.run import model_meta
 from llama3_jax.errors import UserError
 from tests.posttrain.conftest import TINY
@@ -29,7 +30,7 @@ def save_run(path, config, seed, kind="lm"):
 
 def _seeded(config, kind, seed):
   from llama3_jax.model import Transformer
-  from llama3_jax.posttrain.reward import RewardModel
+  from llama3_jax.model.reward import RewardModel
   cls = RewardModel if kind == "reward" else Transformer
   return cls(config, rngs=nnx.Rngs(seed))
 

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from llama3_jax.infer.chat import encode_chat
+from llama3_jax.data.conversations.chat import encode_chat
 from llama3_jax.model.attention_ops import attention_mask
 from llama3_jax.optim.schedules import Stage
-from llama3_jax.posttrain import conversations
-from llama3_jax.posttrain.data import (ConversationSource, decode_record, encode_record,
-                                       prepare_conversations)
+from llama3_jax.data import conversations
+from llama3_jax.data.conversations.prepared import (ConversationSource, decode_record,
+                                                    encode_record, prepare_conversations)
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
         {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2 + 2?"},

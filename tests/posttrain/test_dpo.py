@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llama3_jax.posttrain import conversations
-from llama3_jax.posttrain.data import decode_record, encode_record, example_rows
-from llama3_jax.posttrain.dpo import DPOLoss, pair_loss_sums
+from llama3_jax.data import conversations
+from llama3_jax.data.conversations.prepared import decode_record, encode_record, example_rows
+from llama3_jax.objectives.dpo import DPOLoss, pair_loss_sums
 from llama3_jax.sharding import MeshConfig
 from llama3_jax.train.setup import setup
 from tests.helpers import OPTIMIZER, RTOL, assert_trees_close
@@ -152,9 +152,9 @@ def test_loss_equals_torch_on_the_exported_models(tokenizer, tmp_path):
 def test_precomputed_reference_equals_the_in_step_reference(tokenizer, tokenizer_path, tmp_path):
   import json
   from llama3_jax.optim.schedules import Stage
-  from llama3_jax.posttrain.data import (ConversationSource, add_reference_logps,
+  from llama3_jax.data.conversations.prepared import (ConversationSource, add_reference_logps,
                                          prepare_conversations)
-  from llama3_jax.posttrain.dpo import token_logps
+  from llama3_jax.objectives.dpo import token_logps
   path = tmp_path / "p.jsonl"
   path.write_text("".join(json.dumps({"messages": m, "chosen": c, "rejected": r}) + "\n"
                           for m, c, r in PAIRS * 4))

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llama3_jax.infer.chat import decode, encode_chat
+from llama3_jax.data.conversations.chat import decode, encode_chat
 from llama3_jax.infer.generate import Generator, Sampling
 from llama3_jax.model import Transformer
 from llama3_jax.posttrain.rejection import Settings, checker_pairs, rejection_sample
-from llama3_jax.posttrain.reward import RewardModel, score_responses
+from llama3_jax.model.reward import RewardModel
+from llama3_jax.posttrain.reward import score_responses
 from tests.posttrain.conftest import TINY
 
 PROMPTS = [[{"role": "user", "content": f"What is {a} + {b}?"}] for a, b in ((3, 4), (10, 7),

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llama3_jax.posttrain import conversations
-from llama3_jax.posttrain.data import decode_record, encode_record, example_rows
-from llama3_jax.posttrain.reward import (RewardLoss, RewardModel, ranked_pair_sums,
-                                         response_rewards)
+from llama3_jax.data import conversations
+from llama3_jax.data.conversations.prepared import decode_record, encode_record, example_rows
+from llama3_jax.model.reward import RewardModel
+from llama3_jax.objectives.reward import RewardLoss, ranked_pair_sums, response_rewards
 from llama3_jax.sharding import MeshConfig
 from llama3_jax.train.setup import setup
 from tests.helpers import OPTIMIZER, assert_trees_close
@@ -98,7 +98,7 @@ def test_packed_shuffled_rows_score_each_response_as_alone(tokenizer, tokenizer_
                                                            tmp_path):
   import json
   from llama3_jax.optim.schedules import Stage
-  from llama3_jax.posttrain.data import ConversationSource, prepare_conversations
+  from llama3_jax.data.conversations.prepared import ConversationSource, prepare_conversations
   questions = [f"What is {i} + {i}?" for i in range(6)]
   path = tmp_path / "prefs.jsonl"
   path.write_text("".join(json.dumps({

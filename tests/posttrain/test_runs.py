@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from llama3_jax.posttrain import task
-from llama3_jax.posttrain.data import prepare_conversations
-from llama3_jax.posttrain.dpo import DPOLoss
+from llama3_jax.data.conversations.prepared import prepare_conversations
+from llama3_jax.objectives.dpo import DPOLoss
 from llama3_jax.train.loop import train
 from llama3_jax.train.metrics import read_metrics
 from tests.helpers import tiny_run_config
@@ -25,7 +25,7 @@ def start(tmp_path_factory, tokenizer_path):
   root = tmp_path_factory.mktemp("posttrain")
   pretrain = tiny_run_config(steps=2)
   pretrain.model.max_seq_len = 256   # room for the post-training rows and generation
-  train(pretrain, root / "pretrain")
+  train(run_config(pretrain), root / "pretrain")
   files = task.write_task(root / "task", train_questions=120, heldout=16)
   for kind, name in (("sft", "sft"), ("preference", "preferences")):
     prepare_conversations(files[name], tokenizer_path, root / name, kind=kind, max_tokens=SEQ)
@@ -51,12 +51,12 @@ def rows(workdir):
 @pytest.mark.parametrize("data, objective", [("sft", None), ("preferences", DPOLoss())])
 def test_runs_learn_and_resume_exactly(start, tmp_path, data, objective):
   kwargs = {} if objective is None else {"objective": objective}
-  straight = train(config(start, data, 6), tmp_path / "straight", **kwargs)
+  straight = train(run_config(config(start, data, 6)), tmp_path / "straight", **kwargs)
   assert straight["steps"] == 6
   first = config(start, data, 3)
   first.train.schedule_steps = 6
-  train(first, tmp_path / "resumed", **kwargs)
-  train(config(start, data, 6), tmp_path / "resumed", **kwargs)
+  train(run_config(first), tmp_path / "resumed", **kwargs)
+  train(run_config(config(start, data, 6)), tmp_path / "resumed", **kwargs)
   assert rows(tmp_path / "resumed") == rows(tmp_path / "straight")   # bit for bit
   losses = [loss for _, loss, _ in rows(tmp_path / "straight")]
   assert losses[-1] < losses[0]

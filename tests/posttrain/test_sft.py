@@ -7,7 +7,7 @@ import pytest
 
 from llama3_jax.optim.schedules import Stage
 from llama3_jax.posttrain import task
-from llama3_jax.posttrain.data import ConversationSource, prepare_conversations
+from llama3_jax.data.conversations.prepared import ConversationSource, prepare_conversations
 from llama3_jax.sharding import MeshConfig
 from llama3_jax.train.setup import setup
 from tests.helpers import OPTIMIZER, RTOL, assert_trees_close

@@ -25,6 +25,7 @@ from llama3_jax import hf
 from llama3_jax.checkpoint.model import load_model, run_tokenizer
 from llama3_jax.data.corpus import embedded_corpus
 from llama3_jax.train.loop import train
+from llama3_jax.train.config import run_config
 from tests.runtime import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -299,7 +300,7 @@ def setup(tmp_path_factory, job_env):
   run = tmp_path_factory.mktemp("run")
   cfg = tiny_config.get_config()
   cfg.train.steps = 2
-  train(cfg, run)
+  train(run_config(cfg), run)
   inputs = tmp_path_factory.mktemp("inputs")
   lines = "".join(json.dumps({"text": f"document {i} " * 20}) + "\n" for i in range(50))
   (inputs / "good.jsonl").write_text(lines)

@@ -16,6 +16,7 @@ import pytest
 from llama3_jax.runtime.watchdog import EXIT_HANG
 from llama3_jax.train.loop import train
 from llama3_jax.train.metrics import read_metrics
+from llama3_jax.train.config import run_config
 from tests.runtime.tiny_config import get_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -34,7 +35,7 @@ def test_nan_is_skipped_and_counted_and_k_in_a_row_roll_back(tmp_path):
   # 4, 5, 6 read batches 7, 8, 9 instead.
   cfg.faults.nan_batches = "2,4,5,6"
   cfg.resilience.max_bad_steps = 3
-  summary = train(cfg, tmp_path)
+  summary = train(run_config(cfg), tmp_path)
   rows = read_metrics(tmp_path)
   assert [r["step"] for r in rows] == list(range(1, 7))
   assert np.isnan(rows[1]["loss"]) and rows[1]["skipped"] == 1

@@ -7,8 +7,9 @@ import optax
 import pytest
 from flax import nnx
 
-from llama3_jax.data.batches import LM_FIELDS, Batches, SyntheticSource
-from llama3_jax.model import Transformer
+from llama3_jax.data.batches import LM_FIELDS, Batches
+from llama3_jax.data.source import SyntheticSource
+from llama3_jax.objectives import Objective
 from llama3_jax.optim.schedules import Stage
 from llama3_jax.sharding import MeshConfig
 from llama3_jax.train.config import run_config
@@ -18,12 +19,9 @@ from llama3_jax.train.setup import setup
 from tests.helpers import tiny_run_config
 
 
-class WeightedNextToken:
+class WeightedNextToken(Objective):
   """Next-token cross-entropy, each target weighted by the batch's `weights` field."""
   fields = {**LM_FIELDS, "weights": np.float32}
-
-  def init_model(self, model_config, rngs):
-    return Transformer(model_config, rngs=rngs)
 
   def loss_sums(self, model, batch, frozen=None):
     logits_btv = model(batch["inputs"], batch["segment_ids"], batch["positions"],
@@ -52,7 +50,7 @@ def config(steps):
 def run(workdir, steps):
   cfg = config(steps)
   source = WeightedSynthetic(seed=0, vocab_size=run_config(cfg).model.resolve().vocab_size)
-  return train(cfg, workdir, objective=WeightedNextToken(), source=source)
+  return train(run_config(cfg), workdir, objective=WeightedNextToken(), source=source)
 
 
 def rows(workdir):
@@ -67,7 +65,7 @@ def test_weighted_objective_trains_checkpoints_and_resumes_exactly(tmp_path):
   first = config(3)
   first.train.schedule_steps = 6
   source = WeightedSynthetic(seed=0, vocab_size=512)
-  train(first, tmp_path / "resumed", objective=WeightedNextToken(), source=source)
+  train(run_config(first), tmp_path / "resumed", objective=WeightedNextToken(), source=source)
   assert run(tmp_path / "resumed", 6)["steps"] == 6
   assert rows(tmp_path / "resumed") == rows(tmp_path / "straight")   # bit for bit
   assert all(0 <= accuracy <= 1 for *_, accuracy in rows(tmp_path / "straight"))

@@ -44,7 +44,7 @@ def straight_run(tmp_path_factory):
 
   jax.monitoring.register_event_duration_secs_listener(listen)
   try:
-    summary = train(tiny_config(), workdir)
+    summary = train(run_config(tiny_config()), workdir)
   finally:
     jax.monitoring.unregister_event_duration_listener(listen)
   return workdir, {**summary, "train_compiles": len(compiles)}
@@ -76,11 +76,11 @@ def test_resume_is_bit_identical(straight_run, tmp_path):
   workdir, _ = straight_run
   first = tiny_config(steps=3)
   first.train.schedule_steps = 6          # stop halfway through the same schedule
-  train(first, tmp_path)
-  summary = train(tiny_config(steps=6), tmp_path)
+  train(run_config(first), tmp_path)
+  summary = train(run_config(tiny_config(steps=6)), tmp_path)
   assert summary["steps"] == 6
   assert losses(tmp_path) == losses(workdir)   # loss and grad_norm, bit for bit
-  assert train(tiny_config(steps=6), tmp_path)["complete"]
+  assert train(run_config(tiny_config(steps=6)), tmp_path)["complete"]
 
 
 @pytest.mark.slow
@@ -88,8 +88,8 @@ def test_resume_on_another_mesh(straight_run, tmp_path):
   workdir, _ = straight_run
   first = tiny_config(steps=3)            # fsdp 8
   first.train.schedule_steps = 6
-  train(first, tmp_path)
-  train(tiny_config(steps=6, fsdp=2, tensor=4), tmp_path)
+  train(run_config(first), tmp_path)
+  train(run_config(tiny_config(steps=6, fsdp=2, tensor=4)), tmp_path)
   for (step, loss, norm), (_, ref_loss, ref_norm) in zip(losses(tmp_path), losses(workdir)):
     np.testing.assert_allclose([loss, norm], [ref_loss, ref_norm], rtol=1e-5, err_msg=step)
 
@@ -105,11 +105,11 @@ def test_resume_across_pipeline_layouts(tmp_path):
     c.train.schedule_steps = 4
     return c
 
-  train(config(4, 1), tmp_path / "straight")
+  train(run_config(config(4, 1)), tmp_path / "straight")
   for first, then in ((2, 1), (1, 2)):
     workdir = tmp_path / f"stage{first}_then_stage{then}"
-    train(config(2, first), workdir)
-    assert train(config(4, then), workdir)["steps"] == 4
+    train(run_config(config(2, first)), workdir)
+    assert train(run_config(config(4, then)), workdir)["steps"] == 4
     for (step, loss, norm), (_, ref_loss, ref_norm) in zip(losses(workdir),
                                                            losses(tmp_path / "straight"),
                                                            strict=True):
@@ -121,12 +121,12 @@ def test_corrupt_checkpoint_is_skipped(straight_run, tmp_path):
   workdir, _ = straight_run
   first = tiny_config(steps=4)
   first.train.schedule_steps = 6
-  train(first, tmp_path)
+  train(run_config(first), tmp_path)
   # Damage every data file of the newest checkpoint.
   for f in (tmp_path / "checkpoints" / "4" / "state").rglob("*"):
     if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
       f.write_bytes(b"\0" * 7)
-  train(tiny_config(steps=6), tmp_path)   # resumes from step 3 and redoes 4..6
+  train(run_config(tiny_config(steps=6)), tmp_path)   # resumes from step 3 and redoes 4..6
   assert losses(tmp_path) == losses(workdir)
 
 
@@ -193,14 +193,14 @@ def test_bad_config_fails_clearly(args, message, tmp_path):
 def test_resuming_another_model_is_a_clear_error_that_keeps_the_checkpoints(tmp_path):
   first = tiny_config(steps=2)
   first.train.schedule_steps = 6
-  train(first, tmp_path)
+  train(run_config(first), tmp_path)
   before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
   rows = (tmp_path / "metrics.jsonl").read_text()
   other = tiny_config(steps=6)
   other.model.n_layers = 3
   with pytest.raises(ValueError, match=r"another model \(n_layers=2 \(now 3\)\); use a new "
                                        "--workdir"):
-    train(other, tmp_path)
+    train(run_config(other), tmp_path)
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before   # none set aside
   assert (tmp_path / "metrics.jsonl").read_text() == rows
 
@@ -232,22 +232,22 @@ def test_a_checkpoint_missing_a_streams_data_state_is_set_aside(straight_run, tm
   workdir, _ = straight_run
   first = tiny_config(steps=4)
   first.train.schedule_steps = 6
-  train(first, tmp_path)
+  train(run_config(first), tmp_path)
   (tmp_path / "checkpoints" / "4" / "data" / "stream_00002.json").unlink()
-  train(tiny_config(steps=6), tmp_path)   # resumes from step 3
+  train(run_config(tiny_config(steps=6)), tmp_path)   # resumes from step 3
   assert losses(tmp_path) == losses(workdir)
   assert any(p.name.startswith("4.corrupt-") for p in (tmp_path / "checkpoints").iterdir())
   changed = tiny_config(steps=6)
   changed.data.streams = 4
   with pytest.raises(ValueError, match="data.streams=8, now 4: set --config.data.streams=8"):
-    train(changed, tmp_path)
+    train(run_config(changed), tmp_path)
 
 
 @pytest.mark.slow
 def test_no_usable_checkpoint_stops_instead_of_starting_over(tmp_path):
   first = tiny_config(steps=2)
   first.train.schedule_steps = 6
-  train(first, tmp_path)
+  train(run_config(first), tmp_path)
   rows = (tmp_path / "metrics.jsonl").read_text()
   for step in ("1", "2"):
     for f in (tmp_path / "checkpoints" / step / "state").rglob("*"):
@@ -255,10 +255,10 @@ def test_no_usable_checkpoint_stops_instead_of_starting_over(tmp_path):
         f.write_bytes(b"\0" * 7)
   with pytest.raises(ValueError, match=r"no usable checkpoint in .*steps \[1, 2\] were "
                                        "unreadable.*restart_if_unreadable=True"):
-    train(tiny_config(steps=6), tmp_path)
+    train(run_config(tiny_config(steps=6)), tmp_path)
   assert (tmp_path / "metrics.jsonl").read_text() == rows
   assert sorted(p.name.split(".")[0] for p in (tmp_path / "checkpoints").iterdir()
                 if "corrupt" in p.name) == ["1", "2"]   # moved aside, never deleted
   again = tiny_config(steps=6)
   again.checkpoint.restart_if_unreadable = True
-  assert train(again, tmp_path)["steps"] == 6
+  assert train(run_config(again), tmp_path)["steps"] == 6

@@ -5,7 +5,7 @@
 
 Per preference pair, with policy log-probs pi and reference log-probs ref of the chosen (c) and
 rejected (r) responses, summed over their content tokens (headers and `<|eot_id|>` are format
-tokens, masked out of both, llama3_jax/posttrain/conversations.py):
+tokens, masked out of both, llama3_jax/data/conversations/__init__.py):
 
     loss = -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))  +  nll_weight * -pi_c / |c|
 
@@ -17,18 +17,22 @@ The loss is a mean over the pairs of the whole global batch (the step divides by
 count), so micro-batches and meshes do not change it.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llama3_jax.model import Transformer
-from llama3_jax.posttrain.data import CONVERSATION_FIELDS
-from llama3_jax.train.objectives import token_nll
+from llama3_jax.data.conversations import LAYOUTS
+from llama3_jax.data.conversations.prepared import CONVERSATION_FIELDS
+from llama3_jax.model.transformer import Transformer
+from llama3_jax.objectives.next_token import token_nll
+from llama3_jax.objectives.protocol import Objective
 
 
 def response_sums(model, batch, *, slots: int):
   """(log-prob sums, token counts) per response slot, [B, slots]: slot 3k-2 is example k's
-  chosen response, 3k-1 its rejected, 3k its edited one (llama3_jax/posttrain/data.py)."""
+  chosen response, 3k-1 its rejected, 3k its edited one (data/conversations/prepared.py)."""
   return _slot_sums(token_logps(model, batch), batch, slots)
 
 
@@ -49,24 +53,43 @@ def _slot_sums(logp_bt, batch, slots: int):
 REFERENCES = ("in_step", "precomputed")
 
 
-class DPOLoss:
-  """reference "in_step": the frozen reference model runs in each step; "precomputed": its
-  log-probs come with the data (`reference_logp`, llama3_jax/posttrain/data.py:
-  add_reference_logps), so a step runs one model."""
+@dataclasses.dataclass(frozen=True)
+class DPOLoss(Objective):
+  """DPO's settings, the run config's `dpo` section (llama3_jax/train/config.py), and its loss."""
+  beta: float = 0.1
+  nll_weight: float = 0.2          # x the chosen response's length-normalised NLL
+  max_examples_per_row: int = 16   # preference pairs packed into one row at most
+  # "shared": a pair's prompt once per row, both answers attending to it; "separate": prompt +
+  # answer as two documents (llama3_jax/data/conversations/__init__.py). The same loss.
+  layout: str = "shared"
+  # "in_step": the frozen reference model runs in every step; "precomputed": its log-probs are
+  # computed once before training and stored with the data (`reference_logp`,
+  # llama3_jax/data/conversations/prepared.py: add_reference_logps), so a step runs one model.
+  reference: str = "in_step"
 
-  def __init__(self, beta: float = 0.1, nll_weight: float = 0.2,
-               max_examples_per_row: int = 16, reference: str = "in_step"):
-    if not beta > 0 or nll_weight < 0:
-      raise ValueError(f"dpo.beta={beta} must be > 0 and dpo.nll_weight={nll_weight} >= 0")
-    if reference not in REFERENCES:
-      raise ValueError(f"dpo.reference={reference!r}; use one of {REFERENCES}")
-    self.beta, self.nll_weight, self.reference = beta, nll_weight, reference
-    self.slots = 3 * max_examples_per_row + 1
-    self.fields = (CONVERSATION_FIELDS if reference == "in_step"
-                   else {**CONVERSATION_FIELDS, "reference_logp": np.float32})
+  def __post_init__(self):
+    problems = []
+    if not self.beta > 0:
+      problems.append(f"dpo.beta={self.beta} must be > 0")
+    if self.nll_weight < 0:
+      problems.append(f"dpo.nll_weight={self.nll_weight} must be >= 0")
+    if self.max_examples_per_row < 1:
+      problems.append(f"dpo.max_examples_per_row={self.max_examples_per_row} must be >= 1")
+    if self.layout not in LAYOUTS:
+      problems.append(f"dpo.layout={self.layout!r}: use shared or separate")
+    if self.reference not in REFERENCES:
+      problems.append(f"dpo.reference={self.reference!r}: use in_step or precomputed")
+    if problems:
+      raise ValueError("; ".join(problems))
 
-  def init_model(self, model_config, rngs) -> Transformer:
-    return Transformer(model_config, rngs=rngs)
+  @property
+  def slots(self) -> int:
+    return 3 * self.max_examples_per_row + 1
+
+  @property
+  def fields(self) -> dict:
+    return (CONVERSATION_FIELDS if self.reference == "in_step"
+            else {**CONVERSATION_FIELDS, "reference_logp": np.float32})
 
   def init_frozen(self, model_config, rngs) -> Transformer | None:
     """The reference: the same model, set to the starting parameters (Setup.init_state)."""

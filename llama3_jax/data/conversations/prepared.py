@@ -3,7 +3,7 @@
     prepare_conversations("sft.jsonl", "tokenizer.model", "data/sft", kind="sft", max_tokens=256)
     source = ConversationSource("data/sft", seed=0, vocab_size=512)   # a source for `train`
 
-`prepare_conversations` checks every example (llama3_jax/posttrain/conversations.py), encodes
+`prepare_conversations` checks every example (llama3_jax/data/conversations/__init__.py), encodes
 it into weighted pieces, fits it to `max_tokens` (the prompt truncated from the left, or the
 example skipped: counted either way) and writes one record per example to
 `examples.array_record`, with a `manifest.json` of counts. The source reads the records through
@@ -30,11 +30,12 @@ import numpy as np
 from grain import experimental as grain_experimental
 
 from llama3_jax.data.batches import LM_FIELDS
+from llama3_jax.data.source import Source
 # (Grain's iterator states hold tuples; JSON turns them into lists.)
 from llama3_jax.data.loader import _tuples_in, _tuples_out
 from llama3_jax.data.tokenizers import check_token_ids, load_tokenizer
 from llama3_jax.model.attention_ops import shared_prefix_segments
-from llama3_jax.posttrain import conversations
+from llama3_jax.data import conversations
 
 FORMAT = "llama3_jax.conversations.v1"
 MANIFEST = "manifest.json"
@@ -174,7 +175,7 @@ def read_conversation_manifest(data_dir) -> dict:
   path = pathlib.Path(data_dir) / MANIFEST
   if not path.exists():
     raise FileNotFoundError(f"{path} does not exist; prepare the conversations first "
-                            "(llama3_jax.posttrain.data.prepare_conversations)")
+                            "(llama3_jax.data.conversations.prepared.prepare_conversations)")
   try:
     manifest = json.loads(path.read_text())
   except json.JSONDecodeError as error:
@@ -193,7 +194,7 @@ def is_conversation_data(data_dir) -> bool:
     return False
 
 
-class ConversationSource:
+class ConversationSource(Source):
   """Packed rows of prepared conversations: a batch source of llama3_jax/data/batches.py.
 
   Every process reads the one Grain pipeline and keeps its rows (post-training data is small

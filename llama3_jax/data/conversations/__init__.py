@@ -12,7 +12,7 @@ Files are JSONL, one example per line:
 An example becomes pieces: runs of next-token (input, target) pairs with a weight per target,
 RoPE positions, and where the piece sits in the example's attention (`doc`, `share`) and
 which response it is (`response`: 1 chosen, 2 rejected, 3 edited). Pieces of one example are
-packed into one row (llama3_jax/posttrain/data.py), so a response can share its prompt:
+packed into one row (llama3_jax/data/conversations/prepared.py), so a response can share its prompt:
 
 - SFT: one piece; the weight is 1 on the assistant's tokens and each of their `<|eot_id|>`
   (so the model learns to stop), 0 on system, user and header tokens (report §4.1.3).
@@ -31,7 +31,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from llama3_jax.infer.chat import ASSISTANT, encode_chat
+from llama3_jax.data.conversations.chat import ASSISTANT, encode_chat
 
 KINDS = ("sft", "preference")
 LAYOUTS = ("shared", "separate")
