@@ -7,7 +7,7 @@ python -m experiments.evaluate --tasks arith_gen,gsm8k_test.jsonl --shots 8 --ma
 python -m experiments.evaluate --tasks "" --needle 256,512,1024 --checkpoint workdirs/long
 python -m experiments.evaluate --tasks arith --contamination ~/.cache/llama3_jax/corpus-v2-vocab512
 python -m experiments.evaluate --hf /models/Llama-3.2-1B --tasks mmlu_test.parquet \
-    --out results.json --log-samples samples.jsonl
+    --out results.json --log_samples samples.jsonl
 
 Tasks: `heldout` (loss and bits per byte per source on the embedded corpus' held-out split, or
 name a prepared data directory), shipped ones by name (arith, cloze: multiple choice; arith_gen:
@@ -18,7 +18,7 @@ llama3_jax/eval/generative.py). Multiple choice follows lm-evaluation-harness's 
 (llama3_jax/eval/multiple_choice.py); generative tasks are greedy with stop strings, answer
 extraction and exact match; neither depends on the batch size. Prints a table; `--out` maps
 each task (a file's stem) to acc, acc_norm, acc_ci, acc_norm_ci, gold_nll_per_char and n
-(generative: exact_match, exact_match_ci and n); `--log-samples` writes one line per example
+(generative: exact_match, exact_match_ci and n); `--log_samples` writes one line per example
 (task, index, gold, loglikelihoods; generative: generation, extracted). Exit codes: 0 done, 2
 bad input (one line naming the file and line); nothing is half-written.
 """
