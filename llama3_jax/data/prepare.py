@@ -12,7 +12,8 @@ Tokenization is two stages of tasks (llama3_jax/data/curation/tasks.py), run by 
 executors as curation (`executor`: local process pool, ray, slurm job arrays; `tasks` per
 stage): `tokenize`, one unit per input file, writes its shard under a temporary name, renames
 it, then its small `.json` summary (the unit's completion marker, with the input's size and
-modification time); `manifest`, one unit, writes the manifest from the summaries. An
+modification time); `manifest`, one unit, writes the manifest from the summaries (and the
+tokenize stage's totals, documents, tokens, seconds, peak memory, to `_work/.../stats/`). An
 interrupted run resumes where it stopped; an input that changed since its shard was written is
 tokenized again; several machines can split the files (`shard_index`/`shard_count`: the last
 to finish writes the manifest). The stages' spec lies in `out/_work/prepare-<source>/`.
@@ -26,7 +27,8 @@ import pathlib
 import numpy as np
 
 from llama3_jax.data.curation import executors
-from llama3_jax.data.curation.tasks import Stage, fingerprint, write_spec
+from llama3_jax.data.curation.tasks import (Stage, fingerprint, save_json, stage_stats,
+                                            write_spec)
 from llama3_jax.errors import UserError
 from llama3_jax.data.sources import Skips, list_files, read_documents
 from llama3_jax.data.tokenizers import load_tokenizer
@@ -148,6 +150,7 @@ def build_stages(work, *, inputs, tokenizer_path, out_dir, source, strict, text_
   def manifest(_):
     m = _update_manifest(out_dir, source, inputs, load_tokenizer(tokenizer_path),
                          tokenizer_path, provenance)
+    save_json(pathlib.Path(work) / "stats" / "tokenize.json", stage_stats(work, tokenize))
     return {"docs": m["sources"][source]["documents"], "tokens": m["sources"][source]["tokens"]}
   return [tokenize, Stage("manifest", lambda: 1, manifest, max_tasks=1,
                           marker=lambda _: pathlib.Path(work) / "manifest" / "done.json")]

@@ -146,6 +146,8 @@ def test_slurm_job_arrays_and_changed_inputs(tokenizer, raw, tmp_path):
     for rank in range(world):
       run_task(work, stage, rank, world)
   assert shard_tokens(out, read_manifest(out)) == shard_tokens(tmp_path / "local", local)
+  stats = json.loads((work / "stats" / "tokenize.json").read_text())
+  assert stats["units"] == 4 and stats["tokens"] == local["sources"]["general"]["tokens"]
   (raw / "c.txt").write_text(DOCS[0] + " and more words")     # shard 2's input changes
   logs = []
   manifest = prepare(raw, tokenizer.path, out, log=logs.append)
