@@ -83,7 +83,8 @@ class Run:
 
 
 def build_stages(work, inputs, config, relaunch="") -> list[Stage]:
-  """The stages of a curation run (those its config switches on), from its spec.json."""
+  """The stages of a curation run (those its config switches on), from its spec.json.
+  `relaunch` (the command a failed unit names) is read from the spec by tasks.py."""
   run = Run(pathlib.Path(work), inputs, CurationConfig.from_dict(config))
   cfg, files = run.cfg, len(inputs)
   per_file = lambda i: run.inputs[i][0]   # noqa: E731
