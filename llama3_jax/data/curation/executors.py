@@ -28,13 +28,11 @@ SLURM_TEMPLATE = ROOT / "launch" / "slurm" / "data_stage.sbatch"
 
 
 def run_pipeline(work, executor: str = "local", tasks: int = 1, workers: int = 0,
-                 log=None, fresh_processes: bool = False, ray_num_cpus: int | None = None,
-                 stages=None, part=(0, 1)):
+                 log=None, stages=None, part=(0, 1)):
   """Runs the stages of the pipeline in `work` in order (or, for slurm, writes job files).
 
   `tasks`: the world size of each stage (fewer where a stage has fewer units); `workers`:
-  processes of the local pool (0 = all CPUs); `fresh_processes`: one new process per task (the
-  benchmark's per-task peak memory); `stages`: the names to run (default all); `part`:
+  processes of the local pool (0 = all CPUs); `stages`: the names to run (default all); `part`:
   (index, count) runs only the units u with u % count == index (one machine's share).
   Returns the path of submit.sh for slurm, else None.
   """
@@ -47,7 +45,7 @@ def run_pipeline(work, executor: str = "local", tasks: int = 1, workers: int = 0
   chosen = [s for s in tasks_lib.load_stages(work) if stages is None or s.name in stages]
   if executor == "slurm":
     return write_slurm(work, chosen, tasks, log)
-  with _runner(executor, tasks, workers, fresh_processes, ray_num_cpus) as run:
+  with _runner(executor, tasks, workers) as run:
     for stage in chosen:
       _run_stage(work, stage, tasks, run, log, part)
   return None
@@ -76,21 +74,19 @@ def _run_stage(work, stage, tasks, run, log, part=(0, 1)):
 class _runner:
   """A context manager giving `run(work, stage, ranks, world)`, yielding task summaries."""
 
-  def __init__(self, executor, tasks, workers, fresh, ray_num_cpus):
+  def __init__(self, executor, tasks, workers):
     self.executor, self.tasks, self.workers = executor, tasks, workers
-    self.fresh, self.ray_num_cpus = fresh, ray_num_cpus
     self.pool = None
 
   def __enter__(self):
     if self.executor == "ray":
-      self.remote = start_ray(self.ray_num_cpus)
+      self.remote = start_ray()
       return self._run_ray
     processes = min(self.tasks, self.workers or os.cpu_count() or 1)
-    if processes > 1 or self.fresh:
+    if processes > 1:
       # Spawned, not forked: forking a process that runs threads (JAX, Ray) can deadlock.
       self.pool = concurrent.futures.ProcessPoolExecutor(
-          processes, mp_context=multiprocessing.get_context("spawn"),
-          max_tasks_per_child=1 if self.fresh else None)
+          processes, mp_context=multiprocessing.get_context("spawn"))
       return self._run_pool
     return self._run_here
 
