@@ -4,7 +4,7 @@ python -m experiments.pretrain                                   # tiny default,
 python -m experiments.pretrain --config experiments/configs/llama3_8b.py --workdir /ckpt/8b
 python -m experiments.pretrain --config.train.steps=100 --config.mesh.tensor=4 --workdir /tmp/r
 python -m launch.local --processes 2 --devices-per-process 4 -- \
-    python -m experiments.pretrain --workdir /tmp/r2              # 2 JAX processes, one job
+    python -m experiments.pretrain --workdir /tmp/r2 --config.eval.every_steps=0   # 2 processes
 python -m experiments.pretrain --config experiments/configs/llama3_405b.py --dry-run
 
 Run again with the same --workdir and it resumes from the newest checkpoint (or says the run is

@@ -1,7 +1,7 @@
 """Runs one multi-process JAX job on this machine, restarting it when a process dies.
 
 python -m launch.local --processes 2 --devices-per-process 4 -- \
-    python -m experiments.pretrain --workdir /tmp/run
+    python -m experiments.pretrain --workdir /tmp/run --config.eval.every_steps=0
 python -m launch.local --processes 4 --devices 8 --max-restarts 5 -- python my_job.py
 
 Each process gets the variables llama3_jax/runtime/distributed.py reads (a coordinator on

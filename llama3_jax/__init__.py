@@ -4,6 +4,7 @@ package imports only from packages above it in this list (tests/test_layers.py c
     errors, cli  one-line errors for the user (UserError); how every launcher ends (exit codes)
     model        ModelConfig, Transformer, RewardModel, attention kernels, FLOPs (no mesh)
     optim        AdamW, the schedule in tokens, the batch/sequence stages
+    runtime      the process: distributed start, signals, watchdog, goodput, faults; the hooks
     sharding     mesh, logical -> mesh rules, what a layout puts where
     parallel     pipeline, context parallelism, and `parallelize` (their one door into a model)
     data         tokenizers, raw text, prepared shards, the loader, conversations, curation
@@ -12,7 +13,6 @@ package imports only from packages above it in this list (tests/test_layers.py c
     checkpoint   Orbax checkpoints, a run's model read back, averaging, Hugging Face in/out
     eval         tasks, multiple choice, generative, perplexity, robustness, contamination
     planner      memory and step time of a layout on a cluster, the layout search
-    runtime      the process: distributed start, signals, watchdog, goodput, faults, hooks
     train        config schema, plan, setup, the step, the loop, metrics, the dry run
     scaling      scaling-law sweeps and fits
     posttrain    orchestration only: SFT/DPO/reward-model stages, rejection sampling, rounds

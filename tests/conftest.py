@@ -15,3 +15,20 @@ os.environ["LLAMA3_JAX_CACHE"] = tempfile.mkdtemp(prefix="llama3_jax_test_cache.
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import pytest  # noqa: E402
+
+from llama3_jax.data import corpus  # noqa: E402
+from llama3_jax.data.tokenizers import load_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path():
+  """The embedded corpus' SentencePiece tokenizer (it has Llama 3's chat tokens)."""
+  return corpus.embedded_corpus() / "tokenizer.model"
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_path):
+  return load_tokenizer(tokenizer_path)

@@ -1,4 +1,5 @@
-"""Helpers the tests share: comparing trees, tiny batches, a few training steps, tiny run configs.
+"""Helpers the tests share: the tiny model, comparing trees, tiny batches, a few training steps,
+tiny run configs. (Fixtures, e.g. the embedded corpus' tokenizer: tests/conftest.py.)
 
 Equivalence tests compare a layout (sharded, pipelined, context-split, micro-batched) with one
 device: fp32 on CPU differs only in the order of reductions, ~1e-7..1e-6 relative; 1e-5
@@ -12,10 +13,16 @@ import re
 import jax
 import numpy as np
 
+from llama3_jax.model import ModelConfig
 from llama3_jax.optim.optimizer import build_optimizer
 from llama3_jax.sharding import MeshConfig, ShardingConfig
 from llama3_jax.train.config import default_config
 from llama3_jax.train.setup import setup
+
+# The tiny model of the tests that read text: the embedded corpus' 512-token vocabulary, 4 query
+# heads on 2 KV heads (GQA), odd sizes that catch shape mix-ups.
+TINY = ModelConfig(vocab_size=512, d_model=24, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=6,
+                   ffn_dim=40, max_seq_len=256, init_std=0.2)
 
 RTOL = 1e-5
 # Adam divides by sqrt(v) + eps: with the default eps=1e-8 a gradient element at the ~1e-8

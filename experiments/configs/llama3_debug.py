@@ -17,8 +17,8 @@ from llama3_jax.train.config import apply_args, default_config
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = default_config()
   # 400 steps (1.6M tokens): long enough for a model above chance on both shipped evaluation
-  # tasks (at 60 steps it reads a document's style but not an arithmetic question; README
-  # "Evaluation"), and a base the post-training defaults can build on.
+  # tasks (at 60 steps it reads a document's style but not an arithmetic question;
+  # docs/evaluation.md), and a base the post-training defaults can build on.
   c.train.steps = 400
   c.mesh.fsdp, c.mesh.tensor = -1, 2   # fsdp fills the devices: 4 of 8 (2 with mesh.stage=2)
   # Like Llama 3, more math and multilingual text later in training.

@@ -1,8 +1,9 @@
 """A training run's checkpoints: what each one holds, resume and rollback, Polyak averaging.
 
-    checkpoints = RunCheckpoints(workdir, config, setup, batches, plan, meta={...}, faults=...)
-    step, state, meta = checkpoints.restore()          # newest readable one, or (0, new, {})
-    checkpoints.save(step, state, rollbacks=n)          # every N steps, at the end, on SIGTERM
+    checkpoints = RunCheckpoints(workdir, config, setup, plan, meta={...}, data_streams=range(8))
+    step, state, meta, data = checkpoints.restore()     # newest readable one, or (0, new, {}, ...)
+    batches.set_state(*data, plan.stages)               # the data iterator resumes there too
+    checkpoints.save(step, state, data, rollbacks=n)    # every N steps, at the end, on SIGTERM
     checkpoints.close()                                 # waits for the saves
     checkpoints.export_average()                        # the anneal's mean: averaged_params/
 
@@ -27,12 +28,13 @@ log = logging.getLogger(__name__)
 
 class RunCheckpoints:
 
-  def __init__(self, workdir: pathlib.Path, config, setup, batches, plan, *, meta: dict,
-               faults, initial=None):
-    """`initial`: () -> the state a run without checkpoints starts from (default: random)."""
-    self.workdir, self.setup, self.batches, self.plan = workdir, setup, batches, plan
+  def __init__(self, workdir: pathlib.Path, config, setup, plan, *, meta: dict,
+               data_streams=(), initial=None):
+    """`data_streams`: the data source's streams with a state to save (Source.state_streams);
+    `initial`: () -> the state a run without checkpoints starts from (default: random)."""
+    self.workdir, self.setup, self.plan, self.data_streams = workdir, setup, plan, data_streams
     self.initial = initial or setup.init_state
-    self.faults, self.base_meta, self.config = faults, meta, config
+    self.base_meta, self.config = meta, config
     self.checkpointer = Checkpointer(
         workdir / "checkpoints", max_to_keep=config.max_to_keep,
         keep_period=config.keep_period, async_save=config.async_save)
@@ -46,9 +48,10 @@ class RunCheckpoints:
     return self.checkpointer.latest_step() or 0
 
   def restore(self, at_most: int | None = None, data: bool = True):
-    """(step, state, meta) of the newest readable checkpoint (at most `at_most`), or of a new
-    state (0, ..., {}). With `data`, the batch iterator resumes where that checkpoint was."""
-    streams = self.batches.source.state_streams if data else ()
+    """(step, state, meta, data) of the newest readable checkpoint (at most `at_most`), or of a
+    new state (0, ..., {}, (0, {})). `data`: (batches read, the streams' states) where that
+    checkpoint's data iterator was (Batches.set_state), or None when not asked for."""
+    streams = self.data_streams if data else ()
     restored = self.checkpointer.restore_latest(
         self.setup.abstract_state, self.setup.abstract_model, data_streams=streams,
         at_most=at_most, check=self._same_model)
@@ -60,14 +63,10 @@ class RunCheckpoints:
                        "restart_if_unreadable=True to start this run over from step 0")
     if restored is None:
       self.average, self.averaged = None, 0
-      if data:
-        self.batches.set_state(0, {}, self.plan.stages)
-      return 0, self.initial(), {}
+      return 0, self.initial(), {}, (0, {}) if data else None
     step, state, meta, self.average, data_state = restored
     self.averaged = meta.get("averaged", 0)
-    if data:
-      self.batches.set_state(step + meta.get("data_skip", 0), data_state, self.plan.stages)
-    return step, state, meta
+    return step, state, meta, (step + meta.get("data_skip", 0), data_state) if data else None
 
   def _same_model(self, meta: dict) -> None:
     """A checkpoint of another run is a clear error, before any array is read (not a corrupt
@@ -78,7 +77,7 @@ class RunCheckpoints:
                          if saved.get(k) != now.get(k))
       raise ValueError(f"{self.workdir} holds checkpoints of another model ({fields}); use a "
                        "new --workdir, or the model config the checkpoints were made with")
-    streams, now_streams = meta.get("data_streams"), len(self.batches.source.state_streams)
+    streams, now_streams = meta.get("data_streams"), len(self.data_streams)
     if meta.get("has_data") and streams is not None and streams != now_streams:
       raise ValueError(f"{self.workdir} holds checkpoints whose data was read as "
                        f"data.streams={streams}, now {now_streams}: set --config.data.streams="
@@ -88,25 +87,25 @@ class RunCheckpoints:
     """Back to the newest checkpoint at or before step `before`; later ones are deleted (they
     are another history). The batch iterator keeps its place: the steps after read new data."""
     self.checkpointer.wait()
-    step, state, meta = self.restore(at_most=before, data=False)
+    step, state, meta, _ = self.restore(at_most=before, data=False)
     self.checkpointer.delete_after(step)
     return step, state, meta
 
-  def save(self, done: int, state, **meta) -> None:
+  def save(self, done: int, state, data: tuple[int, dict | None], **meta) -> None:
+    """Saves step `done`: the state, `data` = (batches read, the data streams' states) and
+    `meta` beside the run's own."""
     plan = self.plan
     if plan.anneal_tokens and plan.tokens[done] > plan.anneal_from:
       self.averaged += 1
       # (a fresh array even for the first: `state` is donated to the next step)
       self.average = polyak_update(state["model"] if self.average is None else self.average,
                                    state["model"], self.averaged)
-    data_state = self.batches.get_state()
+    position, data_state = data
     meta = {**self.base_meta, **meta, "step": done, "tokens": plan.tokens[done],
             "averaged": self.averaged, "has_average": self.average is not None,
-            "has_data": data_state is not None, "data_skip": self.batches.position - done,
-            "data_streams": len(self.batches.source.state_streams)}
+            "has_data": data_state is not None, "data_skip": position - done,
+            "data_streams": len(self.data_streams)}
     self.checkpointer.save(done, state, meta, self.average, data_state)
-    self.faults.kill(done, "during", self.directory)
-    self.faults.kill(done, "after", self.directory)
 
   def close(self) -> None:
     self.checkpointer.close()

@@ -19,7 +19,7 @@ text, scores chance in expectation (the default model with the query replaced by
 the words at the cut. Distractors from all sources, not only the gold's own, because a 60-step
 model reads the source from the query (code, docstring, arithmetic, another script) but hardly
 more: from the gold's source alone it scores ~0.30 +/- 0.034, from all 0.374 +/- 0.036 (4
-choices, 680 examples; a 400-step model 0.669 +/- 0.035; README "Evaluation").
+choices, 680 examples; a 400-step model 0.669 +/- 0.035; docs/evaluation.md).
 """
 
 import functools

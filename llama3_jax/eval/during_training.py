@@ -1,8 +1,7 @@
 """Evaluation during training: every `eval.every_steps`, the chosen tasks on the current model,
 into the step's metrics row (metrics.jsonl and TensorBoard).
 
-    evaluator = Evaluator(run.eval, tokenizer_path)        # built by the training loop
-    if evaluator.due(step): values.update(evaluator(model))
+    hooks.append(Evaluator(run.eval, tokenizer_path, model_of))   # the training loop does
 
 `heldout` logs `eval/heldout/loss`, `bits_per_byte` and `<source>_loss` on the embedded
 corpus' held-out split (llama3_jax/eval/perplexity.py); each task logs `eval/<task>/acc`,
@@ -13,16 +12,19 @@ generation settings, scored as `python -m experiments.evaluate` scores them
 """
 
 from llama3_jax.eval import generative, multiple_choice, tasks
+from llama3_jax.runtime.hooks import Hook
 
 
-class Evaluator:
+class Evaluator(Hook):
+  """A hook of the training loop: every `eval.every_steps` steps, the scores of the model
+  `model_of(state)` into the step's values, which the metrics row then logs."""
 
-  def __init__(self, config, tokenizer_path):
+  def __init__(self, config, tokenizer_path, model_of=lambda state: state):
     from llama3_jax.data.tokenizers import load_tokenizer
     if tokenizer_path is None:
       raise ValueError("eval.every_steps needs a tokenizer: the data has none (synthetic "
                        "data?); set eval.every_steps=0")
-    self.every = config.every_steps
+    self.every, self.model_of = config.every_steps, model_of
     self.tokenizer = load_tokenizer(tokenizer_path)
     self.tasks, self.generative, self.heldout = {}, {}, False
     for name in filter(None, config.tasks.split(",")):
@@ -36,8 +38,11 @@ class Evaluator:
       task_name, examples = tasks.read_task(name)
       self.tasks[task_name] = examples[:config.examples]
 
-  def due(self, step: int) -> bool:
-    return bool(self.every) and step % self.every == 0
+  def due(self, result) -> bool:   # not at the last step unless it is a multiple
+    return bool(self.every) and result.step % self.every == 0
+
+  def after_step(self, result) -> None:
+    result.values.update(self(self.model_of(result.state)))
 
   def __call__(self, model) -> dict[str, float]:
     out = {}

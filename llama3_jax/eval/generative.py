@@ -30,7 +30,6 @@ import json
 import pathlib
 import re
 
-import numpy as np
 
 from llama3_jax.eval.multiple_choice import few_shot_context
 from llama3_jax.eval.stats import exact_match

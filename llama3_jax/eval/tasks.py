@@ -159,7 +159,7 @@ def arithmetic_task(n: int = 400, seed: int = 2000, choices: int = 4) -> list[Ex
   preference fell below chance (0.155 +/- 0.035). Its second asked sums and differences only:
   the default model, then trained 60 steps, scored chance on it, and so did a 400-step model
   (acc_norm 0.273 +/- 0.044): neither computes three-digit sums. On all six forms the 400-step
-  model scores acc_norm 0.422 +/- 0.048 (README "Evaluation"): it knows what size of number
+  model scores acc_norm 0.422 +/- 0.048 (docs/evaluation.md): it knows what size of number
   each operation gives. acc (unnormalised) stays near chance: a longer number costs more
   log-likelihood whatever the question, which acc_norm's per-character normalisation removes."""
   questions = arithmetic_questions(n, seed)

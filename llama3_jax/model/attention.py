@@ -6,7 +6,6 @@ queries attend to every slot of the cache, masked by the cache's per-slot segmen
 slots and padding never match) and causally by slot.
 """
 
-import jax
 from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 from flax import nnx

@@ -37,6 +37,7 @@ gradients flow back through the same schedule by autodiff.
 """
 
 import dataclasses
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,9 @@ import numpy as np
 from jax.sharding import PartitionSpec
 
 from llama3_jax.errors import UserError
+from llama3_jax.runtime.hooks import Hook
+
+log = logging.getLogger(__name__)
 
 
 def _on_stages(x, stage_axis):
@@ -188,6 +192,21 @@ def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
                                         jnp.arange(schedule.iterations))
   out = buffer_p[:M]
   return (out, busy) if with_stats else out
+
+
+class PipelineStats(Hook):
+  """The schedule's idle / busy stage-iterations (`pipeline_bubble`) and padded (identity)
+  layer slots / all (`pipeline_waste`) in every metrics row."""
+  every = 0   # nothing to do after a step: its fields go into the rows
+
+  def __init__(self, schedule: Schedule):
+    self.fields = {"pipeline_bubble": schedule.bubble, "pipeline_waste": schedule.waste}
+    log.info("pipeline: %d stages x %d repeats, %d micro-batches, layers per stage %s, "
+             "bubble %.3f, padded slots %.3f", schedule.stages, schedule.repeats,
+             schedule.micro_batches, schedule.layers_per_stage, schedule.bubble, schedule.waste)
+
+  def log_fields(self, result=None) -> dict:
+    return self.fields
 
 
 def pipelined_blocks(stages: int, repeats: int, micro_batches: int, stage_axis: str = "stage"):

@@ -1,16 +1,20 @@
 """What the training loop tells the parts around it: one small interface, one job per hook.
 
     class MyHook(Hook):
+      every = 10                          # after_step at steps 10, 20, ... and the last
       def after_step(self, result): ...
 
 The loop (llama3_jax/train/loop.py) calls every hook, on every JAX process, in the order given:
 `before_step` before a step is dispatched, `dispatched` once it runs on the devices (with an
-output array of it, not yet on the host), `after_step` once its metrics are on the host,
+output array of it, not yet on the host), `after_step` once its metrics are on the host, at the
+steps its `due` says (a hook's cadence: every `every` steps and at the last, as levanter's
+`add_hook(fn, every=N)`),
 `log_fields` at logging steps (fields for the metrics row; a collective may run there, since
 every process calls it at the same step), `after_save` after a checkpoint save was started, and
 `after_rollback` when the run went back to an earlier checkpoint. Hooks with one job each:
-metrics rows and writers (train/metrics.py), goodput, stragglers, the hang watchdog and the
-profiler (runtime/).
+metrics rows and writers (train/metrics.py), evaluation (eval/during_training.py), pipeline
+statistics (parallel/pipeline.py), goodput, stragglers, the hang watchdog and the profiler
+(runtime/).
 """
 
 import dataclasses
@@ -29,10 +33,17 @@ class StepResult:
   skipped: bool                    # its update was refused as non-finite
   step_s: float                    # wall time of the step, host work included
   host_s: float                    # the part spent on the host before the step was dispatched
+  last: bool = False               # the run's last step
+  state: object = None             # the train state after the step (read it; never keep it)
 
 
 class Hook:
   """No-op defaults: a hook overrides what it needs."""
+  every: int = 1   # after_step at the multiples of `every` and at the last step; 0: never
+
+  def due(self, result: StepResult) -> bool:
+    """Whether `after_step` runs for this step."""
+    return bool(self.every) and (result.step % self.every == 0 or result.last)
 
   def before_step(self, step: int, compiles: bool) -> None:
     """Step `step` (1-based) is about to run; `compiles`: a new batch shape."""

@@ -34,7 +34,7 @@ from llama3_jax.data.source_for import source_for
 from llama3_jax.errors import writable_dir
 from llama3_jax.optim.optimizer import build_optimizer, nonfinite_counts
 from llama3_jax.optim.schedules import lr_schedule, stage_at
-from llama3_jax.parallel.pipeline import Schedule
+from llama3_jax.parallel.pipeline import PipelineStats, Schedule
 from llama3_jax.runtime import logs
 from llama3_jax.runtime.faults import Faults
 from llama3_jax.runtime.goodput import Goodput, report as goodput_report
@@ -87,7 +87,7 @@ def train(run: RunConfig, workdir, *, objective: Objective = NEXT_TOKEN,
               micro_batches=t.micro_batches, seed=t.seed)
     batches = Batches(faults.wrap(source), s.fns.batch_sharding, objective.fields)
     checkpoints = RunCheckpoints(
-        workdir, run.checkpoint, s, batches, plan, faults=faults,
+        workdir, run.checkpoint, s, plan, data_streams=source.state_streams,
         meta={"seed": t.seed, "model": model_meta(plan.model),
               # what the checkpoint holds: "lm" (a Transformer) or "reward" (a RewardModel)
               "model_kind": objective.model_kind,
@@ -97,10 +97,11 @@ def train(run: RunConfig, workdir, *, objective: Objective = NEXT_TOKEN,
         initial=lambda: s.init_state(model_lib.init_params(run.init.path, plan.model,
                                                            run.init.averaged)
                                      if run.init.path else None))
-    evaluator = None
+    evaluation = []
     if run.eval.every_steps:
       from llama3_jax.eval.during_training import Evaluator
-      evaluator = Evaluator(run.eval, (source.manifest.get("tokenizer") or {}).get("path"))
+      evaluation.append(Evaluator(run.eval, (source.manifest.get("tokenizer") or {}).get("path"),
+                                  lambda state: nnx.merge(s.graphdef, state).model))
     watchdog = Watchdog(run.runtime.watchdog_s, log_file, lambda: _describe(s.mesh),
                         compile_s=run.runtime.watchdog_compile_s)
 
@@ -113,7 +114,8 @@ def train(run: RunConfig, workdir, *, objective: Objective = NEXT_TOKEN,
       if first < plan.steps:
         stage = plan.stages[stage_at(plan.stages, plan.tokens[first])]
         compiling = s.compile_ahead(batches.abstract(stage), lambda: schedule(plan.tokens[first]))
-      start, state, meta = checkpoints.restore()
+      start, state, meta, data = checkpoints.restore()
+      batches.set_state(*data, plan.stages)
       goodput.lap("restore" if start else "startup")
       goodput.resume(start)
       if start:
@@ -130,23 +132,20 @@ def train(run: RunConfig, workdir, *, objective: Objective = NEXT_TOKEN,
       peak_cache = corpus.cache_dir() / "peak_flops.json"
       peak, peak_source = metrics_lib.peak_flops(run.mfu.peak_flops, peak_cache)
       stragglers = Stragglers(run.resilience.straggler_factor, workdir, primary)
-      constants = {}
+      pipeline = []
       if s.mesh.shape["stage"] > 1:
-        pipe = Schedule(s.mesh.shape["stage"], plan.sharding.pipeline_repeats, t.micro_batches,
-                        plan.model.n_layers)
-        # Idle / busy stage-iterations of the schedule; padded (identity) layer slots / all.
-        constants.update(pipeline_bubble=pipe.bubble, pipeline_waste=pipe.waste)
-        log.info("pipeline: %d stages x %d repeats, %d micro-batches, layers per stage %s, "
-                 "bubble %.3f, padded slots %.3f", pipe.stages, pipe.repeats,
-                 pipe.micro_batches, pipe.layers_per_stage, pipe.bubble, pipe.waste)
+        pipeline.append(PipelineStats(Schedule(s.mesh.shape["stage"],
+                                               plan.sharding.pipeline_repeats, t.micro_batches,
+                                               plan.model.n_layers)))
       logger = metrics_lib.MetricsLogger(
           workdir, steps=plan.steps, start=start, every=run.log.every_steps, tokens=plan.tokens,
-          schedule=schedule, model_config=plan.model, peak=peak, constants=constants,
-          fields=[guard, batches, stragglers, goodput], primary=primary)
-      # In this order: the metrics row sees the step's goodput lap and straggler time; the
-      # watchdog's beat comes last, so logging never eats into the next step's deadline.
-      hooks = [goodput, stragglers, Profiler(run.profile.steps, workdir / "profile"), logger,
-               watchdog]
+          schedule=schedule, model_config=plan.model, peak=peak,
+          fields=[*pipeline, guard, batches, stragglers, goodput], primary=primary)
+      # In this order: evaluation's scores go into the step's values first; the metrics row
+      # sees the step's goodput lap and straggler time; the watchdog's beat comes last, so
+      # logging never eats into the next step's deadline.
+      hooks = [*evaluation, goodput, stragglers, Profiler(run.profile.steps, workdir / "profile"),
+               logger, watchdog]
 
       # ---- the steps ------------------------------------------------------------------------
       compiled_stages, stopped, step, done, written = set(), None, start, start, start
@@ -163,15 +162,14 @@ def train(run: RunConfig, workdir, *, objective: Objective = NEXT_TOKEN,
             hook.before_step(step + 1, stage_index not in compiled_stages)
           compiled_stages.add(stage_index)
           state, result = _step(s.fns, state, batches, np.float32(schedule(plan.tokens[step])),
-                                step + 1, hooks, faults)
+                                step + 1, hooks, faults, last=step + 1 == plan.steps)
           done = step + 1
-          if evaluator is not None and evaluator.due(done):   # into this step's metrics row
-            result.values.update(evaluator(nnx.merge(s.graphdef, state).model))
           log.debug("step %d: loss %.6f, %.3f s (host %.3f s)%s", done, result.values["loss"],
                     result.step_s, result.host_s, ", compiled" if result.compiled else "")
           verdict = guard.check(done, float(result.values["loss"]), result.skipped)
           for hook in hooks:
-            hook.after_step(result)
+            if hook.due(result):
+              hook.after_step(result)
           if verdict.rollback:
             data_skip = batches.position - done
             step, state, _ = checkpoints.rollback(verdict.before)
@@ -185,7 +183,10 @@ def train(run: RunConfig, workdir, *, objective: Objective = NEXT_TOKEN,
           # the step done, earlier checkpoints written, its own (if any) not begun
           faults.kill(done, "before", checkpoints.directory, written)
           if done % run.checkpoint.every_steps == 0 or done == plan.steps or stopped:
-            checkpoints.save(done, state, rollbacks=guard.rollbacks)
+            checkpoints.save(done, state, (batches.position, batches.get_state()),
+                             rollbacks=guard.rollbacks)
+            faults.kill(done, "during", checkpoints.directory)   # while Orbax writes it
+            faults.kill(done, "after", checkpoints.directory)
             written = done
             for hook in hooks:
               hook.after_save(done)
@@ -199,7 +200,7 @@ def train(run: RunConfig, workdir, *, objective: Objective = NEXT_TOKEN,
       goodput.lap("checkpoint")
       summary = {"steps": done, "stopped_by": stopped, "wall_s": time.perf_counter() - run_start,
                  "peak_flops": peak, "peak_source": peak_source,
-                 "compilations": s.fns.train.jitted._cache_size(),
+                 "compilations": s.fns.train.compilations(),
                  "rollbacks": guard.rollbacks, "loss_spikes": guard.spikes,
                  "straggler_steps": stragglers.count, **logger.close()}
       if (jax.devices()[0].platform == "cpu" and not run.mfu.peak_flops and primary
@@ -215,22 +216,22 @@ def train(run: RunConfig, workdir, *, objective: Objective = NEXT_TOKEN,
       return summary
 
 
-def _step(fns, state, batches, lr, step: int, hooks, faults):
+def _step(fns, state, batches, lr, step: int, hooks, faults, last: bool):
   """Runs step `step` (1-based): (new state, StepResult)."""
   start = time.perf_counter()
   faults.sleep(step)   # an injected hang or straggler: host time before the step
   batch = next(batches)
-  compiled_before = fns.train.jitted._cache_size()
+  compiled_before = fns.train.compilations()
   state, metrics = fns.train(state, batch, lr)
   host_s = time.perf_counter() - start
   for hook in hooks:
     hook.dispatched(metrics["loss"])
   counts = nonfinite_counts(state) or {}
   values = {key: np.asarray(value) for key, value in {**metrics, **counts}.items()}
-  compiled = fns.train.jitted._cache_size() > compiled_before
+  compiled = fns.train.compilations() > compiled_before
   skipped = bool("finite" in values and not values["finite"])
   return state, StepResult(step, batches.stage, values, compiled, skipped,
-                           time.perf_counter() - start, host_s)
+                           time.perf_counter() - start, host_s, last, state)
 
 
 def _describe(mesh) -> dict:

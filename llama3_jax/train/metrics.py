@@ -101,16 +101,15 @@ class MetricsLogger(Hook):
 
   A row: step, loss, lr, grad_norm, tokens, tokens_per_s and step_time_s (averaged since the
   previous row), seq_len, batch_tokens, mfu, skipped counts, device peak memory where the
-  backend reports it, the objective's metrics, `constants` (e.g. the pipeline bubble) and the
-  `fields` hooks' fields.
+  backend reports it, the objective's metrics and the `fields` hooks' fields (e.g. the
+  pipeline's bubble, the data's tokens per source).
   """
 
   def __init__(self, workdir, *, steps: int, start: int, every: int, tokens: list[int],
-               schedule, model_config, peak: float, fields=(), constants=None,
-               primary: bool = True):
+               schedule, model_config, peak: float, fields=(), primary: bool = True):
     self.workdir, self.steps, self.every, self.tokens = workdir, steps, every, tokens
     self.schedule, self.model_config, self.peak = schedule, model_config, peak
-    self.fields, self.constants = list(fields), dict(constants or {})
+    self.fields = list(fields)
     self.writer = MetricsWriter(workdir, start) if primary else None
     self.progress = Progress(steps, start) if primary else None
     self.last = (time.perf_counter(), start)
@@ -119,12 +118,10 @@ class MetricsLogger(Hook):
     if self.writer:   # opens while the (first) step runs on the devices
       self.writer.open_tensorboard()
 
-  def after_step(self, result) -> None:
+  def after_step(self, result) -> None:   # every `every` steps and at the last (Hook.due)
     if self.writer:
       self.writer.wait_for_tensorboard()
     done = result.step
-    if done % self.every and done != self.steps:
-      return
     now = time.perf_counter()
     step_time = (now - self.last[0]) / (done - self.last[1])
     tokens_per_s = result.stage.batch_tokens / step_time
@@ -140,7 +137,6 @@ class MetricsLogger(Hook):
       row.update(skipped=int(not values["finite"]), skipped_total=int(values["skipped_total"]))
     row.update({name: float(value) for name, value in values.items()   # the objective's own
                 if name not in _STEP_VALUES and np.ndim(value) == 0})
-    row.update(self.constants)
     memory = jax.local_devices()[0].memory_stats()   # None where the backend has none
     if memory and "peak_bytes_in_use" in memory:
       row["device_peak_memory_gib"] = memory["peak_bytes_in_use"] / 2**30

@@ -18,7 +18,6 @@ the loss, a sum over tokens, needs no un-permuting.
 """
 
 import dataclasses
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +35,8 @@ from llama3_jax.objectives.next_token import NEXT_TOKEN
 
 @dataclasses.dataclass(frozen=True)
 class StepFns:
-  train: Callable            # (state, batch, lr) -> (state, metrics); state is donated
-  loss_and_grads: Callable   # (state, batch) -> (loss, grads of the parameters)
+  train: "InMesh"            # (state, batch, lr) -> (state, metrics); state is donated
+  loss_and_grads: "InMesh"   # (state, batch) -> (loss, grads of the parameters)
   batch_sharding: NamedSharding
 
 
@@ -122,13 +121,21 @@ def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = Sha
   grads_jit = jax.jit(loss_and_grads, in_shardings=(shardings, batch_sharding),
                       out_shardings=(None, param_shardings))
 
-  def in_context(fn):
-    # The model's logical activation constraints resolve against these rules and this mesh
-    # while the step traces.
-    def run(*args):
-      with jax.set_mesh(mesh), linen.logical_axis_rules(rules):
-        return fn(*args)
-    run.jitted = fn
-    return run
+  return StepFns(InMesh(train_jit, mesh, rules), InMesh(grads_jit, mesh, rules), batch_sharding)
 
-  return StepFns(in_context(train_jit), in_context(grads_jit), batch_sharding)
+
+class InMesh:
+  """A jitted step function called with its mesh and logical rules in context, so that the
+  model's logical activation constraints resolve against them while it traces. `jitted` is the
+  jax.jit function itself (to lower or trace ahead of time)."""
+
+  def __init__(self, jitted, mesh, rules):
+    self.jitted, self.mesh, self.rules = jitted, mesh, rules
+
+  def __call__(self, *args):
+    with jax.set_mesh(self.mesh), linen.logical_axis_rules(self.rules):
+      return self.jitted(*args)
+
+  def compilations(self) -> int:
+    """Programs compiled so far (one per batch shape), ahead-of-time lowering included."""
+    return self.jitted._cache_size()   # jax.jit's only count of its executables

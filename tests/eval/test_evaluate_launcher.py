@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from llama3_jax.train.config import run_config
 from llama3_jax.train.loop import train
 from tests.helpers import tiny_run_config
 

@@ -6,21 +6,14 @@ import json
 import pytest
 from flax import nnx
 
-from llama3_jax.data import corpus
-from llama3_jax.data.tokenizers import load_tokenizer
 from llama3_jax.eval import generative as gen
 from llama3_jax.eval import tasks
 from llama3_jax.infer.generate import Generator
-from llama3_jax.model import ModelConfig, Transformer
-from tests.helpers import solve_arithmetic as solve
-
-TINY = ModelConfig(vocab_size=512, d_model=24, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=6,
-                   ffn_dim=40, max_seq_len=256, init_std=0.2)
+from llama3_jax.model import Transformer
+from tests.helpers import TINY, solve_arithmetic as solve
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-  return load_tokenizer(corpus.embedded_corpus() / "tokenizer.model")
+
 
 
 @pytest.fixture(scope="module")

@@ -7,16 +7,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from llama3_jax.data import corpus
-from llama3_jax.data.tokenizers import load_tokenizer
 from llama3_jax.eval import needle
 from llama3_jax.infer.generate import Result
 from llama3_jax.model import ModelConfig, Transformer
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-  return load_tokenizer(corpus.embedded_corpus() / "tokenizer.model")
 
 
 @pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])

@@ -15,6 +15,7 @@ from flax import nnx
 
 from llama3_jax.checkpoint.model import load_model, run_tokenizer
 from llama3_jax.infer.generate import Generator
+from llama3_jax.train.config import run_config
 from llama3_jax.train.loop import train
 from tests.helpers import tiny_run_config
 

@@ -11,6 +11,7 @@ import pytest
 from llama3_jax.posttrain import task
 from llama3_jax.data.conversations.prepared import prepare_conversations
 from llama3_jax.objectives.dpo import DPOLoss
+from llama3_jax.train.config import run_config
 from llama3_jax.train.loop import train
 from llama3_jax.train.metrics import read_metrics
 from tests.helpers import tiny_run_config

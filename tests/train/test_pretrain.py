@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from llama3_jax.checkpoint.averaging import average_checkpoints, restore_params
+from llama3_jax.train.config import run_config
 from llama3_jax.train.loop import train
 from llama3_jax.train.metrics import read_metrics
 from tests.helpers import tiny_run_config
