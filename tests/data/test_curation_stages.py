@@ -319,12 +319,13 @@ def test_ray_executor_curates_and_tokenizes_as_local(planted, reference, tmp_pat
   manifest = json.loads((tmp_path / "data_local/manifest.json").read_text())
   assert len(manifest["sources"]["general"]["shards"]) == 8
 
-  losses = [loader_losses(tmp_path / name) for name in ("data_ray", "data_local")]
+  losses = loader_losses([tmp_path / "data_ray", tmp_path / "data_local"])
   assert losses[0] == losses[1] and len(losses[0]) == 3 and np.isfinite(losses[0]).all()
 
 
-def loader_losses(data_dir, steps: int = 3) -> list:
-  """The training loss of a tiny model over `steps` batches the loader reads from `data_dir`."""
+def loader_losses(data_dirs, steps: int = 3) -> list:
+  """Per directory, the training losses of a tiny model (one compiled step for all) over
+  `steps` batches the loader reads from it."""
   from llama3_jax.data.loader import Loader
   from llama3_jax.model import ModelConfig
   from llama3_jax.optim.schedules import Stage
@@ -334,14 +335,17 @@ def loader_losses(data_dir, steps: int = 3) -> list:
   model = ModelConfig(vocab_size=512, d_model=24, n_layers=2, n_heads=4, n_kv_heads=2,
                       head_dim=6, ffn_dim=40)
   s = setup(model, MeshConfig(fsdp=8), optimizer=OPTIMIZER)
-  state, loader, losses = s.init_state(), Loader(data_dir, seed=0, streams=8,
-                                                 vocab_size=512), []
-  for _ in range(steps):
-    batch = loader.next_batch(0, Stage(None, 8 * 32, 32))
-    fields = ("inputs", "targets", "segment_ids", "loss_mask")   # what the step reads
-    state, metrics = s.fns.train(state, {k: batch[k] for k in fields}, LR)
-    losses.append(float(metrics["loss"]))
-  return losses
+  fields = ("inputs", "targets", "segment_ids", "loss_mask")   # what the step reads
+  out = []
+  for data_dir in data_dirs:
+    state, loader, losses = s.init_state(), Loader(data_dir, seed=0, streams=8,
+                                                   vocab_size=512), []
+    for _ in range(steps):
+      batch = loader.next_batch(0, Stage(None, 8 * 32, 32))
+      state, metrics = s.fns.train(state, {k: batch[k] for k in fields}, LR)
+      losses.append(float(metrics["loss"]))
+    out.append(losses)
+  return out
 
 
 @pytest.mark.slow
