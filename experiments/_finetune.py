@@ -36,7 +36,8 @@ def _ensure_start(path: str) -> None:
     from experiments.configs import sft
     _ensure_start(sft.get_config().init.path)
     from llama3_jax.posttrain.stage import run_stage
-    report(run_stage(sft.get_config(), path, "sft"), path)
+    from llama3_jax.train.config import run_config
+    report(run_stage(run_config(sft.get_config()), path, "sft"), path)
 
 
 def report(summary: dict, workdir) -> None:
@@ -68,8 +69,10 @@ def main_for(kind: str):
     from experiments._defaults import start_jax
     start_jax(cfg)   # before JAX's backend starts
     from llama3_jax.posttrain.stage import run_stage
-    _ensure_start(cfg.init.path)
-    report(run_stage(cfg, workdir, kind), workdir)
+    from llama3_jax.train.config import run_config
+    run = run_config(cfg)   # the one conversion: every field checked before any work
+    _ensure_start(run.init.path)
+    report(run_stage(run, workdir, kind), workdir)
   return main
 
 

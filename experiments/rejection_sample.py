@@ -64,7 +64,8 @@ def _defaults(args):
           "(python -m experiments.reward_model)")
     cfg = reward_model.get_config()
     ensure_pretrained(cfg.init.path)
-    _finetune.report(run_stage(cfg, _DEFAULT_REWARD, "reward"), _DEFAULT_REWARD)
+    from llama3_jax.train.config import run_config
+    _finetune.report(run_stage(run_config(cfg), _DEFAULT_REWARD, "reward"), _DEFAULT_REWARD)
   if args.prompts:
     return read_prompts(args.prompts)
   files = task.write_task(pathlib.Path(args.out) / "task")

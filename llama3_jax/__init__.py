@@ -2,6 +2,7 @@
 package imports only from packages above it in this list (tests/test_layers.py checks it):
 
     errors, cli  one-line errors for the user (UserError); how every launcher ends (exit codes)
+    schema       typed configs from ConfigDicts: the one converter, defaults stated once
     model        ModelConfig, Transformer, RewardModel, attention kernels, FLOPs (no mesh)
     optim        AdamW, the schedule in tokens, the batch/sequence stages
     runtime      the process: distributed start, signals, watchdog, goodput, faults; the hooks

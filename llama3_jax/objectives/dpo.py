@@ -1,7 +1,7 @@
 """Direct preference optimisation as Llama 3 ran it (report §4.1.4): an objective of the one loop.
 
     objective = DPOLoss(beta=0.1, nll_weight=0.2)
-    summary = train(cfg, workdir, objective=objective, source=ConversationSource(...))
+    summary = train(run, workdir, objective=objective, source=ConversationSource(...))
 
 Per preference pair, with policy log-probs pi and reference log-probs ref of the chosen (c) and
 rejected (r) responses, summed over their content tokens (headers and `<|eot_id|>` are format

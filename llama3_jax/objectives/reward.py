@@ -12,6 +12,8 @@ averaged over every ranked pair of an example (edited > chosen > rejected: 1 or 
 over the examples of the batch.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -57,12 +59,15 @@ def ranked_pair_sums(rewards_bs, present_bs):
           {"pair_accuracy": total(mean(correct)), "reward_margin": total(mean(margins))})
 
 
+@dataclasses.dataclass(frozen=True)
 class RewardLoss(Objective):
+  max_examples_per_row: int = 16   # examples packed into one row at most (the dpo section's)
   fields = CONVERSATION_FIELDS
   model_kind = "reward"   # recorded in checkpoints: they hold a RewardModel
 
-  def __init__(self, max_examples_per_row: int = 16):
-    self.slots = 3 * max_examples_per_row + 1
+  @property
+  def slots(self) -> int:
+    return 3 * self.max_examples_per_row + 1
 
   def init_model(self, model_config, rngs) -> RewardModel:
     return RewardModel(model_config, rngs=rngs)

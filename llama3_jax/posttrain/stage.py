@@ -1,12 +1,12 @@
 """One post-training stage (SFT, DPO or a reward model) end to end: data, training, evaluation,
 export.
 
-    summary = run_stage(cfg, workdir, kind="sft")       # python -m experiments.sft
-    summary = run_stage(cfg, workdir, kind="dpo")       # python -m experiments.dpo
-    summary = run_stage(cfg, workdir, kind="reward")    # python -m experiments.reward_model
+    summary = run_stage(run, workdir, kind="sft")       # python -m experiments.sft
+    summary = run_stage(run, workdir, kind="dpo")       # python -m experiments.dpo
+    summary = run_stage(run, workdir, kind="reward")    # python -m experiments.reward_model
 
-`cfg.init.path` is the starting model (a workdir, a step or a Hugging Face directory). The data
-is `cfg.data.path`: prepared conversations, or a JSONL file (prepared into WORKDIR/data), or
+`run` is the typed config (llama3_jax/train/config.py). `run.init.path` is the starting model
+(a workdir, a step or a Hugging Face directory). The data is `run.data.path`: prepared conversations, or a JSONL file (prepared into WORKDIR/data), or
 unset: the shipped arithmetic task (llama3_jax/posttrain/task.py), written to WORKDIR/task.
 The run is the one training loop (`train`), with SFT's weighted next-token loss, the DPO
 objective or the reward model's ranked pairs; it resumes like pre-training. Afterwards the model
@@ -16,6 +16,7 @@ margin), and exported to Hugging Face format (weights and tokenizer) in WORKDIR/
 model as LlamaForSequenceClassification).
 """
 
+import dataclasses
 import json
 import pathlib
 
@@ -28,7 +29,7 @@ from llama3_jax.objectives import NEXT_TOKEN
 from llama3_jax.objectives.reward import RewardLoss
 from llama3_jax.posttrain import task
 from llama3_jax.posttrain.reward import pairwise_accuracy
-from llama3_jax.train.config import run_config
+from llama3_jax.train.config import RunConfig
 
 # stage -> (data kind, the shipped task's file)
 KINDS = {"sft": ("sft", "sft"), "dpo": ("preference", "preferences"),
@@ -51,12 +52,13 @@ def _tokenizer_path(tokenizer) -> str:
   return str(getattr(tokenizer, "path", ""))
 
 
-def prepare_data(cfg, workdir: pathlib.Path, kind: str, tokenizer) -> pathlib.Path | None:
-  """Sets cfg.data.path to prepared conversations; returns the held-out file to score, if any."""
+def prepare_data(run: RunConfig, workdir: pathlib.Path, kind: str, tokenizer
+                 ) -> tuple[pathlib.Path, pathlib.Path | None]:
+  """(the prepared conversations to train on, the held-out file to score or None)."""
   data_kind, task_file = KINDS[kind]
-  seq_len = cfg.train.stages[0]["seq_len"]
+  seq_len = run.train.stages[0].seq_len
   heldout = None
-  source = cfg.data.path
+  source = run.data.path
   if not source:
     files = task.write_task(workdir / "task")
     source, heldout = files[task_file], files["heldout"]
@@ -66,7 +68,7 @@ def prepare_data(cfg, workdir: pathlib.Path, kind: str, tokenizer) -> pathlib.Pa
     # The reward model reads every response's <|eot_id|>, in one row with its prompt.
     manifest = prepare_conversations(source, _tokenizer_path(tokenizer), out, kind=data_kind,
                                      max_tokens=seq_len, reward=kind == "reward",
-                                     layout="shared" if kind == "reward" else cfg.dpo.layout)
+                                     layout="shared" if kind == "reward" else run.dpo.layout)
     skipped = sum(manifest["skipped"].values())
     print(f"data: {manifest['examples']} examples from {source} -> {out} ({skipped} skipped, "
           f"{manifest['truncated']} truncated; details in {out}/manifest.json)")
@@ -85,60 +87,62 @@ def prepare_data(cfg, workdir: pathlib.Path, kind: str, tokenizer) -> pathlib.Pa
   if expected and sha256(expected) != manifest["tokenizer"]["sha256"]:
     raise ValueError(f"{source} was tokenized with {manifest['tokenizer']['path']}, not the "
                      f"starting model's tokenizer {expected}; prepare it again with that one")
-  cfg.data.path = str(source)
-  return heldout
+  return source, heldout
 
 
-def objective_of(cfg, kind: str):
+def objective_of(run: RunConfig, kind: str):
   if kind == "sft":
     return NEXT_TOKEN   # on rows whose weights select the assistant's tokens
   if kind == "reward":
-    return RewardLoss(cfg.dpo.max_examples_per_row)
-  return run_config(cfg).dpo   # the config section is the objective
+    return RewardLoss(run.dpo.max_examples_per_row)
+  return run.dpo   # the config section is the objective
 
 
-def _start_model(cfg):
-  if is_hf_dir(cfg.init.path):
-    return hf.load(cfg.init.path)[1]
-  return load_model(cfg.init.path, averaged=cfg.init.averaged)[1]
+def _start_model(run: RunConfig):
+  if is_hf_dir(run.init.path):
+    return hf.load(run.init.path)[1]
+  return load_model(run.init.path, averaged=run.init.averaged)[1]
 
 
-def precompute_reference(cfg, workdir: pathlib.Path) -> None:
-  """dpo.reference="precomputed": the starting model's log-probs, stored with the data."""
+def precompute_reference(run: RunConfig, workdir: pathlib.Path) -> pathlib.Path:
+  """dpo.reference="precomputed": the starting model's log-probs, stored with the data (the
+  directory returned)."""
   from flax import nnx
   from llama3_jax.data.conversations.prepared import add_reference_logps
   from llama3_jax.objectives.dpo import token_logps
-  model = _start_model(cfg)
+  model = _start_model(run)
   logps = nnx.jit(token_logps)
-  manifest = add_reference_logps(cfg.data.path, workdir / "data_reference",
+  manifest = add_reference_logps(run.data.path, workdir / "data_reference",
                                  lambda batch: logps(model, batch),
-                                 model_path=str(pathlib.Path(cfg.init.path).resolve()))
+                                 model_path=str(pathlib.Path(run.init.path).resolve()))
   print(f"reference log-probs of {manifest['examples']} examples -> {workdir / 'data_reference'}")
-  cfg.data.path = str(workdir / "data_reference")
+  return workdir / "data_reference"
 
 
-def run_stage(cfg, workdir, kind: str, heldout=None) -> dict:
+def run_stage(run: RunConfig, workdir, kind: str, heldout=None) -> dict:
   """Runs (or resumes) the stage; returns the training summary plus the evaluation.
   `heldout`: the shipped task's held-out file to score (default: when the data is the task)."""
   from llama3_jax.train.loop import train
   workdir = pathlib.Path(workdir)
-  run_config(cfg)   # every field checked before anything is read or written
-  if not cfg.init.path:
+  if not run.init.path:
     raise ValueError(f"{kind} needs a starting model: set --config.init.path=WORKDIR")
-  tokenizer = init_tokenizer(cfg.init.path)
-  heldout = prepare_data(cfg, workdir, kind, tokenizer) or heldout
-  if kind == "dpo" and cfg.dpo.reference == "precomputed":
-    precompute_reference(cfg, workdir)
+  tokenizer = init_tokenizer(run.init.path)
+  data_path, task_heldout = prepare_data(run, workdir, kind, tokenizer)
+  heldout = task_heldout or heldout
+  run = dataclasses.replace(run, data=dataclasses.replace(run.data, path=str(data_path)))
+  if kind == "dpo" and run.dpo.reference == "precomputed":
+    run = dataclasses.replace(run, data=dataclasses.replace(
+        run.data, path=str(precompute_reference(run, workdir))))
   evaluation_path = workdir / "eval.json"
   evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.exists() else {}
   examples = task.read_heldout(heldout) if heldout else None
-  previous = pathlib.Path(cfg.init.path) / "eval.json"   # the starting run's own "after"
-  if (examples and "before" not in evaluation and previous.exists() and not cfg.init.averaged
+  previous = pathlib.Path(run.init.path) / "eval.json"   # the starting run's own "after"
+  if (examples and "before" not in evaluation and previous.exists() and not run.init.averaged
       and kind != "reward"):
     evaluation["before"] = json.loads(previous.read_text()).get("after")
   if examples and not evaluation.get("before") and kind != "reward":   # a new head: no before
-    evaluation["before"] = task.evaluate(_start_model(cfg), tokenizer, examples)
-  summary = train(run_config(cfg), workdir, objective=objective_of(cfg, kind))
+    evaluation["before"] = task.evaluate(_start_model(run), tokenizer, examples)
+  summary = train(run, workdir, objective=objective_of(run, kind))
   if summary.get("stopped_by"):
     return summary
   finished = (workdir / "hf" / "config.json").exists() and (not examples or "after" in evaluation)

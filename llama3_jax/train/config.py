@@ -26,6 +26,7 @@ from llama3_jax.objectives.dpo import DPOLoss
 from llama3_jax.optim.schedules import Stage
 from llama3_jax.runtime.faults import FaultsConfig
 from llama3_jax.runtime.guard import GuardConfig
+from llama3_jax.schema import from_dict
 from llama3_jax.sharding import MeshConfig, ShardingConfig
 
 
@@ -294,7 +295,7 @@ def run_config(cfg) -> RunConfig:
       fields["stages"] = tuple(_stage(i, s) for i, s in enumerate(fields["stages"]))
     if name == "sharding" and "vocab_over_fsdp" in fields:
       fields["vocab_over_fsdp"] = _auto_or_bool(fields["vocab_over_fsdp"])
-    sections[name] = _build(known[name].type, fields, name)
+    sections[name] = from_dict(known[name].type, fields, name)
   return RunConfig(**sections)
 
 
@@ -328,7 +329,7 @@ def _stage(index: int, stage) -> Stage:
   fields = dict(stage)
   if fields.get("mixture"):
     fields["mixture"] = tuple((str(k), float(v)) for k, v in dict(fields["mixture"]).items())
-  return _build(Stage, fields, f"train.stages[{index}]")
+  return from_dict(Stage, fields, f"train.stages[{index}]")
 
 
 def _auto_or_bool(value):
@@ -336,11 +337,3 @@ def _auto_or_bool(value):
   if choice is None:
     raise ValueError(f"sharding.vocab_over_fsdp={value!r}; use auto, True or False")
   return choice
-
-
-def _build(cls, fields: dict, where: str):
-  known = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(fields) - known)
-  if unknown:
-    raise ValueError(f"unknown field(s) {unknown} in {where}; known: {', '.join(sorted(known))}")
-  return cls(**fields)

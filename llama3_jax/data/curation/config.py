@@ -6,6 +6,8 @@ turned back into them with `CurationConfig.from_dict`, so a misspelt key fails l
 
 import dataclasses
 
+from llama3_jax.schema import from_dict
+
 
 @dataclasses.dataclass(frozen=True)
 class ReadConfig:
@@ -136,25 +138,4 @@ class CurationConfig:
   @classmethod
   def from_dict(cls, d: dict) -> "CurationConfig":
     """Nested plain dicts (e.g. `ConfigDict.to_dict()`) -> config; unknown keys raise."""
-    sections = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "workers"}
-    kwargs = {}
-    for key, value in d.items():
-      if key == "workers":
-        kwargs[key] = int(value)
-      elif key in sections:
-        section = sections[key]
-        known = {f.name for f in dataclasses.fields(section)}
-        unknown = set(value) - known
-        if unknown:
-          raise ValueError(f"unknown {key} setting(s) {sorted(unknown)}; known: {sorted(known)}")
-        kwargs[key] = section(**{k: _freeze(v) for k, v in value.items()})
-      else:
-        raise ValueError(f"unknown curation section {key!r}; known: {sorted(sections)}")
-    return cls(**kwargs)
-
-
-def _freeze(value):
-  """Lists (as ConfigDict and JSON give them back) -> tuples, so configs stay hashable."""
-  if isinstance(value, (list, tuple)):
-    return tuple(_freeze(v) for v in value)
-  return value
+    return from_dict(cls, d)
