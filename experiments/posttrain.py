@@ -1,16 +1,18 @@
 """Llama 3's post-training rounds (report §4.1-4.2), end to end on the shipped task.
 
-python -m experiments.posttrain                          # 2 rounds, ~10-15 minutes on 2 cores
+python -m experiments.posttrain                          # 2 rounds, ~15-20 minutes on 2 cores
 python -m experiments.posttrain --config experiments/configs/posttrain.py \
-    --config.rounds=3 --config.rejection.samples=16 --workdir /tmp/rounds
+    --config.rounds=3 --config.rejection.samples=8 --workdir /tmp/rounds
+python -m benchmarks.posttrain_rounds workdirs/posttrain # the run's table in markdown
 
 With no arguments it starts from workdirs/pretrain (the default pre-training run, trained first
 if absent), trains round 0's SFT policy, then runs rounds of reward model -> rejection sampling
 -> SFT -> DPO (llama3_jax/posttrain/rounds.py), each round's data and models in
 WORKDIR/round_<i>/, and prints a table per round: the reward model's held-out pairwise accuracy,
-the share of rejection-sampled answers that are correct (best of K vs a random one of the K),
-and the policy's held-out exact match with its 95% interval. Ends by writing
-WORKDIR/summary.json. Run it again after a crash (or SIGKILL): finished stages are not redone,
+its within-prompt AUC on the policy's own K samples, the share of rejection-sampled answers
+that are correct (best of K vs a random one of the K, and best - random paired by question
+with its 95% interval), and the policy's held-out exact match with its 95% interval. Ends by
+writing WORKDIR/summary.json. Run it again after a crash (or SIGKILL): finished stages are not redone,
 an interrupted one resumes. Exit codes: 0 done, 2 bad config or data.
 """
 

@@ -1,7 +1,7 @@
 """Llama 3's rounds (reward model -> rejection sampling -> SFT -> DPO) on the shipped task.
 
-python -m experiments.posttrain                      # this config: 2 rounds, ~10-15 minutes
-python -m experiments.posttrain --config.rounds=3 --config.rejection.samples=16 --workdir W
+python -m experiments.posttrain                      # this config: 2 rounds, ~15-20 minutes
+python -m experiments.posttrain --config.rounds=3 --config.rejection.samples=8 --workdir W
 
 Each stage is a whole training config (`sft_start`, `reward`, `sft`, `dpo`: the launchers' own,
 experiments/configs/{sft,reward_model,dpo}.py), so any field can be set, e.g.
@@ -10,6 +10,18 @@ the defaults are sized for a 2-core CPU. The reward models start from the pre-tr
 (as Llama 3's do); each round's SFT continues from the previous round's policy
 (`sft_init="previous"`; `"pretrained"` restarts from the pre-trained model each round, as Llama
 3 does with its far larger SFT sets, and here mostly relearns round 0).
+
+Why K = 2 and 1,200 questions (measured on the default run, BENCHMARKS.md "Post-training
+rounds"): the policy's mistakes are almost all off by one (89% of its wrong samples), which
+no reward model this size tells from the right answer (held-out pairs with an off-by-one
+answer: 0.46-0.61 for every variant tried, against 0.88-1.0 for the other near misses), so it
+ranks the policy's samples with a within-prompt AUC of ~0.58. The right answer comes up many
+times among K samples and must outscore every distinct wrong one, so at that AUC best of 8
+loses to a random sample (-0.064), best of 4 ties (+0.004) and best of 2 wins (+0.039, the
+same samples and reward model). 1,200 questions make that gain larger than its interval.
+Neither the checker's pairs of the policy's own samples (AUC 0.58 -> 0.50) nor starting the
+reward model from the policy (0.57-0.58) ranked better, so by default the reward model is
+Llama 3's, from the pre-trained model, on the task's pairs (`annotate=0`).
 """
 
 import ml_collections
@@ -24,9 +36,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.init_path = "workdirs/pretrain"   # the pre-trained model (trained first if absent)
   c.start_policy = ""   # a policy to sample from in round 1; "": round 0 trains one (SFT)
   c.sft_init = "previous"
+  c.reward_init = "pretrained"   # or "policy": the RM starts from the round's policy
+  c.reward_data = "annotated"    # the task's and annotated pairs; "all": + rejection's pairs
   c.task = ml_collections.ConfigDict(dict(seed=0, heldout=200))   # the shipped task's files
   c.rejection = ml_collections.ConfigDict(dict(
-      prompts=400, samples=8, temperature=0.8, top_p=0.95, seed=0, max_new_tokens=8))
+      prompts=1200, samples=2, temperature=0.8, top_p=0.95, seed=0, max_new_tokens=8,
+      annotate=0))   # annotate: questions whose samples the checker annotates for the RM
   c.sft_start = sft.get_config()             # round 0: 600 steps
   c.reward = reward_model.get_config()       # 1,200 steps at 1e-3
   c.sft = sft.get_config("steps=200")

@@ -14,9 +14,13 @@ tie) and carries its score, all K scores and responses, the sampling settings an
 paths. Empty responses are never kept (a prompt whose K responses are all empty keeps nothing).
 The draws depend on the seed and the prompt's place only: a seed reproduces the kept set.
 
+`reward_model=None` draws samples only (every score 0: the first non-empty one kept), for the
+checker to annotate.
+
 `sample_to_dir` does it for saved models into a directory: `sft.jsonl` (the kept examples),
-`pairs.jsonl` and `summary.json` (throughput; with known answers, the share of kept answers
-that are correct against a random one of the K). Where the answers are known, a checker stands
+`pairs.jsonl` and `summary.json` (throughput; with known answers, `ranking`: how the reward
+model ranked each prompt's samples, within-prompt AUC and best of K against a random one of
+the K and any, with intervals). Where the answers are known, a checker stands
 in for the annotators: a prompt with both correct and wrong samples gives one preference pair
 per distinct wrong answer among its samples, the correct answer over it. (One pair per prompt,
 the best-scored correct sample over the best-scored wrong one, left the next round's reward

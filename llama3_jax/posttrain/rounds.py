@@ -8,18 +8,27 @@ the annotators:
 - round 0 (`W/round_0/sft`, unless `cfg.start_policy` names a policy): SFT of the pre-trained
   model on the task's written answers, the first policy to sample from;
 - round i, in `W/round_<i>/`:
-  `reward/`     a reward model from the pre-trained model on all preference data so far (the
-                task's pairs and the pairs annotated from earlier rounds' samples);
+  `annotation/` (`cfg.rejection.annotate` > 0) K samples of the policy for other training
+                questions, annotated by the checker into pairs for this round's reward model
+                (Llama 3 annotates the current models' samples before each round's RM);
+  `reward/`     a reward model from the pre-trained model (`cfg.reward_init="pretrained"`, as
+                Llama 3's) or from the policy (`"policy"`), on the task's pairs plus the
+                annotated ones (`cfg.reward_data="annotated"`) or on all pairs so far (`"all"`:
+                also the checker's pairs of earlier rounds' rejection samples). A round whose
+                reward data and start equal the round before's uses that round's model (the
+                same bits: training is deterministic) instead of training it again;
   `rejection/`  K samples per training prompt from the policy, the reward model's best kept as
                 SFT data (`sft.jsonl`, with provenance); the samples are also annotated by the
                 checker into new pairs (`pairs.jsonl`: the correct answer over each distinct
-                wrong answer sampled, where a prompt has both);
+                wrong answer sampled, where a prompt has both), and the summary says how the
+                reward model ranked them (rejection.ranking: within-prompt AUC, best of K vs a
+                random one vs any, with intervals);
   `sft/`        SFT of the policy (`cfg.sft_init="previous"`) or of the pre-trained model
                 (`"pretrained"`, Llama 3's choice) on the task's answers plus the kept samples;
   `dpo/`        DPO of that SFT model on all preference pairs so far: the round's policy.
 Each round ends with `W/round_<i>/summary.json`; `W/summary.json` lists them all. Every stage
-resumes after a crash (training from its checkpoints; rejection sampling is redone, seeded, and
-its files appear whole, by rename), and a finished stage or round is not redone.
+resumes after a crash (training from its checkpoints; sampling is redone, seeded, and its files
+appear whole, by rename), and a finished stage or round is not redone.
 """
 
 import copy
@@ -32,15 +41,19 @@ from llama3_jax.errors import UserError
 from llama3_jax.posttrain import task
 from llama3_jax.posttrain.rejection import Settings, sample_to_dir, write_jsonl
 from llama3_jax.posttrain.stage import run_stage
+from llama3_jax.train.config import run_config
 
 SUMMARY = "summary.json"
+# the ranking report of the round's rejection sampling (rejection.ranking), in its summary
+RANKING = ("best_of_k", "random_sample", "any_correct", "best_minus_random", "auc")
+ANNOTATION_SEED = 7919   # the samples to annotate draw from the seed plus this
 
 
 def _stage(base, workdir, kind, init_path, data_path, heldout, log):
   cfg = copy.deepcopy(base)
   cfg.init.path, cfg.data.path = str(init_path), str(data_path)
   start = time.perf_counter()
-  summary = run_stage(cfg, workdir, kind, heldout=heldout)
+  summary = run_stage(run_config(cfg), workdir, kind, heldout=heldout)
   if summary.get("stopped_by"):
     # SIGTERM (a preemption): the stage saved its checkpoint; the rounds stop as it did, exit 0
     log(f"{workdir}: stopped by {summary['stopped_by']}; run again to resume")
@@ -58,22 +71,33 @@ def _concat(sources, out) -> pathlib.Path:
   return pathlib.Path(out)
 
 
-def _prompts(files, count: int, seed: int):
-  """`count` training questions (messages and answer), seeded per round."""
+def _prompts(files, counts: tuple[int, ...], seed: int):
+  """Disjoint sets of training questions (messages and answer), `counts[j]` in set j, seeded
+  per round."""
   examples = task.read_heldout(files["sft"])
   rng = random.Random(seed)
-  chosen = rng.sample(range(len(examples)), min(count, len(examples)))
-  return [(examples[i]["messages"][:-1], examples[i]["messages"][-1]["content"]) for i in chosen]
+  chosen = rng.sample(range(len(examples)), min(sum(counts), len(examples)))
+  sets = []
+  for count in counts:
+    sets.append([(examples[i]["messages"][:-1], examples[i]["messages"][-1]["content"])
+                 for i in chosen[:count]])
+    chosen = chosen[count:]
+  return sets
 
 
 def sample_round(cfg, out: pathlib.Path, policy_path, reward_path, files, round_index: int,
                  log) -> dict:
-  """Rejection sampling of one round into `out` (sft.jsonl, pairs.jsonl, summary.json)."""
+  """Sampling of one round into `out` (sft.jsonl, pairs.jsonl, summary.json): reward_path
+  None, the questions to annotate (seed + ANNOTATION_SEED); else rejection sampling."""
   r = cfg.rejection
-  settings = Settings(samples=r.samples, temperature=r.temperature, top_p=r.top_p,
-                      seed=r.seed + round_index, max_new_tokens=r.max_new_tokens)
+  seed = r.seed + round_index
+  rejection, annotation = _prompts(files, (r.prompts, r.annotate), seed)
+  if reward_path is None:
+    seed += ANNOTATION_SEED
+  settings = Settings(samples=r.samples, temperature=r.temperature, top_p=r.top_p, seed=seed,
+                      max_new_tokens=r.max_new_tokens)
   return sample_to_dir(out, policy_path, reward_path,
-                       _prompts(files, r.prompts, r.seed + round_index), settings, log=log)
+                       annotation if reward_path is None else rejection, settings, log=log)
 
 
 def check_config(cfg) -> None:
@@ -83,11 +107,17 @@ def check_config(cfg) -> None:
     raise UserError(f"rounds={cfg.rounds}", "run at least one round (--config.rounds=2)")
   if cfg.sft_init not in ("previous", "pretrained"):
     raise UserError(f"sft_init={cfg.sft_init!r}", 'use "previous" or "pretrained"')
+  if cfg.reward_init not in ("policy", "pretrained"):
+    raise UserError(f"reward_init={cfg.reward_init!r}", 'use "policy" or "pretrained"')
+  if cfg.reward_data not in ("annotated", "all"):
+    raise UserError(f"reward_data={cfg.reward_data!r}", 'use "annotated" or "all"')
   r = cfg.rejection
   Settings(samples=r.samples, temperature=r.temperature, top_p=r.top_p, seed=r.seed,
            max_new_tokens=r.max_new_tokens)
   if r.prompts < 1:
     raise UserError(f"rejection.prompts={r.prompts}", "sample at least one prompt")
+  if r.annotate < 0:
+    raise UserError(f"rejection.annotate={r.annotate}", "annotate 0 or more questions' samples")
   for name in ("sft_start", "reward", "sft", "dpo"):
     try:
       run_config(cfg[name])
@@ -110,17 +140,36 @@ def run_rounds(cfg, workdir, log=print) -> list[dict]:
     if not (policy / "hf" / "config.json").exists():   # not finished yet
       log("round 0: SFT of the pre-trained model on the task's answers")
     _stage(cfg.sft_start, policy, "sft", cfg.init_path, files["sft"], heldout, log)
-  rounds, pairs = [], [files["preferences"]]
+  rounds, pairs, reward_pairs = [], [files["preferences"]], [files["preferences"]]
   for i in range(1, cfg.rounds + 1):
     out = workdir / f"round_{i}"
-    if (out / SUMMARY).exists():
+    done = (out / SUMMARY).exists()
+    if not done:
+      log(f"round {i}:")
+    start = time.perf_counter()
+    annotated = {}
+    if cfg.rejection.annotate:   # the policy's own mistakes, annotated for this round's RM
+      annotated = {} if done else sample_round(cfg, out / "annotation", policy, None, files, i,
+                                                log)
+      pairs.append(out / "annotation" / "pairs.jsonl")
+      reward_pairs.append(out / "annotation" / "pairs.jsonl")
+    if done:
       rounds.append(json.loads((out / SUMMARY).read_text()))
     else:
-      log(f"round {i}:")
-      start = time.perf_counter()
-      rm = _stage(cfg.reward, out / "reward", "reward", cfg.init_path,
-                  _concat(pairs, out / "reward_data.jsonl"), heldout, log)
-      sampled = sample_round(cfg, out / "rejection", policy, out / "reward", files, i, log)
+      rm_init = policy if cfg.reward_init == "policy" else cfg.init_path
+      rm_data = _concat(pairs if cfg.reward_data == "all" else reward_pairs,
+                        out / "reward_data.jsonl")
+      rm_path, previous = out / "reward", workdir / f"round_{i - 1}"
+      if (rounds and cfg.reward_init == "pretrained"
+          and (previous / "reward_data.jsonl").read_bytes() == rm_data.read_bytes()):
+        # the same start and data as the round before: the same model (training is
+        # deterministic), so it is not trained again
+        rm_path = workdir / rounds[-1].get("reward_model", f"round_{i - 1}/reward")
+        rm = json.loads((rm_path / "eval.json").read_text())["after"]
+        log(f"  reward {rm_path} (round {i - 1}'s: the same data and start)")
+      else:
+        rm = _stage(cfg.reward, rm_path, "reward", rm_init, rm_data, heldout, log)
+      sampled = sample_round(cfg, out / "rejection", policy, rm_path, files, i, log)
       sft_init = policy if cfg.sft_init == "previous" else cfg.init_path
       sft = _stage(cfg.sft, out / "sft", "sft", sft_init,
                    _concat([files["sft"], out / "rejection" / "sft.jsonl"], out / "sft_data.jsonl"),
@@ -129,12 +178,13 @@ def run_rounds(cfg, workdir, log=print) -> list[dict]:
                    _concat(pairs + [out / "rejection" / "pairs.jsonl"], out / "dpo_data.jsonl"),
                    heldout, log)
       rounds.append({
-          "round": i, "rm_accuracy": rm["rm_accuracy"], "rm_accuracy_ci": rm["rm_accuracy_ci"],
+          "round": i, "reward_model": str(rm_path.relative_to(workdir)),
+          "rm_accuracy": rm["rm_accuracy"], "rm_accuracy_ci": rm["rm_accuracy_ci"],
           "reward_margin": rm["reward_margin"],
-          "best_of_k_correct": sampled["best_of_k_correct"],
-          "random_sample_correct": sampled["random_sample_correct"],
-          "any_correct": sampled["any_correct"], "samples_per_s": sampled["samples_per_s"],
-          "kept": sampled["kept"], "new_pairs": sampled["pairs"],
+          **{k: v for k, v in sampled.items() if k.startswith(RANKING)},
+          "samples_per_s": sampled["samples_per_s"], "kept": sampled["kept"],
+          "new_pairs": sampled["pairs"] + annotated.get("pairs", 0),
+          "annotated_pairs": annotated.get("pairs", 0),
           "sft_exact_match": sft["exact_match"], "exact_match": dpo["exact_match"],
           "exact_match_ci": dpo["exact_match_ci"],
           "preference_accuracy": dpo["preference_accuracy"], "n": dpo["n"],
@@ -148,12 +198,14 @@ def run_rounds(cfg, workdir, log=print) -> list[dict]:
 
 def table(rounds: list[dict]) -> str:
   """The rounds as a text table."""
-  head = (f"{'round':>5} {'rm acc':>13} {'best-of-K':>9} {'random':>7} {'SFT EM':>7} "
-          f"{'EM (DPO)':>14} {'samples/s':>9}")
+  head = (f"{'round':>5} {'rm acc':>13} {'AUC':>5} {'best-of-K':>9} {'random':>7} "
+          f"{'best - random':>15} {'SFT EM':>7} {'EM (DPO)':>14} {'samples/s':>9}")
   lines = [head]
   for r in rounds:
     lines.append(f"{r['round']:>5} {r['rm_accuracy']:>6.3f} ± {r['rm_accuracy_ci']:.3f} "
-                 f"{r['best_of_k_correct']:>9.3f} {r['random_sample_correct']:>7.3f} "
-                 f"{r['sft_exact_match']:>7.3f} {r['exact_match']:>7.3f} ± "
-                 f"{r['exact_match_ci']:.3f} {r['samples_per_s']:>9.1f}")
+                 f"{r['auc']:>5.3f} {r['best_of_k_correct']:>9.3f} "
+                 f"{r['random_sample_correct']:>7.3f} {r['best_minus_random']:>+7.3f} ± "
+                 f"{r['best_minus_random_ci']:.3f} {r['sft_exact_match']:>7.3f} "
+                 f"{r['exact_match']:>7.3f} ± {r['exact_match_ci']:.3f} "
+                 f"{r['samples_per_s']:>9.1f}")
   return "\n".join(lines)

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from llama3_jax.train.config import run_config
 from llama3_jax.train.loop import train
 from llama3_jax.train.metrics import read_metrics
 from tests.helpers import tiny_run_config
@@ -40,7 +41,7 @@ def get_config():
   c = posttrain.get_config()
   c.init_path = "{init}"
   c.task.heldout = 8
-  c.rejection.update(prompts=6, samples=3, max_new_tokens=4)
+  c.rejection.update(prompts=6, samples=3, max_new_tokens=4, annotate=5)
   c.sft_start, c.reward, c.sft, c.dpo = stage(4), stage(4), stage(4), stage(4)
   return c
 '''
@@ -51,7 +52,7 @@ def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("rounds")
   pretrain = tiny_run_config(steps=2)
   pretrain.model.max_seq_len = 256   # room for the post-training rows and generation
-  train(pretrain, root / "pretrain")
+  train(run_config(pretrain), root / "pretrain")
   (root / "rounds_config.py").write_text(CONFIG.format(seq=SEQ, init=root / "pretrain"))
   return root
 
@@ -70,8 +71,8 @@ def outcome(workdir: pathlib.Path) -> dict:
   for r in rounds:
     r.pop("seconds"), r.pop("samples_per_s")
   files = {}
-  for name in ("rejection/sft.jsonl", "rejection/pairs.jsonl", "sft_data.jsonl",
-               "dpo_data.jsonl"):
+  for name in ("annotation/pairs.jsonl", "reward_data.jsonl", "rejection/sft.jsonl",
+               "rejection/pairs.jsonl", "sft_data.jsonl", "dpo_data.jsonl"):
     for i in (1, 2):
       files[f"round_{i}/{name}"] = (workdir / f"round_{i}" / name).read_text().replace(
           str(workdir), "W")
@@ -88,8 +89,24 @@ def test_a_killed_round_resumes_to_the_same_result(setup, tmp_path):
   rounds = json.loads((tmp_path / "straight" / "summary.json").read_text())
   assert [r["round"] for r in rounds] == [1, 2]
   for r in rounds:
-    assert {"rm_accuracy", "best_of_k_correct", "random_sample_correct", "exact_match"} <= set(r)
+    assert {"rm_accuracy", "best_of_k_correct", "random_sample_correct", "exact_match",
+            "auc", "best_minus_random_ci", "annotated_pairs"} <= set(r)
     assert all(0 <= r[k] <= 1 for k in ("rm_accuracy", "best_of_k_correct", "exact_match"))
+  # Round i's reward model trains on the task's pairs and the pairs of every round's samples to
+  # annotate so far, its own included (questions other than those it rejection-samples); DPO
+  # on those and the pairs of the rounds' rejection samples.
+  w = tmp_path / "straight"
+  read = lambda path: [json.loads(line) for line in path.read_text().splitlines()]
+  reward = dpo = read(w / "task" / "preferences.jsonl")
+  for i in (1, 2):
+    reward = reward + read(w / f"round_{i}" / "annotation" / "pairs.jsonl")
+    dpo = dpo + read(w / f"round_{i}" / "annotation" / "pairs.jsonl")
+    assert read(w / f"round_{i}" / "reward_data.jsonl") == reward
+    dpo = dpo + read(w / f"round_{i}" / "rejection" / "pairs.jsonl")
+    assert read(w / f"round_{i}" / "dpo_data.jsonl") == dpo
+    questions = lambda name: {json.dumps(e["messages"][:-1]) for e in read(
+        w / f"round_{i}" / name / "sft.jsonl")}
+    assert questions("annotation") and not questions("annotation") & questions("rejection")
   # Killed while round 1's SFT trains (after its first checkpoint), then run again.
   killed = launch(setup, tmp_path / "killed")
   marker = tmp_path / "killed" / "round_1" / "sft" / "checkpoints"
