@@ -114,3 +114,14 @@ def test_ranking_counts_best_random_any_and_the_within_prompt_auc():
   # ties count half
   tied = ranking([[1.0, 1.0]], [[True, False]])
   assert tied["auc"] == 0.5 and tied["best_of_k_correct"] == 1.0
+
+
+def test_without_a_reward_model_the_same_samples_are_drawn_and_none_is_ranked(tokenizer, models):
+  policy, rm = models
+  settings = Settings(samples=4, temperature=1.0, top_p=0.95, seed=2, max_new_tokens=6)
+  scored = rejection_sample(policy, rm, tokenizer, PROMPTS, settings)
+  drawn = rejection_sample(policy, None, tokenizer, PROMPTS, settings)
+  assert drawn.responses == scored.responses
+  for texts, scores, best in zip(drawn.responses, drawn.scores, drawn.best):
+    assert (scores[np.isfinite(scores)] == 0).all()
+    assert best == next((j for j, t in enumerate(texts) if t), None)   # the first non-empty
