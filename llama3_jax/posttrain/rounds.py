@@ -102,7 +102,6 @@ def sample_round(cfg, out: pathlib.Path, policy_path, reward_path, files, round_
 
 def check_config(cfg) -> None:
   """The rounds' own fields and every stage's config, before anything runs."""
-  from llama3_jax.train.config import run_config
   if cfg.rounds < 1:
     raise UserError(f"rounds={cfg.rounds}", "run at least one round (--config.rounds=2)")
   if cfg.sft_init not in ("previous", "pretrained"):
