@@ -210,7 +210,7 @@ def sample_to_dir(out, policy_path, reward_path, prompts, settings: Settings, *,
   write_jsonl(result.kept, out / "sft.jsonl")
   write_jsonl(pairs, out / "pairs.jsonl")
   done.write_text(json.dumps(summary, indent=1))   # last: the mark of a finished directory
-  line = (f"{'rejection sampling' if reward_model else 'samples to annotate'}: "
+  line = (f"{'samples to annotate' if reward_model is None else 'rejection sampling'}: "
           f"{summary['samples']} at {summary['samples_per_s']}/s -> {out}")
   if "best_of_k_correct" in summary:
     line += (f"; best of {settings.samples} correct {summary['best_of_k_correct']:.3f} vs a "
