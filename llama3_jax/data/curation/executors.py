@@ -104,6 +104,12 @@ class _runner:
     futures = [self.pool.submit(tasks_lib.run_task, work, stage, r, world) for r in ranks]
     try:
       for future in concurrent.futures.as_completed(futures):
+        if future.exception() is not None:
+          # Every task runs to its own first failure; the lowest failed unit is reported,
+          # the one a single task (and --strict's "the first bad line") would name.
+          concurrent.futures.wait(futures)
+          errors = [f.exception() for f in futures if f.exception() is not None]
+          raise min(errors, key=lambda e: getattr(e, "unit", float("inf")))
         yield future.result()
     except concurrent.futures.process.BrokenProcessPool as error:
       raise tasks_lib.TaskFailed(f"a {stage} task's process died ({error})",

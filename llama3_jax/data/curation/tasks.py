@@ -137,12 +137,16 @@ def run_task(work, stage_name: str, rank: int, world: int) -> dict:
     try:
       stats = stage.run(unit)
     except UserError as error:     # bad input: its own message names the file and line
-      raise type(error)(*_with_relaunch(error, work)) from None
+      failed = type(error)(*_with_relaunch(error, work))
+      failed.unit = unit   # executors report the lowest failed unit: what 1 task would say
+      raise failed from None
     except Exception as error:  # noqa: BLE001 - named with its unit, traceback kept
-      raise TaskFailed(
+      failed = TaskFailed(
           f"stage {stage_name} task {rank}/{world} failed on {stage.describe(unit)}: "
           f"{type(error).__name__}: {error}\n{traceback.format_exc()}",
-          f"fix it and relaunch: {_relaunch(work)}") from None
+          f"fix it and relaunch: {_relaunch(work)}")
+      failed.unit = unit
+      raise failed from None
     seconds = time.perf_counter() - start
     stats = {**stats, "seconds": seconds, "peak_rss_mb": _peak_rss_mb()}
     save_json(marker, stats)
