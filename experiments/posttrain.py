@@ -36,11 +36,15 @@ def main(argv):
   cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   from experiments._defaults import PRETRAIN, ensure_pretrained, start_jax
   start_jax(cfg.sft)   # before JAX's backend starts
-  from llama3_jax.posttrain.rounds import check_config, run_rounds, table
+  from llama3_jax.posttrain.rounds import RoundsStopped, check_config, run_rounds, table
   check_config(cfg)
   if cfg.init_path == str(PRETRAIN):
     ensure_pretrained(cfg.init_path)
-  rounds = run_rounds(cfg, workdir)
+  try:
+    rounds = run_rounds(cfg, workdir)
+  except RoundsStopped as stopped:   # a preemption: the stage's checkpoint is saved; exit 0
+    print(stopped)
+    return
   print(table(rounds))
   print(f"done: {len(rounds)} rounds; outputs in {workdir} (round_<i>/, summary.json)")
 

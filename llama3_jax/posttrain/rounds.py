@@ -49,15 +49,19 @@ RANKING = ("best_of_k", "random_sample", "any_correct", "best_minus_random", "au
 ANNOTATION_SEED = 7919   # the samples to annotate draw from the seed plus this
 
 
+class RoundsStopped(Exception):
+  """A stage was stopped (SIGTERM / Ctrl-C: a preemption) and saved its checkpoint; the rounds
+  stop with it, and the same command resumes them (the launcher exits 0)."""
+
+
 def _stage(base, workdir, kind, init_path, data_path, heldout, log):
   cfg = copy.deepcopy(base)
   cfg.init.path, cfg.data.path = str(init_path), str(data_path)
   start = time.perf_counter()
   summary = run_stage(run_config(cfg), workdir, kind, heldout=heldout)
   if summary.get("stopped_by"):
-    # SIGTERM (a preemption): the stage saved its checkpoint; the rounds stop as it did, exit 0
-    log(f"{workdir}: stopped by {summary['stopped_by']}; run again to resume")
-    raise SystemExit(0)
+    raise RoundsStopped(f"{workdir}: stopped by {summary['stopped_by']} (checkpoint saved); "
+                        "run again to resume")
   log(f"  {kind:<6} {workdir} ({time.perf_counter() - start:.0f} s)")
   return summary["evaluation"].get("after", {})
 

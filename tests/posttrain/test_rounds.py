@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from llama3_jax.posttrain import rounds as rounds_lib
 from llama3_jax.train.config import run_config
 from llama3_jax.train.loop import train
 from llama3_jax.train.metrics import read_metrics
@@ -125,3 +126,13 @@ def test_a_killed_round_resumes_to_the_same_result(setup, tmp_path):
   again = launch(setup, tmp_path / "killed")
   log = again.communicate(timeout=900)[0]
   assert again.returncode == 0 and "round 1:" not in log and "round 0:" not in log, log[-2000:]
+
+
+def test_a_stopped_stage_stops_the_rounds_to_be_resumed(monkeypatch, tmp_path):
+  """A stage stopped by SIGTERM (checkpoint saved) stops the rounds with an exception the
+  launcher turns into exit 0 and "run again to resume", not a SystemExit from the library."""
+  from experiments.configs import sft
+  monkeypatch.setattr(rounds_lib, "run_stage", lambda *args, **kwargs: {"stopped_by": "SIGTERM"})
+  with pytest.raises(rounds_lib.RoundsStopped, match=r"stopped by SIGTERM .*run again to resume"):
+    rounds_lib._stage(sft.get_config(), tmp_path / "sft", "sft", tmp_path / "start",
+                      tmp_path / "data.jsonl", None, print)
