@@ -36,12 +36,12 @@ def main(argv):
   cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   from experiments._defaults import PRETRAIN, ensure_pretrained, start_jax
   start_jax(cfg.sft)   # before JAX's backend starts
-  from llama3_jax.posttrain.rounds import RoundsStopped, check_config, run_rounds, table
-  check_config(cfg)
-  if cfg.init_path == str(PRETRAIN):
-    ensure_pretrained(cfg.init_path)
+  from llama3_jax.posttrain.rounds import RoundsStopped, rounds_config, run_rounds, table
+  config = rounds_config(cfg)   # the one conversion: every field and stage checked first
+  if config.init_path == str(PRETRAIN):
+    ensure_pretrained(config.init_path)
   try:
-    rounds = run_rounds(cfg, workdir)
+    rounds = run_rounds(config, workdir)
   except RoundsStopped as stopped:   # a preemption: the stage's checkpoint is saved; exit 0
     print(stopped)
     return

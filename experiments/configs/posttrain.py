@@ -27,24 +27,21 @@ reward model from the policy (0.57-0.58) ranked better, so by default the reward
 Llama 3's, from the pre-trained model, on the task's pairs (`annotate=0`).
 """
 
+import dataclasses
+
 import ml_collections
 
 from experiments.configs import dpo, reward_model, sft
+from llama3_jax.posttrain.rounds import STAGES, RoundsConfig
 from llama3_jax.train.config import apply_args
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.rounds = 2
-  c.init_path = "workdirs/pretrain"   # the pre-trained model (trained first if absent)
-  c.start_policy = ""   # a policy to sample from in round 1; "": round 0 trains one (SFT)
-  c.sft_init = "previous"
-  c.reward_init = "pretrained"   # or "policy": the RM starts from the round's policy
-  c.reward_data = "annotated"    # the task's and annotated pairs; "all": + rejection's pairs
-  c.task = ml_collections.ConfigDict(dict(seed=0, heldout=200))   # the shipped task's files
-  c.rejection = ml_collections.ConfigDict(dict(
-      prompts=1200, samples=2, temperature=1.2, top_p=1.0, seed=0, max_new_tokens=8,
-      annotate=0))   # annotate: questions whose samples the checker annotates for the RM
+  # The rounds' own fields with their defaults (llama3_jax/posttrain/rounds.py: RoundsConfig),
+  # then each stage's whole training config (the launchers' own).
+  c = ml_collections.ConfigDict({
+      f.name: dataclasses.asdict(f.default) if dataclasses.is_dataclass(f.default) else f.default
+      for f in dataclasses.fields(RoundsConfig) if f.name not in STAGES})
   c.sft_start = sft.get_config()             # round 0: 600 steps
   c.reward = reward_model.get_config()       # 1,200 steps at 1e-3
   c.sft = sft.get_config("steps=200")

@@ -31,7 +31,7 @@ resumes after a crash (training from its checkpoints; sampling is redone, seeded
 appear whole, by rename), and a finished stage or round is not redone.
 """
 
-import copy
+import dataclasses
 import json
 import pathlib
 import random
@@ -41,7 +41,8 @@ from llama3_jax.errors import UserError
 from llama3_jax.posttrain import task
 from llama3_jax.posttrain.rejection import Settings, sample_to_dir, write_jsonl
 from llama3_jax.posttrain.stage import run_stage
-from llama3_jax.train.config import run_config
+from llama3_jax.schema import from_dict
+from llama3_jax.train.config import RunConfig, run_config
 
 SUMMARY = "summary.json"
 # the ranking report of the round's rejection sampling (rejection.ranking), in its summary
@@ -54,11 +55,11 @@ class RoundsStopped(Exception):
   stop with it, and the same command resumes them (the launcher exits 0)."""
 
 
-def _stage(base, workdir, kind, init_path, data_path, heldout, log):
-  cfg = copy.deepcopy(base)
-  cfg.init.path, cfg.data.path = str(init_path), str(data_path)
+def _stage(base: RunConfig, workdir, kind, init_path, data_path, heldout, log):
+  run = dataclasses.replace(base, init=dataclasses.replace(base.init, path=str(init_path)),
+                            data=dataclasses.replace(base.data, path=str(data_path)))
   start = time.perf_counter()
-  summary = run_stage(run_config(cfg), workdir, kind, heldout=heldout)
+  summary = run_stage(run, workdir, kind, heldout=heldout)
   if summary.get("stopped_by"):
     raise RoundsStopped(f"{workdir}: stopped by {summary['stopped_by']} (checkpoint saved); "
                         "run again to resume")
@@ -104,32 +105,91 @@ def sample_round(cfg, out: pathlib.Path, policy_path, reward_path, files, round_
                        annotation if reward_path is None else rejection, settings, log=log)
 
 
-def check_config(cfg) -> None:
-  """The rounds' own fields and every stage's config, before anything runs."""
-  if cfg.rounds < 1:
-    raise UserError(f"rounds={cfg.rounds}", "run at least one round (--config.rounds=2)")
-  if cfg.sft_init not in ("previous", "pretrained"):
-    raise UserError(f"sft_init={cfg.sft_init!r}", 'use "previous" or "pretrained"')
-  if cfg.reward_init not in ("policy", "pretrained"):
-    raise UserError(f"reward_init={cfg.reward_init!r}", 'use "policy" or "pretrained"')
-  if cfg.reward_data not in ("annotated", "all"):
-    raise UserError(f"reward_data={cfg.reward_data!r}", 'use "annotated" or "all"')
-  r = cfg.rejection
-  Settings(samples=r.samples, temperature=r.temperature, top_p=r.top_p, seed=r.seed,
-           max_new_tokens=r.max_new_tokens)
-  if r.prompts < 1:
-    raise UserError(f"rejection.prompts={r.prompts}", "sample at least one prompt")
-  if r.annotate < 0:
-    raise UserError(f"rejection.annotate={r.annotate}", "annotate 0 or more questions' samples")
-  for name in ("sft_start", "reward", "sft", "dpo"):
+@dataclasses.dataclass(frozen=True)
+class TaskSettings:
+  """The shipped task's files (llama3_jax/posttrain/task.py)."""
+  seed: int = 0
+  heldout: int = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class RejectionSettings:
+  """Each round's rejection sampling; `annotate`: questions whose samples the checker annotates
+  for the round's reward model (0: none)."""
+  prompts: int = 1200
+  samples: int = 2
+  temperature: float = 1.2
+  top_p: float = 1.0
+  seed: int = 0
+  max_new_tokens: int = 8
+  annotate: int = 0
+
+  def __post_init__(self):
     try:
-      run_config(cfg[name])
+      Settings(samples=self.samples, temperature=self.temperature, top_p=self.top_p,
+               seed=self.seed, max_new_tokens=self.max_new_tokens)
+    except ValueError as error:
+      raise UserError(f"rejection: {error}", "fix --config.rejection.*") from None
+    if self.prompts < 1:
+      raise UserError(f"rejection.prompts={self.prompts}", "sample at least one prompt")
+    if self.annotate < 0:
+      raise UserError(f"rejection.annotate={self.annotate}",
+                      "annotate 0 or more questions' samples")
+
+
+STAGES = ("sft_start", "reward", "sft", "dpo")
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundsConfig:
+  """The rounds, typed (experiments/configs/posttrain.py builds the ConfigDict; `rounds_config`
+  converts it once). Each stage is a whole training run's config."""
+  sft_start: RunConfig            # round 0's SFT
+  reward: RunConfig               # each round's reward model
+  sft: RunConfig                  # each round's SFT
+  dpo: RunConfig                  # each round's DPO
+  rounds: int = 2
+  init_path: str = "workdirs/pretrain"   # the pre-trained model
+  start_policy: str = ""          # a policy to sample from in round 1; "": round 0 trains one
+  sft_init: str = "previous"      # or "pretrained"
+  reward_init: str = "pretrained"   # or "policy": the RM starts from the round's policy
+  reward_data: str = "annotated"    # the task's and annotated pairs; "all": + rejection's pairs
+  task: TaskSettings = TaskSettings()
+  rejection: RejectionSettings = RejectionSettings()
+
+  def __post_init__(self):
+    if self.rounds < 1:
+      raise UserError(f"rounds={self.rounds}", "run at least one round (--config.rounds=2)")
+    if self.sft_init not in ("previous", "pretrained"):
+      raise UserError(f"sft_init={self.sft_init!r}", 'use "previous" or "pretrained"')
+    if self.reward_init not in ("policy", "pretrained"):
+      raise UserError(f"reward_init={self.reward_init!r}", 'use "policy" or "pretrained"')
+    if self.reward_data not in ("annotated", "all"):
+      raise UserError(f"reward_data={self.reward_data!r}", 'use "annotated" or "all"')
+
+
+def rounds_config(cfg) -> RoundsConfig:
+  """The typed rounds of a ConfigDict (or dict): every field and every stage's config checked,
+  before anything runs; a UserError names the field and the fix."""
+  values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+  stages = {}
+  for name in STAGES:
+    try:
+      stages[name] = run_config(values.pop(name))
+    except KeyError:
+      raise UserError(f"the rounds' config has no {name} stage",
+                      f"set {name} (experiments/configs/posttrain.py)") from None
     except ValueError as error:
       raise UserError(f"the {name} stage's config: {error}", f"fix --config.{name}.*") from None
+  try:
+    return from_dict(RoundsConfig, {**values, **stages})
+  except (TypeError, ValueError) as error:
+    if isinstance(error, UserError):
+      raise
+    raise UserError(f"the rounds' config: {error}", "fix --config.*") from None
 
 
-def run_rounds(cfg, workdir, log=print) -> list[dict]:
-  check_config(cfg)
+def run_rounds(cfg: RoundsConfig, workdir, log=print) -> list[dict]:
   for name, path in (("init_path", cfg.init_path), ("start_policy", cfg.start_policy)):
     if path and not (pathlib.Path(path) / "checkpoints").is_dir():
       raise UserError(f"{name} {path} is not a training workdir (no checkpoints/)",

@@ -134,5 +134,5 @@ def test_a_stopped_stage_stops_the_rounds_to_be_resumed(monkeypatch, tmp_path):
   from experiments.configs import sft
   monkeypatch.setattr(rounds_lib, "run_stage", lambda *args, **kwargs: {"stopped_by": "SIGTERM"})
   with pytest.raises(rounds_lib.RoundsStopped, match=r"stopped by SIGTERM .*run again to resume"):
-    rounds_lib._stage(sft.get_config(), tmp_path / "sft", "sft", tmp_path / "start",
+    rounds_lib._stage(run_config(sft.get_config()), tmp_path / "sft", "sft", tmp_path / "start",
                       tmp_path / "data.jsonl", None, print)
