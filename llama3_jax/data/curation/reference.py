@@ -24,7 +24,6 @@ A removed document is counted under the first stage that removes it, so
 
 import contextlib
 import dataclasses
-import json
 import multiprocessing
 import os
 import pathlib
@@ -35,7 +34,7 @@ from llama3_jax.data.curation import minhash, passes
 from llama3_jax.data.curation.config import CurationConfig
 from llama3_jax.data.curation.filters import log_corpus_distribution
 from llama3_jax.data.curation.lines import BucketCounter
-from llama3_jax.data.curation.reader import CurationInputError, list_inputs
+from llama3_jax.data.curation.reader import list_inputs
 from llama3_jax.data.curation.pipeline import check_resources, output_paths
 from llama3_jax.data.curation.stages import REMOVAL_STAGES, layout_free_config, write_stats
 
