@@ -44,14 +44,19 @@ def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
   return 2 * n**3 / best
 
 
-def _cpu_name() -> str:
+def cpu_info(field: str) -> str:
+  """A field of /proc/cpuinfo ("model name", "flags"); "" where there is none."""
   try:
     for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
+      if line.startswith(field):
         return line.split(":", 1)[1].strip()
   except OSError:
     pass
-  return platform.processor() or platform.machine()
+  return ""
+
+
+def cpu_name() -> str:
+  return cpu_info("model name") or platform.processor() or platform.machine()
 
 
 def measured_cpu_peak(cache: pathlib.Path | None, remeasure: bool = False) -> float:
@@ -59,7 +64,7 @@ def measured_cpu_peak(cache: pathlib.Path | None, remeasure: bool = False) -> fl
   count and JAX version) so that a launch does not spend a second measuring it before its first
   step. Other jobs on the machine only ever lower a measurement, so the cache keeps the highest
   one seen; `remeasure` (done at the end of a run, off the critical path) measures again."""
-  key = f"{_cpu_name()} x{os.cpu_count()} jax {jax.__version__}"
+  key = f"{cpu_name()} x{os.cpu_count()} jax {jax.__version__}"
   known = {}
   if cache is not None and cache.exists():
     try:

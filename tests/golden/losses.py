@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,24 +38,11 @@ _REPO = pathlib.Path(__file__).resolve().parents[2]
 _COMMON = ("--config.log.every_steps=1", "--config.runtime.compilation_cache=False")
 
 
-def _cpuinfo(field: str) -> str:
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith(field):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return ""
-
-
-def cpu_model() -> str:
-  return _cpuinfo("model name") or platform.processor() or platform.machine()
-
-
 def cpu_flags() -> str:
   """A digest of the CPU's feature flags: XLA's CPU code follows them (AVX-512, ...), and a
   virtual machine's model name ("Intel(R) Xeon(R) Processor") does not tell them apart."""
-  return hashlib.sha256(_cpuinfo("flags").encode()).hexdigest()[:16]
+  from llama3_jax.train.metrics import cpu_info
+  return hashlib.sha256(cpu_info("flags").encode()).hexdigest()[:16]
 
 
 def _launch(module: str, workdir: pathlib.Path, *args: str) -> None:
@@ -89,7 +75,8 @@ def run_all(root: pathlib.Path) -> dict:
 
 def environment() -> dict:
   import jax
-  return {"cpu_model": cpu_model(), "cpu_flags": cpu_flags(), "jax": jax.__version__}
+  from llama3_jax.train.metrics import cpu_name
+  return {"cpu_model": cpu_name(), "cpu_flags": cpu_flags(), "jax": jax.__version__}
 
 
 def compare(golden: dict, runs: dict) -> list[str]:
