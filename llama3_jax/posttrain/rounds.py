@@ -56,8 +56,7 @@ class RoundsStopped(Exception):
 
 
 def _stage(base: RunConfig, workdir, kind, init_path, data_path, heldout, log):
-  run = dataclasses.replace(base, init=dataclasses.replace(base.init, path=str(init_path)),
-                            data=dataclasses.replace(base.data, path=str(data_path)))
+  run = base.with_paths(init=init_path, data=data_path)
   start = time.perf_counter()
   summary = run_stage(run, workdir, kind, heldout=heldout)
   if summary.get("stopped_by"):

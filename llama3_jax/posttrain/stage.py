@@ -16,7 +16,6 @@ margin), and exported to Hugging Face format (weights and tokenizer) in WORKDIR/
 model as LlamaForSequenceClassification).
 """
 
-import dataclasses
 import json
 import pathlib
 
@@ -129,10 +128,9 @@ def run_stage(run: RunConfig, workdir, kind: str, heldout=None) -> dict:
   tokenizer = init_tokenizer(run.init.path)
   data_path, task_heldout = prepare_data(run, workdir, kind, tokenizer)
   heldout = task_heldout or heldout
-  run = dataclasses.replace(run, data=dataclasses.replace(run.data, path=str(data_path)))
+  run = run.with_paths(data=data_path)
   if kind == "dpo" and run.dpo.reference == "precomputed":
-    run = dataclasses.replace(run, data=dataclasses.replace(
-        run.data, path=str(precompute_reference(run, workdir))))
+    run = run.with_paths(data=precompute_reference(run, workdir))
   evaluation_path = workdir / "eval.json"
   evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.exists() else {}
   examples = task.read_heldout(heldout) if heldout else None

@@ -201,6 +201,15 @@ class RunConfig:
   resilience: GuardConfig = GuardConfig()   # bad steps, rollbacks, spikes, stragglers
   faults: FaultsConfig = FaultsConfig()     # injected failures for tests and drills
 
+  def with_paths(self, *, init=None, data=None) -> "RunConfig":
+    """This run starting from `init` and/or reading `data` (init.path, data.path) instead."""
+    run = self
+    if init is not None:
+      run = dataclasses.replace(run, init=dataclasses.replace(run.init, path=str(init)))
+    if data is not None:
+      run = dataclasses.replace(run, data=dataclasses.replace(run.data, path=str(data)))
+    return run
+
 
 # ---- RunConfig -> ConfigDict ----------------------------------------------------------------
 
