@@ -77,8 +77,9 @@ class ShardingConfig:
     tokens-per-fsdp-group x d_model activations instead of vocab x d_model weights (twice, and
     an all-reduce of their gradient): the better trade while the group holds fewer tokens than
     the vocabulary has entries (small models, short batches), the worse one at scale. "auto"
-    (the launcher's default) picks by that comparison: `resolve` turns it into True or False
-    for a run's largest batch, before `make_rules`.
+    (the default) picks by that comparison: `resolve` turns it into True or False for a run's
+    largest batch (the launchers do, in `make_plan`); `make_rules` resolves it for the batch
+    it is given, and without one keeps the tables whole over fsdp (False).
   rows_over_stage: with a `stage` axis, split the rows over it too outside the pipelined blocks
     (embedding, head, loss: every device works on its own rows). It needs every batch's rows
     to divide data x fsdp x stage; `make_plan` turns it off for a run where one does not (the
@@ -89,7 +90,7 @@ class ShardingConfig:
   sequence_parallel: bool = False
   context_schedule: str = "all_gather"
   pipeline_repeats: int = 1
-  vocab_over_fsdp: bool | str = False   # True, False or "auto" (see `resolve`)
+  vocab_over_fsdp: bool | str = "auto"   # True, False or "auto" (see `resolve`)
   rows_over_stage: bool = True
 
   def __post_init__(self):
@@ -125,11 +126,15 @@ def vocab_over_fsdp_pays(vocab_size: int, batch_tokens: int, sizes: dict[str, in
   return gathered_tokens < vocab_size // sizes.get("tensor", 1)
 
 
-def make_rules(model, sizes: dict[str, int], config: ShardingConfig = ShardingConfig()) -> Rules:
-  """The rule table for one model (ModelConfig) on one mesh (axis sizes)."""
+def make_rules(model, sizes: dict[str, int], config: ShardingConfig = ShardingConfig(),
+               batch_tokens: int | None = None) -> Rules:
+  """The rule table for one model (ModelConfig) on one mesh (axis sizes).
+
+  `batch_tokens` decides vocab_over_fsdp="auto"; with no batch known "auto" is False.
+  """
   if config.vocab_over_fsdp == "auto":
-    raise ValueError("sharding vocab_over_fsdp='auto' is undecided; call "
-                     "ShardingConfig.resolve(vocab_size, batch_tokens, sizes) first")
+    config = (config.resolve(model.vocab_size, batch_tokens, sizes) if batch_tokens
+              else dataclasses.replace(config, vocab_over_fsdp=False))
   replicate_kv = model.n_kv_heads % sizes.get("tensor", 1) != 0
   overrides = {}
   if replicate_kv:   # e.g. 8 KV heads on tensor=16: every tensor rank keeps whole KV heads

@@ -185,9 +185,7 @@ class RunConfig:
   """A whole run; `default_config()` is this with every default."""
   model: ModelChoice = ModelChoice()
   mesh: MeshConfig = MeshConfig()
-  # vocab_over_fsdp "auto": on while an fsdp group holds fewer tokens than the vocabulary has
-  # entries, decided by the run's largest batch (ShardingConfig.resolve).
-  sharding: ShardingConfig = ShardingConfig(vocab_over_fsdp="auto")
+  sharding: ShardingConfig = ShardingConfig()
   train: TrainConfig = TrainConfig()
   data: DataConfig = DataConfig()
   init: InitConfig = InitConfig()

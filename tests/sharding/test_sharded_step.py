@@ -16,7 +16,7 @@ from llama3_jax.model import ModelConfig
 from llama3_jax.sharding import MeshConfig, ShardingConfig, make_rules
 from llama3_jax.sharding.hlo import axis_groups, collectives, traffic
 from llama3_jax.sharding.inspect import sharding_report
-from llama3_jax.sharding.rules import vocab_over_fsdp_pays
+from llama3_jax.sharding.rules import logical_to_spec, vocab_over_fsdp_pays
 from llama3_jax.train.setup import setup
 from tests.helpers import (LR, OPTIMIZER, assert_same_training, lm_batch,
                            train_steps)
@@ -104,8 +104,12 @@ def test_vocab_over_fsdp_pays_while_the_group_holds_fewer_tokens_than_the_vocabu
   auto = ShardingConfig(vocab_over_fsdp="auto")
   assert auto.resolve(32000, 8 * 256, {"fsdp": 8}).vocab_over_fsdp is True
   assert auto.resolve(512, 16 * 256, {"fsdp": 4, "tensor": 2}).vocab_over_fsdp is False
-  with pytest.raises(ValueError, match="undecided; call ShardingConfig.resolve"):
-    make_rules(MODEL, {"fsdp": 8}, auto)
+  assert auto == ShardingConfig()                                    # the default, stated once
+  vocab_rows = lambda rules: logical_to_spec(("vocab", "embed"), rules)
+  assert vocab_rows(make_rules(MODEL, {"fsdp": 8}, auto)) == vocab_rows(
+      make_rules(MODEL, {"fsdp": 8}, ShardingConfig(vocab_over_fsdp=False)))   # no batch: off
+  assert vocab_rows(make_rules(MODEL, {"fsdp": 8}, auto, batch_tokens=8)) == vocab_rows(
+      make_rules(MODEL, {"fsdp": 8}, ShardingConfig(vocab_over_fsdp=True)))
   with pytest.raises(ValueError, match="use True, False or 'auto'"):
     ShardingConfig(vocab_over_fsdp="sometimes")
 
