@@ -3,7 +3,7 @@
     checkpoints = RunCheckpoints(workdir, config, setup, plan, meta={...}, data_streams=range(8))
     step, state, meta, data = checkpoints.restore()     # newest readable one, or (0, new, {}, ...)
     batches.set_state(*data, plan.stages)               # the data iterator resumes there too
-    checkpoints.save(step, state, data, rollbacks=n)    # every N steps, at the end, on SIGTERM
+    checkpoints.save(step, state, data, rollbacks=n)    # what the Checkpointing hook does
     checkpoints.close()                                 # waits for the saves
     checkpoints.export_average()                        # the anneal's mean: averaged_params/
 
@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 
 from llama3_jax.checkpoint.averaging import polyak_update
 from llama3_jax.checkpoint.manager import Checkpointer
+from llama3_jax.runtime.hooks import Hook
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,27 @@ class RunCheckpoints:
     exporter.save((self.workdir / "averaged_params").resolve(), self.average, force=True)
     exporter.wait_until_finished()
     return {"averaged_checkpoints": self.averaged}
+
+
+class Checkpointing(Hook):
+  """The training loop's hook that saves the run: every `every` steps, at the last step and at
+  a stop request (SIGTERM, a preemption notice), never after a step the guard rolls back; then
+  it tells every hook in `hooks` (`after_save`).
+
+  `data`: () -> (batches read, the data streams' states); `meta`: () -> more of the step's meta.
+  """
+
+  def __init__(self, checkpoints: RunCheckpoints, every: int, data, meta, hooks=()):
+    self.checkpoints, self.every, self.data, self.meta, self.hooks = (
+        checkpoints, every, data, meta, hooks)
+
+  def due(self, result) -> bool:
+    return not result.rollback and (super().due(result) or result.stopping)
+
+  def after_step(self, result) -> None:
+    self.checkpoints.save(result.step, result.state, self.data(), **self.meta())
+    for hook in self.hooks:
+      hook.after_save(result.step)
 
 
 def model_meta(model_config) -> dict:

@@ -28,6 +28,8 @@ import time
 
 import numpy as np
 
+from llama3_jax.runtime.hooks import Hook
+
 MOMENTS = ("before", "during", "after")
 
 
@@ -64,11 +66,20 @@ def _parse(spec: str, name: str) -> list[Fault]:
   return faults
 
 
-class Faults:
-  """The faults of a config that concern this process in this attempt of the job."""
+class Faults(Hook):
+  """The faults of a config that concern this process in this attempt of the job.
 
-  def __init__(self, cfg: FaultsConfig | dict, process: int, attempt: int | None = None):
+  As a training-loop hook (llama3_jax/runtime/hooks.py) it strikes at the moments the config
+  names: `sleep` before the step (after the watchdog armed its deadline: the hooks before it
+  in the loop's list), `kill` `before` once the step is done and not rolled back, `during` and
+  `after` once its checkpoint save started (`after_save`). `checkpoints`: the checkpoint
+  directory the kills watch (see `kill`).
+  """
+
+  def __init__(self, cfg: FaultsConfig | dict, process: int, attempt: int | None = None,
+               checkpoints: pathlib.Path | None = None):
     cfg = cfg if isinstance(cfg, FaultsConfig) else FaultsConfig(**cfg)
+    self.checkpoints, self.written = checkpoints, 0   # the newest step saved in this attempt
     attempt = int(os.environ.get("LLAMA3_ATTEMPT", 0)) if attempt is None else attempt
     mine = lambda f: f.attempt == attempt and f.process in (None, process)
     self.kills = [f for f in _parse(cfg.kill, "kill") if mine(f)]
@@ -91,6 +102,21 @@ class Faults:
     for f in self.sleeps:
       if f.step == step:
         time.sleep(float(f.what))
+
+  def before_step(self, step: int, compiles: bool) -> None:
+    self.sleep(step)   # an injected hang or straggler: host time before the step
+
+  def after_step(self, result) -> None:
+    if not result.rollback:   # the step done, earlier checkpoints written, its own not begun
+      self.kill(result.step, "before", self.checkpoints, self.written)
+
+  def after_save(self, step: int) -> None:
+    self.kill(step, "during", self.checkpoints)   # while Orbax writes it
+    self.kill(step, "after", self.checkpoints)
+    self.written = step
+
+  def after_rollback(self, step: int) -> None:
+    self.written = step
 
   def kill(self, step: int, moment: str, checkpoints: pathlib.Path | None = None,
            written: int = 0) -> None:

@@ -13,8 +13,8 @@ steps its `due` says (a hook's cadence: every `every` steps and at the last, as 
 every process calls it at the same step), `after_save` after a checkpoint save was started, and
 `after_rollback` when the run went back to an earlier checkpoint. Hooks with one job each:
 metrics rows and writers (train/metrics.py), evaluation (eval/during_training.py), pipeline
-statistics (parallel/pipeline.py), goodput, stragglers, the hang watchdog and the profiler
-(runtime/).
+statistics (parallel/pipeline.py), checkpointing (checkpoint/run.py), goodput, stragglers, the
+hang watchdog, the profiler and fault injection (runtime/).
 """
 
 import dataclasses
@@ -35,6 +35,8 @@ class StepResult:
   host_s: float                    # the part spent on the host before the step was dispatched
   last: bool = False               # the run's last step
   state: object = None             # the train state after the step (read it; never keep it)
+  rollback: bool = False           # the guard rolls the run back after this step
+  stopping: bool = False           # the job was asked to stop: this is its last step
 
 
 class Hook:

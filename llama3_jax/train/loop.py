@@ -11,11 +11,13 @@ minimises and which batch fields it reads; `source` gives the rows (default: wha
 names, llama3_jax/data/batches.py). Every JAX process runs this alike
 (llama3_jax/runtime/distributed.py); process 0 alone writes the job-wide files (metrics.jsonl,
 TensorBoard, plots, goodput.jsonl, stragglers.jsonl), each process its own log (WORKDIR/logs).
-Around the steps, hooks with one job each (llama3_jax/runtime/hooks.py): metrics rows, goodput,
-stragglers, the profiler, the hang watchdog. A non-finite update is refused inside the compiled
+Around the steps, hooks with one job each (llama3_jax/runtime/hooks.py): evaluation, metrics
+rows, goodput, stragglers, the profiler, the hang watchdog, injected faults, checkpointing.
+A non-finite update is refused inside the compiled
 step and K in a row roll the run back (runtime/guard.py); faults can be injected for tests.
 """
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -26,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from llama3_jax.checkpoint import model as model_lib
-from llama3_jax.checkpoint.run import RunCheckpoints, model_meta
+from llama3_jax.checkpoint.run import Checkpointing, RunCheckpoints, model_meta
 from llama3_jax.data import corpus
 from llama3_jax.data.batches import Batches
 from llama3_jax.data.source import Source
@@ -77,7 +79,6 @@ def train(run: RunConfig, workdir, *, objective: Objective = NEXT_TOKEN,
     # ---- everything the run holds, made here ---------------------------------------------
     primary = jax.process_index() == 0
     goodput = Goodput(workdir, started_at, enabled=primary)
-    faults = Faults(run.faults, jax.process_index())
     t = run.train
     tx = build_optimizer(weight_decay=t.weight_decay, b1=t.b1, b2=t.b2, clip_norm=t.clip_norm,
                          skip_nonfinite=run.resilience.skip_nonfinite)
@@ -85,7 +86,6 @@ def train(run: RunConfig, workdir, *, objective: Objective = NEXT_TOKEN,
                            t.floor_ratio)
     s = setup(plan.model, plan.mesh, sharding=plan.sharding, optimizer=tx, objective=objective,
               micro_batches=t.micro_batches, seed=t.seed)
-    batches = Batches(faults.wrap(source), s.fns.batch_sharding, objective.fields)
     checkpoints = RunCheckpoints(
         workdir, run.checkpoint, s, plan, data_streams=source.state_streams,
         meta={"seed": t.seed, "model": model_meta(plan.model),
@@ -97,6 +97,8 @@ def train(run: RunConfig, workdir, *, objective: Objective = NEXT_TOKEN,
         initial=lambda: s.init_state(model_lib.init_params(run.init.path, plan.model,
                                                            run.init.averaged)
                                      if run.init.path else None))
+    faults = Faults(run.faults, jax.process_index(), checkpoints=checkpoints.directory)
+    batches = Batches(faults.wrap(source), s.fns.batch_sharding, objective.fields)
     evaluation = []
     if run.eval.every_steps:
       from llama3_jax.eval.during_training import Evaluator
@@ -142,13 +144,18 @@ def train(run: RunConfig, workdir, *, objective: Objective = NEXT_TOKEN,
           schedule=schedule, model_config=plan.model, peak=peak,
           fields=[*pipeline, guard, batches, stragglers, goodput], primary=primary)
       # In this order: evaluation's scores go into the step's values first; the metrics row
-      # sees the step's goodput lap and straggler time; the watchdog's beat comes last, so
-      # logging never eats into the next step's deadline.
+      # sees the step's goodput lap and straggler time; the watchdog's beat comes after them,
+      # so logging never eats into the next step's deadline, and arms the deadline before an
+      # injected hang; a `before` kill strikes before the step's checkpoint is begun.
       hooks = [*evaluation, goodput, stragglers, Profiler(run.profile.steps, workdir / "profile"),
-               logger, watchdog]
+               logger, watchdog, faults]
+      hooks.append(Checkpointing(
+          checkpoints, run.checkpoint.every_steps, hooks=hooks,
+          data=lambda: (batches.position, batches.get_state()),
+          meta=lambda: {"rollbacks": guard.rollbacks}))
 
       # ---- the steps ------------------------------------------------------------------------
-      compiled_stages, stopped, step, done, written = set(), None, start, start, start
+      compiled_stages, stopped, step, done = set(), None, start, start
       run_start = time.perf_counter()
       goodput.lap("startup")
       log.info("process %d of %d: %d of %d devices, mesh %s, from step %d", jax.process_index(),
@@ -158,38 +165,30 @@ def train(run: RunConfig, workdir, *, objective: Objective = NEXT_TOKEN,
         while step < plan.steps:
           stage_index = stage_at(plan.stages, plan.tokens[step])
           batches.set_stage(stage_index, plan.stages[stage_index])
+          started = time.perf_counter()
           for hook in hooks:
             hook.before_step(step + 1, stage_index not in compiled_stages)
           compiled_stages.add(stage_index)
           state, result = _step(s.fns, state, batches, np.float32(schedule(plan.tokens[step])),
-                                step + 1, hooks, faults, last=step + 1 == plan.steps)
+                                step + 1, hooks, started, last=step + 1 == plan.steps)
           done = step + 1
           log.debug("step %d: loss %.6f, %.3f s (host %.3f s)%s", done, result.values["loss"],
                     result.step_s, result.host_s, ", compiled" if result.compiled else "")
           verdict = guard.check(done, float(result.values["loss"]), result.skipped)
-          for hook in hooks:
+          stopped = None if verdict.rollback else stop.requested(done)
+          result = dataclasses.replace(result, rollback=verdict.rollback,
+                                       stopping=stopped is not None)
+          for hook in hooks:   # the metrics row, ..., the checkpoint save (see `hooks`)
             if hook.due(result):
               hook.after_step(result)
           if verdict.rollback:
             data_skip = batches.position - done
             step, state, _ = checkpoints.rollback(verdict.before)
-            written = step
             log.warning("rolled back to step %d; batches %d..%d are skipped", step,
                         step + 1 + data_skip, batches.position)
             for hook in hooks:
               hook.after_rollback(step)
             continue
-          stopped = stop.requested(done)
-          # the step done, earlier checkpoints written, its own (if any) not begun
-          faults.kill(done, "before", checkpoints.directory, written)
-          if done % run.checkpoint.every_steps == 0 or done == plan.steps or stopped:
-            checkpoints.save(done, state, (batches.position, batches.get_state()),
-                             rollbacks=guard.rollbacks)
-            faults.kill(done, "during", checkpoints.directory)   # while Orbax writes it
-            faults.kill(done, "after", checkpoints.directory)
-            written = done
-            for hook in hooks:
-              hook.after_save(done)
           step = done
           if stopped:
             break
@@ -216,10 +215,8 @@ def train(run: RunConfig, workdir, *, objective: Objective = NEXT_TOKEN,
       return summary
 
 
-def _step(fns, state, batches, lr, step: int, hooks, faults, last: bool):
-  """Runs step `step` (1-based): (new state, StepResult)."""
-  start = time.perf_counter()
-  faults.sleep(step)   # an injected hang or straggler: host time before the step
+def _step(fns, state, batches, lr, step: int, hooks, start: float, last: bool):
+  """Runs step `step` (1-based), begun at `start` (perf_counter): (new state, StepResult)."""
   batch = next(batches)
   compiled_before = fns.train.compilations()
   state, metrics = fns.train(state, batch, lr)
