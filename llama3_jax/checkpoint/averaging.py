@@ -129,7 +129,8 @@ def spread(abstract, devices=None):
   return jax.tree.map(sharding, abstract)
 
 
-def _saved_shapes(step_dir: pathlib.Path):
+def saved_params(step_dir: pathlib.Path):
+  """The Orbax metadata (shapes, dtypes) of a checkpoint step's model parameters."""
   path = (step_dir / "state").resolve()
   with unreadable_as_user_error(step_dir):
     return ocp.StandardCheckpointer().metadata(path).item_metadata.tree["model"]
@@ -155,7 +156,7 @@ def average_checkpoints(paths, out) -> int:
       diff = ", ".join(f"{k}={now[k]} (not {first[k]})" for k in first if now[k] != first[k])
       raise UserError(f"{path} holds another model than {paths[0]} ({diff})",
                       "average checkpoints of one architecture only")
-    tree = _saved_shapes(step)
+    tree = saved_params(step)
     saved = jax.tree.map(lambda m: (tuple(m.shape), str(m.dtype)), tree)
     if shapes is not None and saved != shapes:
       raise UserError(f"{path} holds another model than {paths[0]} (parameter shapes differ)",

@@ -3,6 +3,7 @@
     s = setup(model_config, MeshConfig(fsdp=4, tensor=2), sharding=ShardingConfig(),
               optimizer=build_optimizer(), micro_batches=2)
     state = s.init_state()                   # every array created on its devices, never gathered
+    state = s.init_state(Pretrained(path))   # a starting model read straight onto the layout
     state, metrics = s.fns.train(state, batch, lr)
 
 The launcher (llama3_jax/train/loop.py), the tests, the benchmarks and the notebooks all set a
@@ -20,9 +21,10 @@ import jax
 import numpy as np
 from flax import linen
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from llama3_jax.checkpoint.manager import abstract_like
+from llama3_jax.checkpoint.model import Pretrained, load_params
+from llama3_jax.checkpoint.target import model_target
 from llama3_jax.optim.optimizer import build_optimizer
 from llama3_jax.sharding import (MeshConfig, ShardingConfig, make_mesh, make_rules,
                                  state_shardings, validate)
@@ -43,20 +45,25 @@ class Setup:
   abstract_state: nnx.State      # ShapeDtypeStructs carrying those shardings
   fns: StepFns
   build: Callable[..., TrainState]   # (pretrained=None) -> a new TrainState
+  # A pretrained Transformer's parameters as this run lays them out (ShapeDtypeStructs with
+  # shardings and the run's dtype): what a starting model is read onto (load_params).
+  pretrained_target: nnx.State
 
-  def init_state(self, pretrained: nnx.State | None = None) -> nnx.State:
+  def init_state(self, pretrained: nnx.State | Pretrained | None = None) -> nnx.State:
     """A new state, each array created in its sharded layout. Random numbers do not depend on
     the layout (JAX's partitionable threefry), so a seed gives the same parameters on any mesh.
 
-    `pretrained`: parameters of a Transformer (e.g. `nnx.state(load_model(path)[1])`) that
-    replace the random ones in the model (the objective's `load_pretrained` says where: a
-    reward model's backbone) and in any frozen copy of it (DPO's reference); the optimizer
-    starts fresh."""
-    if pretrained is not None:   # each array onto the model's layout where it has the same one
-      model = self.shardings["model"]
-      same = jax.tree.structure(model) == jax.tree.structure(pretrained)
-      pretrained = jax.device_put(pretrained, model if same else NamedSharding(
-          self.mesh, PartitionSpec()))
+    `pretrained`: a Transformer's parameters, or where to read them (`Pretrained(path)`: a
+    workdir, checkpoint step or Hugging Face directory, read straight onto
+    `pretrained_target`, each process only its shards). They replace the random ones in the
+    model (the objective's `load_pretrained` says where: a reward model's backbone) and in any
+    frozen copy of it (DPO's reference); the optimizer starts fresh."""
+    if isinstance(pretrained, Pretrained):
+      pretrained = load_params(pretrained.path, self.pretrained_target,
+                               averaged=pretrained.averaged)
+    elif pretrained is not None:   # arrays on another layout: moved onto the run's
+      pretrained = jax.device_put(pretrained, jax.tree.map(lambda x: x.sharding,
+                                                           self.pretrained_target))
     return jax.jit(lambda p: nnx.split(self.build(p))[1], out_shardings=self.shardings,
                    compiler_options=self.init_compiler_options())(pretrained)
 
@@ -128,4 +135,5 @@ def setup(model_config, mesh_config: MeshConfig = MeshConfig(), *,
   shardings = state_shardings(abstract, mesh, rules)
   abstract = abstract_like(abstract, shardings)
   fns = make_step_fns(graphdef, shardings, mesh, rules, sharding, micro_batches, objective)
-  return Setup(mesh, rules, graphdef, shardings, abstract, fns, build)
+  _, pretrained = model_target(model_config, "lm", mesh, rules)
+  return Setup(mesh, rules, graphdef, shardings, abstract, fns, build, pretrained)

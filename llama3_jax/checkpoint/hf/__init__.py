@@ -7,6 +7,8 @@
 """
 
 from llama3_jax.checkpoint.hf.tokenizer import load_tokenizer, save_tokenizer
-from llama3_jax.checkpoint.hf.weights import config_from_hf, config_to_hf, load, save
+from llama3_jax.checkpoint.hf.weights import (config_from_hf, config_to_hf, load, read_config,
+                                              read_params, save)
 
-__all__ = ["config_from_hf", "config_to_hf", "load", "load_tokenizer", "save", "save_tokenizer"]
+__all__ = ["config_from_hf", "config_to_hf", "load", "load_tokenizer", "read_config",
+           "read_params", "save", "save_tokenizer"]

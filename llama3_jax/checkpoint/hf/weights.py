@@ -5,15 +5,19 @@
     hf.save(model, config, "/tmp/exported", tokenizer="tokenizer.model")   # + AutoTokenizer
     hf.save(reward_model, config, "/tmp/rm")  # LlamaForSequenceClassification, num_labels=1
 
-Both directions stream: `load` reads one tensor at a time into the parameter it belongs to
-and hands each finished parameter to JAX before reading the next, so host memory holds the model
-once plus one (stacked) parameter; `save` writes shards of at most `max_shard_bytes`.
-Our rotary layout is Hugging Face's ("rotate half"), so q/k weights need no permutation.
-The tokenizer's files: tokenizer.py.
+    config, model = hf.load(path, mesh=mesh)  # sharded as read: fsdp, tensor... (rules.py)
+
+Neither direction ever holds the whole model in one place. `load` (`read_params`) reads, per
+process, only the slices of each tensor that its devices keep; `save` gathers one tensor (one
+layer of a stacked parameter) at a time from the sharded model and process 0 writes it into
+shards of at most `max_shard_bytes`. Where each parameter lies in HF's files: layout.py; the
+tokenizer's files: tokenizer.py.
 """
 
 import contextlib
+import functools
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -26,10 +30,12 @@ import safetensors
 import safetensors.numpy
 from flax import nnx
 
+from llama3_jax.checkpoint.hf.layout import Tensor, read_part, tensor_map
 from llama3_jax.checkpoint.hf.tokenizer import as_tokenizer, save_tokenizer
+from llama3_jax.checkpoint.target import kind_of, model_target
 from llama3_jax.data.tokenizers import Tokenizer
 from llama3_jax.errors import UserError
-from llama3_jax.model import ModelConfig, RopeScaling, Transformer, new_module
+from llama3_jax.model import ModelConfig, RopeScaling, Transformer
 
 _INDEX = "model.safetensors.index.json"
 
@@ -88,44 +94,6 @@ def config_to_hf(config: ModelConfig, dtype: str) -> dict:
   }
 
 
-def _tensor_map(c: ModelConfig, reward: bool = False):
-  """(our parameter path, HF name, stacked over layers, HF -> ours, ours -> HF) per tensor.
-
-  HF linear weights are [out, in]; ours are [in, out] with heads split out. `reward`: a
-  RewardModel, in HF's LlamaForSequenceClassification layout (no LM head; `score` [1, D]).
-  """
-  D, N, K, H = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim
-  same = lambda w: w
-  layer = "model.layers.{}."
-  rows = [
-      (("embed_vd",), "model.embed_tokens.weight", False, same, same),
-      (("final_norm", "scale"), "model.norm.weight", False, same, same),
-      (("blocks", "attn_norm", "scale"), layer + "input_layernorm.weight", True, same, same),
-      (("blocks", "mlp_norm", "scale"), layer + "post_attention_layernorm.weight", True, same,
-       same),
-      (("blocks", "attn", "wq_dnh"), layer + "self_attn.q_proj.weight", True,
-       lambda w: w.T.reshape(D, N, H), lambda w: w.reshape(D, N * H).T),
-      (("blocks", "attn", "wk_dkh"), layer + "self_attn.k_proj.weight", True,
-       lambda w: w.T.reshape(D, K, H), lambda w: w.reshape(D, K * H).T),
-      (("blocks", "attn", "wv_dkh"), layer + "self_attn.v_proj.weight", True,
-       lambda w: w.T.reshape(D, K, H), lambda w: w.reshape(D, K * H).T),
-      (("blocks", "attn", "wo_nhd"), layer + "self_attn.o_proj.weight", True,
-       lambda w: w.T.reshape(N, H, D), lambda w: w.reshape(N * H, D).T),
-      (("blocks", "mlp", "w_gate_df"), layer + "mlp.gate_proj.weight", True, np.transpose,
-       np.transpose),
-      (("blocks", "mlp", "w_up_df"), layer + "mlp.up_proj.weight", True, np.transpose,
-       np.transpose),
-      (("blocks", "mlp", "w_down_fd"), layer + "mlp.down_proj.weight", True, np.transpose,
-       np.transpose),
-  ]
-  if reward:   # the backbone under "backbone", and the scalar head as a 1-label classifier
-    rows = [(("backbone",) + ours, *rest) for ours, *rest in rows]
-    rows.append((("head_d",), "score.weight", False, lambda w: w[0], lambda w: w[None]))
-  elif not c.tie_embeddings:
-    rows.append((("lm_head_dv",), "lm_head.weight", False, np.transpose, np.transpose))
-  return rows
-
-
 REWARD_ARCHITECTURE = "LlamaForSequenceClassification"
 
 
@@ -174,21 +142,17 @@ def _reading(file: pathlib.Path):
                     "or corrupt", "download or export the model again") from None
 
 
-def load(path, *, param_dtype: str | None = None, **overrides) -> tuple[ModelConfig, Transformer]:
-  """Reads a Hugging Face Llama directory into (config, model).
-
-  `param_dtype` sets the dtype the parameters are stored in (default: the config's, fp32);
-  other keyword arguments override ModelConfig fields (e.g. `attention="blockwise"`).
-  """
+def read_config(path, **overrides) -> tuple[ModelConfig, str]:
+  """(ModelConfig, kind) of a Hugging Face Llama directory: kind "reward" for a
+  LlamaForSequenceClassification (our RewardModel), else "lm". `overrides`: ModelConfig fields
+  (e.g. `param_dtype`, `attention="blockwise"`)."""
   path = pathlib.Path(path)
-  if not (path / "config.json").exists():
-    raise FileNotFoundError(f"{path / 'config.json'} not found: is {path} a Hugging Face "
-                            "model directory?")
-  if param_dtype is not None:
-    overrides["param_dtype"] = param_dtype
   file = path / "config.json"
+  if not file.exists():
+    raise FileNotFoundError(f"{file} not found: is {path} a Hugging Face model directory?")
+  fields = _read_json(file)
   try:
-    config = config_from_hf(_read_json(file), **overrides)
+    config = config_from_hf(fields, **overrides)
   except UserError:
     raise
   except KeyError as error:
@@ -196,43 +160,106 @@ def load(path, *, param_dtype: str | None = None, **overrides) -> tuple[ModelCon
                     "again (a Llama config.json names every size)") from None
   except (TypeError, ValueError) as error:
     raise UserError(f"{file}: {error}", "give a Llama 3 config.json") from None
+  return config, "reward" if REWARD_ARCHITECTURE in fields.get("architectures", []) else "lm"
+
+
+def load(path, *, param_dtype: str | None = None, mesh=None, rules=None,
+         **overrides) -> tuple[ModelConfig, Transformer]:
+  """Reads a Hugging Face Llama directory into (config, model).
+
+  `param_dtype` sets the dtype the parameters are stored in (default: the config's, fp32);
+  `mesh` (and `rules`, default the model's table) shards them as they are read (default: whole,
+  on the first device); other keyword arguments override ModelConfig fields.
+  """
+  if param_dtype is not None:
+    overrides["param_dtype"] = param_dtype
+  config, kind = read_config(path, **overrides)
+  graphdef, target = model_target(config, kind, mesh, rules)
+  return config, nnx.merge(graphdef, read_params(path, target))
+
+
+def read_params(path, target) -> nnx.State:
+  """The parameters of the Hugging Face directory `path`, read straight onto `target` (the
+  module's state as ShapeDtypeStructs with shardings, checkpoint/target.py).
+
+  Each process reads only the slices of each tensor that its devices hold (safetensors'
+  `get_slice`), with one HF tensor open at a time, and JAX assembles the global arrays
+  (`jax.make_array_from_callback`): a process holds its devices' shards plus one tensor's
+  pages. Every tensor's name and shape is checked before any is read. The largest parameters
+  are read first, while little else is held.
+  """
+  path = pathlib.Path(path)
   files = _tensor_files(path)
-  reward = REWARD_ARCHITECTURE in _read_json(file).get("architectures", [])
-  abstract = nnx.eval_shape(lambda: new_module(config, "reward" if reward else "lm"))
-  graphdef, state = nnx.split(abstract)
-  expected = nnx.to_pure_dict(state)
+  reward = kind_of(target) == "reward"
+  expected = nnx.to_pure_dict(target)
+  backbone = expected["backbone"] if reward else expected
+  rows = tensor_map(lm_head="lm_head_dv" in backbone, reward=reward)
+  _check_tensors(path, files, rows, expected)
   values = {}
-
-  with contextlib.ExitStack() as stack:
-    handles = {}
-
-    def read(name):
-      if name not in files:
-        raise UserError(f"tensor {name!r} is missing from the checkpoint in {path}",
-                        "give a complete Llama checkpoint (every shard of the index)")
-      file = files[name]
-      with _reading(file):
-        if file not in handles:
-          handles[file] = stack.enter_context(safetensors.safe_open(file, framework="numpy"))
-        return handles[file].get_tensor(name)
-
-    if reward and not config.tie_embeddings:   # the backbone's unused LM head
-      _set(values, ("backbone", "lm_head_dv"), jnp.zeros(
-          _get(expected, ("backbone", "lm_head_dv")).shape, config.param_dtype))
-    for our_path, name, stacked, to_ours, _ in _tensor_map(config, reward):
-      target = _get(expected, our_path)
-      if stacked:
-        buffer = np.empty(target.shape, target.dtype)
-        for i in range(config.n_layers):
-          buffer[i] = _checked(to_ours, read(name.format(i)), target.shape[1:], name.format(i))
-      else:
-        buffer = _checked(to_ours, read(name), target.shape, name)
-      _set(values, our_path, jnp.asarray(buffer, target.dtype))
-      del buffer   # the host copy goes before the next parameter is read
-
+  if reward and "lm_head_dv" in backbone:   # the backbone's LM head: unused, zeros
+    x = backbone["lm_head_dv"]
+    _set(values, ("backbone", "lm_head_dv"), jax.make_array_from_callback(
+        x.shape, x.sharding, lambda index: np.zeros(_part_shape(x.shape, index), x.dtype)))
+  for row in sorted(rows, key=lambda row: -math.prod(_get(expected, row.path).shape)):
+    x = _get(expected, row.path)
+    _set(values, row.path, jax.make_array_from_callback(
+        x.shape, x.sharding, _reader(files, row, x.shape, x.dtype)))
+  state = jax.tree.map(lambda x: x, target)   # a copy of the target's structure, then filled
   nnx.replace_by_pure_dict(state, values)
-  return config, nnx.merge(graphdef, state)
+  return state
 
+
+def _reader(files: dict, row: Tensor, shape, dtype):
+  """The `make_array_from_callback` callback of one parameter: its part at an index, read
+  from the HF tensor(s) holding it (each part read once, whichever devices share it)."""
+  parts = {}
+
+  def read(name, part_shape, index):
+    file = files[name]
+    with _reading(file), safetensors.safe_open(file, framework="numpy") as f:
+      return read_part(f.get_slice(name), row.layout, part_shape, index)
+
+  def part(index):
+    index = tuple(index) + (slice(None),) * (len(shape) - len(tuple(index)))
+    key = tuple(s.indices(n)[:2] for s, n in zip(index, shape))
+    if key not in parts:
+      if row.stacked:   # one HF tensor per layer of ours
+        (first, stop), out = key[0], np.empty(_part_shape(shape, index), dtype)
+        for i in range(first, stop):
+          out[i - first] = read(row.name.format(i), shape[1:], index[1:])
+      else:
+        out = np.ascontiguousarray(read(row.name, shape, index), dtype)
+      parts[key] = out
+    return parts[key]
+  return part
+
+
+def _part_shape(shape, index) -> tuple[int, ...]:
+  index = tuple(index) + (slice(None),) * (len(shape) - len(tuple(index)))
+  return tuple(len(range(*s.indices(n))) for s, n in zip(index, shape))
+
+
+def _check_tensors(path: pathlib.Path, files: dict, rows: list[Tensor], expected) -> None:
+  """Every tensor the model needs is in `files` with the shape our config implies (read from
+  the safetensors headers only)."""
+  handles = {}
+  with contextlib.ExitStack() as stack:
+    for row in rows:
+      shape = _get(expected, row.path).shape
+      want = row.layout.hf_shape(shape[1:] if row.stacked else shape)
+      for name in row.names(shape[0] if row.stacked else 1):
+        if name not in files:
+          raise UserError(f"tensor {name!r} is missing from the checkpoint in {path}",
+                          "give a complete Llama checkpoint (every shard of the index)")
+        file = files[name]
+        with _reading(file):
+          if file not in handles:
+            handles[file] = stack.enter_context(safetensors.safe_open(file, framework="numpy"))
+          found = tuple(handles[file].get_slice(name).get_shape())
+        if found != want:
+          raise UserError(f"tensor {name!r} has shape {found}, which does not fit the "
+                          f"config.json (expected {want})",
+                          "download or export the model again")
 
 def save(model: Transformer, config: ModelConfig, path, *, dtype: str | None = None,
          max_shard_bytes: int = 5 * 2**30, overwrite: bool = False,
@@ -240,8 +267,10 @@ def save(model: Transformer, config: ModelConfig, path, *, dtype: str | None = N
   """Writes `model` as a Hugging Face Llama directory (config.json + safetensors shards).
 
   `tokenizer` (one of ours or the path of its file) adds the tokenizer files (`save_tokenizer`).
-  The directory is written beside `path` and renamed into place at the end, so an interrupted
-  save never leaves a half-written checkpoint at `path`.
+  The model may be sharded over any mesh and processes: every process takes part in gathering
+  each tensor, process 0 writes, and all return once the directory is in place. It is written
+  beside `path` and renamed into place at the end, so an interrupted save never leaves a
+  half-written checkpoint at `path`.
   """
   path = pathlib.Path(path)
   if path.exists() and any(path.iterdir()) and not overwrite:
@@ -253,87 +282,120 @@ def save(model: Transformer, config: ModelConfig, path, *, dtype: str | None = N
                        f"{config.vocab_size} embeddings; pass the tokenizer the model was "
                        "trained with")
   dtype = dtype or config.param_dtype
-  np_dtype = jnp.dtype(dtype)
-  reward = hasattr(model, "head_d")   # a RewardModel (llama3_jax/posttrain/reward.py)
+  reward = hasattr(model, "head_d")   # a RewardModel (llama3_jax/model/reward.py)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
+  primary = jax.process_index() == 0
+  tmp = None
+  if primary:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
   try:
-    shards, shard, shard_bytes = [], {}, 0
+    _write_tensors(params, tensor_map(lm_head=not config.tie_embeddings, reward=reward),
+                   config.n_layers, tmp, np.dtype(jnp.dtype(dtype)), max_shard_bytes)
+    if primary:
+      hf_config = config_to_hf(config, dtype)
+      if reward:
+        hf_config.update(architectures=[REWARD_ARCHITECTURE], num_labels=1,
+                         llama3_jax_head="reward: one scalar per sequence, read at its last "
+                         "token (a response's <|eot_id|>); -log sigmoid(r_better - r_worse)")
+      if tokenizer is not None:
+        _write_tokenizer(tokenizer, tmp, hf_config, reward, config.max_seq_len)
+      (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
+      if path.exists():   # overwrite: swap directories, then drop the old one
+        old = pathlib.Path(tempfile.mkdtemp(prefix=path.name + ".old-", dir=path.parent))
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old)
+      else:
+        os.replace(tmp, path)
+  finally:
+    if tmp is not None:
+      shutil.rmtree(tmp, ignore_errors=True)
+  _barrier(f"hf_save:{path}")
 
-    def flush():
-      nonlocal shard, shard_bytes
-      if shard:
-        file = tmp / f"shard-{len(shards):05d}.safetensors"
-        safetensors.numpy.save_file(shard, str(file), metadata={"format": "pt"})
-        shards.append((file, list(shard)))
-      shard, shard_bytes = {}, 0
 
-    def add(name, array):
-      nonlocal shard_bytes
-      array = np.ascontiguousarray(array.astype(np_dtype))
+def _write_tensors(params: dict, rows: list[Tensor], n_layers: int, out: pathlib.Path | None,
+                   dtype: np.dtype, max_shard_bytes: int) -> None:
+  """Gathers each HF tensor in turn (every process) and writes it into safetensors shards of at
+  most `max_shard_bytes` in `out` (process 0; None elsewhere), with an index file where there
+  are several shards."""
+  shards, shard, shard_bytes = [], {}, 0
+
+  def flush():
+    nonlocal shard, shard_bytes
+    if shard:
+      file = out / f"shard-{len(shards):05d}.safetensors"
+      safetensors.numpy.save_file(shard, str(file), metadata={"format": "pt"})
+      shards.append((file, list(shard)))
+    shard, shard_bytes = {}, 0
+
+  for row in rows:
+    x = _get(params, row.path)
+    for i, name in enumerate(row.names(n_layers)):
+      host = gathered(x, i if row.stacked else None)
+      if out is None:
+        continue
+      array = np.ascontiguousarray(row.layout.to_hf(host).astype(dtype))
+      del host
       if shard and shard_bytes + array.nbytes > max_shard_bytes:
         flush()
       shard[name] = array
       shard_bytes += array.nbytes
-
-    for our_path, name, stacked, _, to_hf in _tensor_map(config, reward):
-      host = np.asarray(jax.device_get(_get(params, our_path)))
-      if stacked:
-        for i in range(config.n_layers):
-          add(name.format(i), to_hf(host[i]))
-      else:
-        add(name, to_hf(host))
-      del host
-    flush()
-
-    weight_map = {}
-    for i, (file, names) in enumerate(shards):
-      final = ("model.safetensors" if len(shards) == 1
-               else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors")
-      file.rename(tmp / final)
-      weight_map.update({name: final for name in names})
-    if len(shards) > 1:
-      total = sum((tmp / f).stat().st_size for f in set(weight_map.values()))
-      (tmp / _INDEX).write_text(json.dumps(
-          {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    hf_config = config_to_hf(config, dtype)
-    if reward:
-      hf_config.update(architectures=[REWARD_ARCHITECTURE], num_labels=1,
-                       llama3_jax_head="reward: one scalar per sequence, read at its last "
-                       "token (a response's <|eot_id|>); -log sigmoid(r_better - r_worse)")
-    if tokenizer is not None:
-      # transformers' generate stops at these: end of text, and end of turn where the tokenizer
-      # has it (the chat format's).
-      stops = [tokenizer.eos_id]
-      try:
-        stops.append(tokenizer.special_id("<|eot_id|>"))
-      except (ValueError, KeyError):
-        pass
-      hf_config.update(bos_token_id=tokenizer.bos_id, eos_token_id=stops)
-      if reward:   # HF reads a classifier at the last token that is not padding
-        hf_config.update(pad_token_id=tokenizer.eos_id)
-      (tmp / "generation_config.json").write_text(json.dumps(
-          {"bos_token_id": tokenizer.bos_id, "eos_token_id": stops}, indent=2))
-      save_tokenizer(tokenizer, tmp, max_seq_len=config.max_seq_len)
-    (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
-    if path.exists():   # overwrite: swap directories, then drop the old one
-      old = pathlib.Path(tempfile.mkdtemp(prefix=path.name + ".old-", dir=path.parent))
-      os.replace(path, old)
-      os.replace(tmp, path)
-      shutil.rmtree(old)
-    else:
-      os.replace(tmp, path)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+  if out is None:
+    return
+  flush()
+  weight_map = {}
+  for i, (file, names) in enumerate(shards):
+    final = ("model.safetensors" if len(shards) == 1
+             else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors")
+    file.rename(out / final)
+    weight_map.update({name: final for name in names})
+  if len(shards) > 1:
+    total = sum((out / f).stat().st_size for f in set(weight_map.values()))
+    (out / _INDEX).write_text(json.dumps(
+        {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
 
 
-def _checked(to_ours, tensor: np.ndarray, shape, name: str) -> np.ndarray:
-  out = to_ours(tensor)
-  if out.shape != tuple(shape):
-    raise ValueError(f"Tensor {name!r} has shape {tensor.shape}, which does not fit the "
-                     f"config.json (expected {tuple(shape)} after conversion)")
-  return out
+def _write_tokenizer(tokenizer: Tokenizer, out: pathlib.Path, hf_config: dict, reward: bool,
+                     max_seq_len: int) -> None:
+  """The tokenizer's files, and the ids transformers reads from config.json and
+  generation_config.json."""
+  # transformers' generate stops at these: end of text, and end of turn where the tokenizer
+  # has it (the chat format's).
+  stops = [tokenizer.eos_id]
+  try:
+    stops = list(dict.fromkeys(stops + [tokenizer.special_id("<|eot_id|>")]))
+  except (ValueError, KeyError):
+    pass
+  hf_config.update(bos_token_id=tokenizer.bos_id, eos_token_id=stops)
+  if reward:   # HF reads a classifier at the last token that is not padding
+    hf_config.update(pad_token_id=tokenizer.eos_id)
+  (out / "generation_config.json").write_text(json.dumps(
+      {"bos_token_id": tokenizer.bos_id, "eos_token_id": stops}, indent=2))
+  save_tokenizer(tokenizer, out, max_seq_len=max_seq_len)
+
+
+def _barrier(name: str) -> None:
+  """Every process waits here for the others (process 0's files are then in place)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def gathered(x: jax.Array, layer: int | None = None) -> np.ndarray:
+  """`x` (or its `layer`) whole in host memory: gathered from its shards one tensor at a time,
+  on every process (the gather is a collective), so that no device holds more than it."""
+  if x.is_fully_addressable:
+    return np.asarray(x if layer is None else x[layer])
+  whole = jax.sharding.NamedSharding(x.sharding.mesh, jax.sharding.PartitionSpec())
+  part = _take(whole)(x, 0 if layer is None else layer, layer is not None)
+  return np.asarray(part.addressable_data(0))
+
+
+@functools.lru_cache
+def _take(sharding):
+  return jax.jit(lambda x, i, stacked: x[i] if stacked else x, static_argnums=2,
+                 out_shardings=sharding)
 
 
 def _get(tree: dict, path: tuple[str, ...]):
