@@ -122,12 +122,16 @@ class Llama3Tokenizer:
 
 
 def load_tokenizer(path) -> Tokenizer:
-  """A SentencePiece model or a Llama 3 tiktoken file, told apart by their bytes."""
+  """A SentencePiece model, a Llama 3 tiktoken file or a Hugging Face tokenizer.json, told
+  apart by their bytes."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"tokenizer file {path} does not exist; pass the path of a "
                             "SentencePiece .model or Meta's Llama 3 tokenizer.model")
   head = path.read_bytes()[:4096]
+  if head.lstrip().startswith(b"{"):   # a Hugging Face tokenizer.json
+    from llama3_jax.data.tokenizer_json import TokenizerJson
+    return TokenizerJson(path)
   first = head.split(b"\n", 1)[0].split()
   if len(first) == 2 and first[1].isdigit():
     try:

@@ -1,6 +1,8 @@
-"""Tokenizer export to Hugging Face: transformers encodes, decodes and formats chats as we do."""
+"""Tokenizer export to Hugging Face: transformers encodes, decodes and formats chats as we do;
+a directory with only tokenizer.json reads back with transformers' ids."""
 
 import base64
+import json
 import pathlib
 
 import pytest
@@ -9,8 +11,9 @@ from flax import nnx
 from tiktoken._educational import bpe_train
 
 from llama3_jax import hf
+from llama3_jax.data.tokenizer_json import TokenizerJson
 from llama3_jax.data.tokenizers import (CHAT_SPECIAL_TOKENS, LLAMA3_PATTERN, Llama3Tokenizer,
-                                        train_sentencepiece)
+                                        load_tokenizer, train_sentencepiece)
 from llama3_jax.data.conversations.chat import encode_chat, format_chat
 from llama3_jax.model import ModelConfig, Transformer
 
@@ -108,4 +111,84 @@ def test_export_errors_name_the_fix(exported, tmp_path):
     hf.save(model, config, tmp_path / "x", tokenizer=ours)
   assert not (tmp_path / "x").exists()
   with pytest.raises(FileNotFoundError, match="original/tokenizer.model"):
+    hf.load_tokenizer(tmp_path)
+
+
+# Meta's chat template of Llama 3 Instruct (tokenizer_config.json), as fine-tuned repositories
+# that ship only tokenizer.json carry it.
+META_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | "
+    "trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
+    "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def json_only(exported, tmp_path_factory):
+  """(the tokenizer read from a directory with only tokenizer.json and tokenizer_config.json,
+  AutoTokenizer's, the original one): a fine-tuned Llama 3 repository's files."""
+  original, path, _ = exported
+  folder = tmp_path_factory.mktemp("json_only")
+  (folder / "tokenizer.json").write_bytes((path / "tokenizer.json").read_bytes())
+  config = json.loads((path / "tokenizer_config.json").read_text())
+  if isinstance(original, Llama3Tokenizer):   # an Instruct model's: ends turns, Meta's template
+    config.update(eos_token="<|eot_id|>", chat_template=META_TEMPLATE)
+  (folder / "tokenizer_config.json").write_text(json.dumps(config))
+  ours = hf.load_tokenizer(folder)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("HF_HUB_OFFLINE", "1")
+    theirs = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+  return ours, theirs, original
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_tokenizer_json_encodes_as_transformers(json_only, text):
+  ours, theirs, original = json_only
+  assert isinstance(ours, TokenizerJson)
+  ids = ours.encode(text)
+  assert ids == theirs(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+  assert ids == original.encode(text)
+  assert ours.encode(text, bos=True) == theirs(text, split_special_tokens=True)["input_ids"]
+  assert ours.decode(ids) == theirs.decode(ids) == text
+
+
+def test_tokenizer_json_specials_and_chat_as_transformers(json_only):
+  ours, theirs, original = json_only
+  assert (ours.bos_id, ours.eos_id) == (theirs.bos_token_id, theirs.eos_token_id)
+  assert ours.vocab_size == len(theirs) == original.vocab_size
+  assert ours.special_tokens.items() >= original.special_tokens.items()
+  for add_generation_prompt in (False, True):
+    messages = MESSAGES[:2] if add_generation_prompt else MESSAGES
+    ids_t, _ = encode_chat(ours, messages, add_generation_prompt=add_generation_prompt)
+    theirs_ids = theirs.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                            tokenize=True, return_dict=True)["input_ids"]
+    assert ids_t.tolist() == list(theirs_ids)
+
+
+def test_tokenizer_json_by_path_and_exported_again(json_only, tmp_path):
+  """A run records its tokenizer's path: the tokenizer.json file alone loads again; a model
+  exported with it carries it, and transformers reads that export alike."""
+  ours, theirs, _ = json_only
+  again = load_tokenizer(ours.path)
+  assert [again.encode(t) for t in TRICKY] == [ours.encode(t) for t in TRICKY]
+  config = ModelConfig(vocab_size=ours.vocab_size, d_model=16, n_layers=1, n_heads=2,
+                       n_kv_heads=1, head_dim=8, ffn_dim=32, max_seq_len=64)
+  hf.save(Transformer(config, rngs=nnx.Rngs(0)), config, tmp_path / "hf", tokenizer=ours)
+  assert not (tmp_path / "hf" / "original").exists()
+  exported = hf.load_tokenizer(tmp_path / "hf")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("HF_HUB_OFFLINE", "1")
+    back = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
+  for text in TRICKY:
+    assert exported.encode(text) == ours.encode(text) == back(
+        text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+  ids_t, _ = encode_chat(exported, MESSAGES)
+  assert ids_t.tolist() == list(back.apply_chat_template(MESSAGES, tokenize=True,
+                                                         return_dict=True)["input_ids"])
+
+
+def test_a_file_that_is_not_a_tokenizer_json_is_named(tmp_path):
+  (tmp_path / "tokenizer.json").write_text('{"not": "a tokenizer"}')
+  with pytest.raises(ValueError, match="is not a Hugging Face tokenizer.json"):
     hf.load_tokenizer(tmp_path)

@@ -9,7 +9,9 @@ transformers depends on, tokenizer_config.json with the Llama 3 chat template, a
 special_tokens_map.json) plus the original file as `original/tokenizer.model`, the place Meta's
 Hugging Face repositories keep it, which `load_tokenizer` reads back. Both encode alike, with one
 difference: transformers turns special-token text inside a string into the special token unless
-called with `split_special_tokens=True`; ours always spells it as text.
+called with `split_special_tokens=True`; ours always spells it as text. A directory with only
+`tokenizer.json` (many fine-tuned Llama 3 repositories) is read through the `tokenizers` library
+(llama3_jax/data/tokenizer_json.py), and written back as that file with our chat template.
 """
 
 import json
@@ -17,6 +19,7 @@ import os
 import pathlib
 import shutil
 
+from llama3_jax.data.tokenizer_json import TokenizerJson
 from llama3_jax.data.tokenizers import (LLAMA3_PATTERN, Llama3Tokenizer, SentencePieceTokenizer,
                                         Tokenizer)
 from llama3_jax.data.tokenizers import load_tokenizer as load_tokenizer_file
@@ -28,40 +31,50 @@ def save_tokenizer(tokenizer: Tokenizer | str | os.PathLike, path, *,
   from llama3_jax.data.conversations.chat import CHAT_TEMPLATE
   tokenizer = as_tokenizer(tokenizer)
   path = pathlib.Path(path)
-  (path / "original").mkdir(parents=True, exist_ok=True)
-  if isinstance(tokenizer, Llama3Tokenizer):
-    backend, names = _llama3_backend(tokenizer), {}
+  path.mkdir(parents=True, exist_ok=True)
+  names = {}
+  if isinstance(tokenizer, TokenizerJson):   # already the file transformers reads
+    backend = tokenizer.backend
+  elif isinstance(tokenizer, Llama3Tokenizer):
+    backend = _llama3_backend(tokenizer)
   elif isinstance(tokenizer, SentencePieceTokenizer):
     backend, names = _sentencepiece_backend(tokenizer), {"unk_token": tokenizer.sp.id_to_piece(
         tokenizer.sp.unk_id())}
   else:
-    raise TypeError(f"cannot export a {type(tokenizer).__name__}; pass a SentencePieceTokenizer "
-                    "or a Llama3Tokenizer (llama3_jax.data.tokenizers.load_tokenizer)")
+    raise TypeError(f"cannot export a {type(tokenizer).__name__}; pass a SentencePieceTokenizer, "
+                    "a Llama3Tokenizer or a TokenizerJson (llama3_jax.data.tokenizers."
+                    "load_tokenizer)")
   # Base models end a document with end_of_text (SentencePiece: </s>); chat turns end with
   # <|eot_id|>, which the template writes.
   names.update(bos_token=backend.id_to_token(tokenizer.bos_id),
                eos_token=backend.id_to_token(tokenizer.eos_id))
-  backend.save(str(path / "tokenizer.json"))
   config = {"tokenizer_class": "PreTrainedTokenizerFast", **names,
             "chat_template": CHAT_TEMPLATE, "clean_up_tokenization_spaces": False,
             "model_input_names": ["input_ids", "attention_mask"]}
   if max_seq_len:
     config["model_max_length"] = max_seq_len
+  if isinstance(tokenizer, TokenizerJson):
+    shutil.copyfile(tokenizer.path, path / "tokenizer.json")
+  else:   # and the original file, where Meta's repositories keep it
+    backend.save(str(path / "tokenizer.json"))
+    (path / "original").mkdir(exist_ok=True)
+    shutil.copyfile(tokenizer.path, path / "original" / "tokenizer.model")
   (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
   (path / "special_tokens_map.json").write_text(json.dumps(names, indent=2))
-  shutil.copyfile(tokenizer.path, path / "original" / "tokenizer.model")
 
 
 def load_tokenizer(path) -> Tokenizer:
   """Our tokenizer from a Hugging Face directory: `original/tokenizer.model` (as `save` and
-  Meta's repositories keep it) or else `tokenizer.model` (Llama 2 style repositories)."""
+  Meta's repositories keep it), else `tokenizer.model` (Llama 2 style repositories), else
+  `tokenizer.json` (read with the `tokenizers` library: the ids of transformers' AutoTokenizer)."""
   path = pathlib.Path(path)
-  for file in (path / "original" / "tokenizer.model", path / "tokenizer.model"):
+  for file in (path / "original" / "tokenizer.model", path / "tokenizer.model",
+               path / "tokenizer.json"):
     if file.is_file():
       return load_tokenizer_file(file)
-  raise FileNotFoundError(f"neither {path}/original/tokenizer.model nor {path}/tokenizer.model "
-                          "exists; save with hf.save(..., tokenizer=...) or copy the original "
-                          "tokenizer file there (tokenizer.json alone cannot be read back)")
+  raise FileNotFoundError(f"{path} has no tokenizer: none of original/tokenizer.model, "
+                          "tokenizer.model, tokenizer.json; save with hf.save(..., tokenizer=...) "
+                          "or copy the model's tokenizer files there")
 
 
 def as_tokenizer(tokenizer) -> Tokenizer:
