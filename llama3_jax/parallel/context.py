@@ -37,6 +37,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import linen
 from jax.sharding import PartitionSpec
 
 from llama3_jax.model import attention_ops
@@ -137,9 +138,11 @@ def context_attention(q_btnh, k_btkh, v_btkh, segment_bt, index_bt, config, *, m
   axis = context_axis(rules)
   size = mesh.shape[axis]
   check_seq_len(q_btnh.shape[1], size)
-  # Attention runs inside the pipelined blocks, where `stage` is the pipeline's (a vmapped
-  # dimension that vmap adds to these specs), never the rows'.
-  spec = lambda names: without_axis(logical_to_spec(names, rules), "stage")
+  # Attention runs inside the pipelined blocks, where `stage` (and the pipeline's replica axes,
+  # llama3_jax/parallel/pipeline.py) are vmapped dimensions' that vmap adds to these specs,
+  # never the rows': the rules in effect there leave them out.
+  active = linen.get_logical_axis_rules() or rules
+  spec = lambda names: without_axis(logical_to_spec(names, active), "stage")
   q_spec = spec(("act_batch", "act_seq", "act_heads", None))
   kv_spec = spec(("act_batch", "act_seq", "act_kv_heads", None))
   id_spec = spec(("act_batch", "act_seq"))

@@ -31,7 +31,8 @@ def parallelizer(mesh, rules, config, micro_batches: int = 1):
   runner = None
   if mesh.shape["stage"] > 1:
     runner = pipeline.pipelined_blocks(mesh.shape["stage"], config.pipeline_repeats,
-                                       micro_batches)
+                                       micro_batches, mesh_shape=dict(mesh.shape),
+                                       weights_gathered=config.fsdp_mode == "llama3")
   kernel = context_parallel.context_kernel(mesh, rules, config.context_schedule)
 
   def install(module):

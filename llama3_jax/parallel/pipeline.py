@@ -34,6 +34,14 @@ busy V * M: the bubble, idle / busy, is (S - 1) / (V * M) for M >= S, Llama 3's 
 
 Each iteration's stage computation is rematerialised, so backward keeps only the stage inputs;
 gradients flow back through the same schedule by autodiff.
+
+Gradients are summed over the rows' axes once per step, not per iteration: the rows of every
+micro-batch split over `replicas` (data x fsdp devices) and each replica's work is a `vmap` over
+a copy of the stage's weights (`spmd_axis_name`, as for the stages), so autodiff accumulates each
+device's own weight gradient through the loop and sums the replicas' after it. That needs the
+weights gathered over those axes before the loop (Llama 3's FSDP mode; `data` replicates them
+anyway); under ZeRO-3 each iteration's chunk gradient is reduced inside the loop. The buffer of
+micro-batches then lies on every stage, split over the replicas only.
 """
 
 import dataclasses
@@ -50,11 +58,13 @@ from llama3_jax.runtime.hooks import Hook
 log = logging.getLogger(__name__)
 
 
-def _on_stages(x, stage_axis):
-  """Leading axis over the stage devices; the other axes as the compiler likes."""
+def _on_stages(x, stage_axis, replica_axes=()):
+  """Leading axis over the stage devices, the next over the replicas (if any); the other axes as
+  the compiler likes."""
   if stage_axis is None:
     return x
-  spec = PartitionSpec(stage_axis, *[PartitionSpec.UNCONSTRAINED] * (x.ndim - 1))
+  lead = (stage_axis,) + ((replica_axes,) if replica_axes else ())
+  spec = PartitionSpec(*lead, *[PartitionSpec.UNCONSTRAINED] * (x.ndim - len(lead)))
   return jax.lax.with_sharding_constraint(x, spec)
 
 
@@ -126,13 +136,24 @@ def validate(n_layers: int, stages: int, repeats: int, micro_batches: int,
 
 
 def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
-             stage_axis: str | None = "stage", remat: bool = True, with_stats: bool = False):
+             stage_axis: str | None = "stage", replica_axes: tuple[str, ...] = (),
+             replicas: int = 1, remat: bool = True, with_stats: bool = False):
   """Runs every micro-batch through all layers; returns [M, ...] like `x_mbtd`.
 
   layer_fn(layer_weights, x, aux_one) -> x applies ONE layer (weights without the layer axis;
   `aux_one` is `aux` indexed at the micro-batch). With `with_stats`, also returns the number of
   busy stage-iterations measured while running (to check the bubble).
+
+  `replica_axes` (e.g. ("data", "fsdp")), of `replicas` devices in all, split each micro-batch's
+  rows (dimension 1 of `x_mbtd` and of `aux`'s leaves): the weights are then broadcast to one
+  copy per replica before the schedule's loop and every replica's work is a `vmap` over them
+  with `spmd_axis_name=replica_axes`, so each device accumulates its own rows' weight gradient
+  through the whole loop and the replicas' gradients are summed once, after it (the broadcast's
+  transpose), instead of being reduced over the replica axes every iteration. The weights must
+  arrive gathered over those axes (Llama 3's FSDP mode, or data parallelism).
   """
+  R = replicas if replicas > 1 and x_mbtd.shape[1] % replicas == 0 else 1
+  replica_axes = tuple(replica_axes) if R > 1 else ()
   M = x_mbtd.shape[0]
   n_layers = jax.tree.leaves(weights)[0].shape[0]
   schedule = validate(n_layers, stages, repeats, M, M)
@@ -146,15 +167,29 @@ def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
     index = np.where(table_vsl >= 0, table_vsl, n_layers)
     chunks = jax.tree.map(lambda w: jnp.take(w, index, axis=0, mode="fill", fill_value=0),
                           weights)
-  # [V, S, Lmax, ...] -> [S, V, Lmax, ...]: each stage's chunks on its devices.
-  chunks = jax.tree.map(lambda w: _on_stages(w.swapaxes(0, 1), stage_axis), chunks)
+  # [V, S, Lmax, ...] -> [S, R, V, Lmax, ...]: each stage's chunks on its devices, one copy per
+  # replica (a broadcast: every device already holds its stage's gathered weights).
+  chunks = jax.tree.map(
+      lambda w: _on_stages(jnp.broadcast_to(w.swapaxes(0, 1)[:, None],
+                                            (S, R, V) + w.shape[2:]), stage_axis, replica_axes),
+      chunks)
   if P > M:   # fewer micro-batches than stages: pad with idle ones
     pad = lambda a: jnp.concatenate([a, jnp.zeros((P - M,) + a.shape[1:], a.dtype)])
     x_mbtd, aux = pad(x_mbtd), jax.tree.map(pad, aux)
+  # Rows of each micro-batch -> [R, rows / R]: each replica's rows, where its devices hold them.
+  by_replica = lambda a: a.reshape(a.shape[0], R, a.shape[1] // R, *a.shape[2:])
+  x_mbtd, aux = by_replica(x_mbtd), jax.tree.map(by_replica, aux)
+  # The buffer of micro-batches ([P, R, ...]) and the micro-batch entering or leaving it
+  # ([R, ...]) lie on every stage, split over the replicas only: writing the last stage's output
+  # and reading stage 0's next input then move one micro-batch, never the buffer.
+  def on_replicas(a, lead=0):
+    if not replica_axes:
+      return a
+    spec = PartitionSpec(*[None] * lead, replica_axes, *[None] * (a.ndim - lead - 1))
+    return jax.lax.with_sharding_constraint(a, spec)
 
-  def stage_compute(stage_chunks, real_vl, x, repeat, micro_batch):
-    layers = jax.tree.map(lambda w: w[repeat], stage_chunks)
-    aux_one = jax.tree.map(lambda a: a[micro_batch], aux)
+  def replica_compute(chunks_vl, real_vl, x, aux_one, repeat):
+    layers = jax.tree.map(lambda w: w[repeat], chunks_vl)
 
     def one_layer(x, slot):
       layer_weights, real = slot
@@ -163,6 +198,13 @@ def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
 
     real_l = None if real_vl is None else real_vl[repeat]
     return jax.lax.scan(one_layer, x, (layers, real_l))[0]
+
+  replicated = jax.vmap(replica_compute, in_axes=(0, None, 0, 0, None),
+                        spmd_axis_name=replica_axes or None)
+
+  def stage_compute(stage_chunks, real_vl, x, repeat, micro_batch):
+    aux_one = jax.tree.map(lambda a: a[micro_batch], aux)
+    return replicated(stage_chunks, real_vl, x, aux_one, repeat)
 
   if remat:
     stage_compute = jax.checkpoint(stage_compute)
@@ -177,20 +219,22 @@ def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
     out_s = all_stages(chunks, real_svl, state_s, item_s // P, item_s % P)
     # The last stage's output goes back to its micro-batch's slot (the final result after the
     # last trip); stage 0 then takes the next item's input from the buffer.
-    last = item_s[S - 1]
-    buffer_p = jnp.where(valid_s[S - 1],
-                         jax.lax.dynamic_update_index_in_dim(buffer_p, out_s[S - 1], last % P, 0),
-                         buffer_p)
-    next_input = jax.lax.dynamic_index_in_dim(buffer_p, (t + 1) % P, 0, keepdims=False)
-    state_s = _on_stages(jnp.roll(out_s, 1, axis=0).at[0].set(next_input), stage_axis)
+    slot = item_s[S - 1] % P
+    kept = jax.lax.dynamic_index_in_dim(buffer_p, slot, 0, keepdims=False)
+    done = jnp.where(valid_s[S - 1], on_replicas(out_s[S - 1]), kept)
+    buffer_p = on_replicas(jax.lax.dynamic_update_index_in_dim(buffer_p, done, slot, 0), lead=1)
+    next_input = on_replicas(jax.lax.dynamic_index_in_dim(buffer_p, (t + 1) % P, 0,
+                                                          keepdims=False))
+    state_s = _on_stages(jnp.roll(out_s, 1, axis=0).at[0].set(next_input), stage_axis,
+                         replica_axes)
     real_s = valid_s & (item_s % P < M)
     return (state_s, buffer_p, busy + real_s.sum()), None
 
   state_s = _on_stages(jnp.zeros((S,) + x_mbtd.shape[1:], x_mbtd.dtype).at[0].set(x_mbtd[0]),
-                       stage_axis)
-  (_, buffer_p, busy), _ = jax.lax.scan(iteration, (state_s, x_mbtd, jnp.int32(0)),
+                       stage_axis, replica_axes)
+  (_, buffer_p, busy), _ = jax.lax.scan(iteration, (state_s, on_replicas(x_mbtd, lead=1), jnp.int32(0)),
                                         jnp.arange(schedule.iterations))
-  out = buffer_p[:M]
+  out = on_replicas(buffer_p, lead=1)[:M].reshape(M, -1, *buffer_p.shape[3:])
   return (out, busy) if with_stats else out
 
 
@@ -209,13 +253,19 @@ class PipelineStats(Hook):
     return self.fields
 
 
-def pipelined_blocks(stages: int, repeats: int, micro_batches: int, stage_axis: str = "stage"):
+def pipelined_blocks(stages: int, repeats: int, micro_batches: int, stage_axis: str = "stage",
+                     mesh_shape: dict | None = None, weights_gathered: bool = False):
   """A `Transformer.block_runner`: its stacked blocks as a pipeline of `stages` stages.
 
   The batch is cut into micro-batches by rows m, m + M, m + 2M, ... (every device keeps its
   share of each). The embedding before and the norm, head and loss after run outside the
   pipeline with the rows split over every device, `stage` included (the rules' `act_batch`);
   inside, rows are split over the other axes and the stages hold the work items.
+
+  `weights_gathered`: the step hands the blocks their weights gathered over the row axes
+  (Llama 3's FSDP mode; always true of `data`): the rows' axes of `mesh_shape` then become the
+  pipeline's replicas, whose weight gradients are summed once per step, after the loop.
+  Otherwise (ZeRO-3) each iteration's chunk gradient is reduce-scattered inside the loop.
   """
   from flax import linen, nnx
 
@@ -225,8 +275,14 @@ def pipelined_blocks(stages: int, repeats: int, micro_batches: int, stage_axis: 
     graphdef, weights = nnx.split(blocks)
     B, M = x_btd.shape[0], micro_batches
     validate(jax.tree.leaves(weights)[0].shape[0], stages, repeats, M, B)
-    inner = tuple((name, _without(axes, stage_axis)) for name, axes in
-                  linen.get_logical_axis_rules())
+    outer = linen.get_logical_axis_rules()
+    inner = tuple((name, _without(axes, stage_axis)) for name, axes in outer)
+    replica_axes = _replica_axes(outer, stage_axis, mesh_shape, weights_gathered)
+    replicas = int(np.prod([mesh_shape[a] for a in replica_axes])) if replica_axes else 1
+    # Inside the replicas' vmap their axes are the vmapped dimension's, never an activation's.
+    in_replica = inner
+    for axis in replica_axes:
+      in_replica = tuple((name, _without(axes, axis)) for name, axes in in_replica)
 
     def split(a, names):
       a = a.reshape(B // M, M, *a.shape[1:]).swapaxes(0, 1)
@@ -236,16 +292,33 @@ def pipelined_blocks(stages: int, repeats: int, micro_batches: int, stage_axis: 
       rows = ("act_batch", "act_seq")
       aux = {"rope": tuple(split(a, rows + (None,)) for a in rope),
              "segment": split(segment_bt, rows), "index": split(index_bt, rows)}
+      x_mbtd = split(x_btd, rows + ("act_embed",))
 
-      def layer(layer_weights, x_btd, aux_one):
-        block = nnx.merge(graphdef, layer_weights)
-        return block(x_btd, aux_one["rope"], aux_one["segment"], aux_one["index"], attend=attend)
+    def layer(layer_weights, x_btd, aux_one):
+      block = nnx.merge(graphdef, layer_weights)
+      return block(x_btd, aux_one["rope"], aux_one["segment"], aux_one["index"], attend=attend)
 
-      out_mbtd = pipeline(layer, weights, split(x_btd, rows + ("act_embed",)), aux,
-                          stages=stages, repeats=repeats, stage_axis=stage_axis)
+    with linen.logical_axis_rules(in_replica):
+      out_mbtd = pipeline(layer, weights, x_mbtd, aux, stages=stages, repeats=repeats,
+                          stage_axis=stage_axis, replica_axes=replica_axes, replicas=replicas)
     return out_mbtd.swapaxes(0, 1).reshape(x_btd.shape)
 
   return run
+
+
+def _replica_axes(rules, stage_axis, mesh_shape, weights_gathered) -> tuple[str, ...]:
+  """The mesh axes of the rows inside the pipeline (`act_batch` less `stage`) whose weight
+  gradients can be summed once per step: all of them if the weights arrive gathered over them,
+  else `data` alone (the weights are replicated over it anyway)."""
+  if not rules or mesh_shape is None:
+    return ()
+  from llama3_jax.sharding.rules import logical_to_spec
+  axes = logical_to_spec(("act_batch",), rules)[0]
+  axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+  axes = tuple(a for a in axes if a != stage_axis and mesh_shape.get(a, 1) > 1)
+  if not weights_gathered:
+    axes = tuple(a for a in axes if a == "data")
+  return axes
 
 
 def _without(axes, axis):

@@ -101,6 +101,16 @@ def stage_layers(n_layers: int, stages: int) -> list[int]:
   return layers
 
 
+def pipeline_replicas(layout: Layout) -> bool:
+  """Whether this project's pipeline runs its rows' axes as replicas (llama3_jax/parallel/
+  pipeline.py): each device accumulates its own rows' weight gradient through the schedule's
+  loop and the replicas' gradients are summed once per step. It does where the weights arrive
+  gathered over those axes: Llama 3's FSDP mode, or `data` (replicated weights)."""
+  return (layout.size("stage") > 1 and layout.schedule == "circular"
+          and (layout.size("data") > 1
+               or (layout.size("fsdp") > 1 and layout.fsdp_mode == "llama3")))
+
+
 def why_not(model, layout: Layout, n_gpus: int | None = None) -> Reason | None:
   """The first reason `layout` cannot run `model` (memory is checked by the planner)."""
   t, c, s = layout.size("tensor"), layout.size("context"), layout.size("stage")

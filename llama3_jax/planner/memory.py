@@ -20,7 +20,7 @@ split over the stage axis) and on the first / last stage only under 1F1B (Llama 
 
 import numpy as np
 
-from llama3_jax.planner.layout import Layout, stage_layers
+from llama3_jax.planner.layout import Layout, pipeline_replicas, stage_layers
 
 # What XLA keeps per layer and token for backward in this project's step (remat "none"), in
 # copies of each dimension: measured from XLA:CPU's memory analysis of the compiled train
@@ -128,8 +128,12 @@ def activation_bytes(model, layout: Layout) -> list[float]:
     # of micro-batches waiting for their next trip.
     sched_iters = layout.repeats * max(layout.micro_batches, S) + S - 1
     resid = model.d_model / (layout.size("tensor") if layout.sequence_parallel else 1)
-    stage_in = (sched_iters + max(layout.micro_batches, S)) * tokens * resid \
-        * _bytes(model.dtype)
+    slices = sched_iters + max(layout.micro_batches, S)
+    if pipeline_replicas(layout):
+      # The buffer on every stage: the last stage's output broadcast to it, the slot it
+      # replaces, and their gradients (XLA:CPU's memory analysis, tests/planner).
+      slices += 4
+    stage_in = slices * tokens * resid * _bytes(model.dtype)
     chunk = max(stage_layers(model.n_layers, S)) / layout.repeats
     return [stage_in + max(chunk * tokens * layer_activation_bytes(model, layout, "none"),
                            attention_working_bytes(model, layout))] * S

@@ -19,7 +19,7 @@ pipeline's traffic, checked against HLO in tests/planner/test_calibration.py).
 from typing import NamedTuple
 
 from llama3_jax.parallel.pipeline import Schedule
-from llama3_jax.planner.layout import Layout, stage_layers
+from llama3_jax.planner.layout import Layout, pipeline_replicas, stage_layers
 from llama3_jax.planner.memory import _bytes, layer_params, table_params
 from llama3_jax.sharding.mesh import AXES
 from llama3_jax.model.flops import (attention_flops_per_token, flops_per_token,
@@ -137,6 +137,12 @@ def collectives(model, layout: Layout) -> list[Traffic]:
 def _fsdp(model, layout: Layout, layers: int, weights: float) -> list[Traffic]:
   t, S = layout.size("tensor"), layout.size("stage")
   p, g = _bytes(model.param_dtype), _bytes(layout.gather_dtype or model.param_dtype)
+  if S > 1 and layout.schedule == "circular" and layout.fsdp_mode == "llama3":
+    # Gathered once before the loop; every device's gradient of its own rows accumulates
+    # through the loop, summed over the replicas once after it (an all-reduce in XLA's HLO).
+    return [Traffic("fsdp", "all-gather", weights * g, "weights (FSDP)"),
+            Traffic("fsdp", "all-reduce", weights * p,
+                    f"gradients in {model.param_dtype}, summed once per step (FSDP)")]
   if S > 1 and layout.schedule == "circular":
     # This project's pipeline, as compiled: each iteration's chunk gradient is reduced over
     # fsdp inside the schedule's loop (in both modes); ZeRO-3 also gathers the chunk's
@@ -168,6 +174,15 @@ def _circular_pipeline(model, layout: Layout, tokens: float, per_send: float) ->
   # micro-batches (an all-to-all each way and an all-gather); the blocks' input, output and
   # their gradients cross between rows-over-stage and stages-hold-items layouts once.
   boundary = 3 * tokens * model.d_model * a + tokens * (model.head_dim + 2) * 4
+  if pipeline_replicas(layout):
+    # The buffer of micro-batches lies on every stage, split over the replicas: the last
+    # stage's output reaches it by an all-reduce over `stage` (its gradient likewise), and
+    # stage 0 reads its next input locally; the carry's roll is five permutes in all.
+    return [Traffic("stage", "send", 5 * iterations * per_send, "the pipeline carry, rolled"),
+            Traffic("stage", "all-reduce", 2 * iterations * per_send,
+                    "the last stage's output into the micro-batch buffer"),
+            Traffic("stage", "all-gather", boundary,
+                    "blocks' input, output and side inputs")]
   return [Traffic("stage", "send", 4 * iterations * per_send, "the pipeline carry, rolled"),
           Traffic("stage", "all-to-all", 2 * iterations * per_send, "stage 0's next input"),
           Traffic("stage", "all-gather", iterations * per_send + boundary,

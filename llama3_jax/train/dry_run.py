@@ -104,8 +104,15 @@ def dry_run(cfg, n_devices: int | None = None, hardware: str = "h100",
   gathered = ("every weight gathered over fsdp once per step and kept for backward (Llama 3's "
               "mode)" if plan.sharding.fsdp_mode == "llama3" else
               "weights gathered over fsdp layer by layer, in forward and again in backward")
-  reduced = ("reduced over fsdp inside the pipeline loop, once per iteration (this pipeline "
-             "as compiled)" if sizes["stage"] > 1 else "reduce-scattered over fsdp")
+  if sizes["stage"] == 1:
+    reduced = ("accumulated gathered and reduce-scattered over fsdp once per step"
+               if plan.sharding.fsdp_mode == "llama3" else
+               "reduce-scattered over fsdp after every micro-batch (ZeRO-3)")
+  elif plan.sharding.fsdp_mode == "llama3":
+    reduced = ("accumulated per device through the pipeline loop and summed over fsdp once per "
+               "step")
+  else:
+    reduced = "reduced over fsdp inside the pipeline loop, once per iteration (ZeRO-3)"
   lines.append(f"   gathered: {gathered}; gradients {reduced} in {plan.model.param_dtype}")
   lines.append(f"dry run done in {time.perf_counter() - started:.1f} s")
   return "\n".join(lines)

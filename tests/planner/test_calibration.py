@@ -39,6 +39,11 @@ LAYOUTS = {
     "fsdp2_context4": ({"fsdp": 2, "context": 4}, ShardingConfig(), "none", 1),
     "fsdp8_remat_full": ({"fsdp": 8}, ShardingConfig(), "full", 1),
     "fsdp2_stage4_pipeline": ({"fsdp": 2, "stage": 4}, ShardingConfig(), "none", 4),
+    # Llama 3's mode: the pipeline's replicas sum their weight gradients once per step.
+    "fsdp2_stage4_pipeline_llama3": ({"fsdp": 2, "stage": 4}, ShardingConfig("llama3"), "none",
+                                     4),
+    "data2_stage2_tensor2_interleaved": ({"data": 2, "stage": 2, "tensor": 2},
+                                         ShardingConfig(pipeline_repeats=2), "none", 4),
 }
 FAST = {"data2_fsdp2_tensor2_llama3"}   # data, fsdp and tensor at once
 
