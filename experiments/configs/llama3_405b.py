@@ -1,6 +1,15 @@
 """Llama 3 405B pre-training as in the report (§3.3-3.4): 16K GPUs, batch and sequence ramp.
 
 python -m experiments.pretrain --config experiments/configs/llama3_405b.py --workdir /ckpt/405b
+python -m experiments.pretrain --config experiments/configs/llama3_405b.py --dry-run
+python -m experiments.pretrain --config experiments/configs/llama3_405b.py:final --dry-run
+
+Dry run on 16,384 x H100 (2026-12-07): fits, 68.8 GiB per GPU, MFU 13.4%: the ramp's first
+stages have 1,024 rows, 8 per FSDP replica, so the pipeline runs 8 micro-batches on 16 stages
+(bubble 147% even interleaved). `:final` plans the report's 16M-token phase alone (Table 4,
+row 2: one sequence per micro-batch, 16 of them): fits, 49.7 GiB, MFU 24.8% (bubble 23%; each
+stage iteration recomputed in backward; tensor parallelism's five input-gradient reductions
+exposed). It is for planning: its token count starts at 0, so it does not resume the ramp.
 
 The mesh is the report's tensor 8 x stage 16 x fsdp 128. Its 126 layers pipeline over the 16
 stages as the report's 7 + 14 x 8 + 7 (the first and the last stage carry the embedding and the
@@ -19,14 +28,19 @@ def get_config(arg: str | None = None):
   c.model.update(size="llama3-405b", dtype="bfloat16")
   c.mesh.update(data=1, fsdp=128, stage=16, tensor=8, dcn_fsdp=128, dcn_stage=16)
   c.sharding.fsdp_mode = "llama3"
+  c.sharding.sequence_parallel = True   # the residual stream split over tensor (and the carry)
+  c.sharding.pipeline_repeats = 4       # interleaved: 64 chunks of 2 layers (2 slots padded)
   c.train.steps = 1_200_000
   # 4M tokens of 4,096 -> 8M of 8,192 after 252M tokens -> 16M after 2.87T tokens.
   c.train.stages = (dict(until_tokens=252 * M, batch_tokens=4 * M, seq_len=4096),
                     dict(until_tokens=2_870_000 * M, batch_tokens=8 * M, seq_len=8192),
                     dict(until_tokens=None, batch_tokens=16 * M, seq_len=8192))
-  # 8 micro-batches divide every ramp stage's rows per fsdp shard (8, 8, 16): the pipeline's
-  # bubble (S - 1) / M goes from 15 (one micro-batch) to 1.9.
+  # 8 micro-batches divide every ramp stage's rows per fsdp shard (8, 8, 16); 16 stages need
+  # at least 16 (one micro-batch count serves every stage of a run).
   c.train.micro_batches = 8
+  if arg == "final":   # the 16M-token stage alone: 16 micro-batches, one sequence each
+    c.train.stages = (dict(until_tokens=None, batch_tokens=16 * M, seq_len=8192),)
+    c.train.micro_batches = 16
   c.train.peak_lr = 8e-5
   c.train.warmup_tokens = 8000 * 4 * M
   c.train.anneal_tokens = 40 * M
