@@ -1,15 +1,46 @@
-"""The default runs launchers start from when given none (shared code, not a launcher)."""
+"""What launchers share (not a launcher): the start of a job, the default runs they start from.
+
+Every launcher that touches JAX calls `start_job` (or `start_jax` with a training config) first:
+the one start-up path (llama3_jax/runtime/job.py), which also joins a multi-process job
+(launch.local, SLURM, Kubernetes).
+"""
 
 import pathlib
 
 PRETRAIN = pathlib.Path("workdirs/pretrain")
 
 
+def start_job(cpu_devices: int | None = 8, compilation_cache: bool = True):
+  """JAX configured and the job joined, before JAX's backend starts: `cpu_devices` fake CPU
+  devices per process (a launcher's JAX_NUM_CPU_DEVICES, e.g. launch.local
+  --devices-per-process, wins), the persistent compilation cache, one log line per message."""
+  from llama3_jax.data.corpus import cache_dir
+  from llama3_jax.runtime import job
+  return job.start(cpu_devices, compilation_cache=cache_dir() / "xla" if compilation_cache
+                   else None)
+
+
+def start_jax(cfg):
+  """`start_job` for a training launcher's config (its runtime section)."""
+  return start_job(cfg.runtime.cpu_devices, cfg.runtime.get("compilation_cache", True))
+
+
+def missing_run(path) -> bool:
+  """Whether `path` has no checkpoints yet, as every process of the job sees it before any of
+  them starts writing there."""
+  from llama3_jax.runtime import job
+  missing = not (pathlib.Path(path) / "checkpoints").exists()
+  job.barrier(f"looked for {path}")
+  return missing
+
+
 def ensure_pretrained(path=PRETRAIN) -> pathlib.Path:
   """`path`, the default pre-training run, trained first if it has no checkpoints."""
   path = pathlib.Path(path)
-  if not (path / "checkpoints").exists():
-    print(f"no run in {path}: training the default model first (python -m experiments.pretrain)")
+  if missing_run(path):
+    from llama3_jax.runtime import job
+    job.say(f"no run in {path}: training the default model first (python -m "
+            "experiments.pretrain)")
     from experiments.configs.llama3_debug import get_config
     from llama3_jax.train.config import run_config
     from llama3_jax.train.loop import train
@@ -17,20 +48,31 @@ def ensure_pretrained(path=PRETRAIN) -> pathlib.Path:
   return path
 
 
-def start_jax(cfg) -> None:
-  """JAX configured for a training launcher's run, before its backend starts: fake CPU devices
-  (a launcher's JAX_NUM_CPU_DEVICES, e.g. launch.local --devices-per-process, wins over the
-  config), the persistent compilation cache, one log line per message."""
-  import logging
-  import os
-  import jax
-  if cfg.runtime.cpu_devices and "JAX_NUM_CPU_DEVICES" not in os.environ:
-    jax.config.update("jax_num_cpu_devices", cfg.runtime.cpu_devices)
-  if cfg.runtime.get("compilation_cache", True) and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    # JAX's persistent cache: a relaunch (a restart after preemption, the next run of the same
-    # config) loads its compiled programs instead of compiling them again.
-    from llama3_jax.data.corpus import cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  logging.basicConfig(level=logging.INFO, format="%(message)s")
-  logging.getLogger("absl").setLevel(logging.WARNING)
+MESH_HELP = ("axis sizes of the mesh the model is sharded over, e.g. tensor=2 (fsdp fills the "
+             "rest; default: all devices of the job with FSDP)")
+
+
+def inference_model(checkpoint, hf_dir, averaged: bool, tokenizer_path, mesh: str = ""):
+  """(model, tokenizer) for evaluation and generation: a workdir or checkpoint step (default:
+  the default pre-training run, trained first if absent) or a Hugging Face directory, its
+  parameters sharded over the job's devices as they are read (`mesh`: axis sizes, fsdp fills
+  the rest). Every process of a job calls it and holds only its devices' shards."""
+  from llama3_jax.checkpoint.model import init_model_config, model_and_tokenizer
+  from llama3_jax.errors import UserError
+  from llama3_jax.infer.placement import Placement
+  from llama3_jax.sharding import MeshConfig, parse_mesh
+  sizes = parse_mesh(mesh)   # a bad --mesh is refused before anything is read
+  if not hf_dir and checkpoint is None:
+    checkpoint = ensure_pretrained()
+  config = init_model_config(hf_dir or checkpoint)
+  try:
+    placement = Placement.make(MeshConfig(**sizes), config)
+  except ValueError as error:
+    raise UserError(f"--mesh {mesh or '(all devices, fsdp)'}: {error}",
+                    "give --mesh axis sizes that fit the model and the job's devices") from None
+  model, tokenizer = model_and_tokenizer(checkpoint, hf_dir, averaged, tokenizer_path,
+                                         mesh=placement.mesh)
+  if tokenizer.vocab_size > model.config.vocab_size:
+    raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
+                    f"vocabulary of {model.config.vocab_size}", "pass the model's --tokenizer")
+  return model, tokenizer

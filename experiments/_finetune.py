@@ -9,6 +9,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from llama3_jax import cli
+
 _CONFIGS = pathlib.Path(__file__).parent / "configs"
 # The runs the defaults start from, made first when absent.
 _DEFAULT_STARTS = {"workdirs/pretrain": "pretrain", "workdirs/sft": "sft"}
@@ -25,10 +27,12 @@ def define_flags(name: str):
 
 def _ensure_start(path: str) -> None:
   """The default starting run, trained first if it is not there."""
-  if (pathlib.Path(path) / "checkpoints").exists() or path not in _DEFAULT_STARTS:
+  from experiments._defaults import missing_run
+  if path not in _DEFAULT_STARTS or not missing_run(path):
     return
+  from llama3_jax.runtime import job
   start = _DEFAULT_STARTS[path]
-  print(f"no run in {path}: running the default {start} first (python -m experiments.{start})")
+  job.say(f"no run in {path}: running the default {start} first (python -m experiments.{start})")
   if start == "pretrain":
     from experiments._defaults import ensure_pretrained
     ensure_pretrained(path)
@@ -41,6 +45,10 @@ def _ensure_start(path: str) -> None:
 
 
 def report(summary: dict, workdir) -> None:
+  """The stage's evaluation and where its outputs went (process 0 prints it)."""
+  from llama3_jax.runtime import job
+  if not job.is_primary():
+    return
   evaluation = summary.get("evaluation") or {}
   for name, scores in evaluation.items():
     if "rm_accuracy" in scores:
@@ -56,7 +64,7 @@ def report(summary: dict, workdir) -> None:
   # eval.json only where there were held-out examples (the shipped task's, not a user's file)
   written = [n for n in ("metrics.jsonl", "eval.json", "hf/")
              if (pathlib.Path(workdir) / n.rstrip("/")).exists()]
-  print(f"{status}: {summary.get('steps')} steps"
+  print(f"{status}: {summary.get('steps')} steps" + cli.stopped_note(summary, workdir)
         + (f", loss {summary['loss']:.4f}" if "loss" in summary else "")
         + f"; outputs in {workdir} ({', '.join(written)})")
 
@@ -67,7 +75,7 @@ def main_for(kind: str):
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
     from experiments._defaults import start_jax
-    start_jax(cfg)   # before JAX's backend starts
+    start_jax(cfg)   # before JAX's backend starts; joins a multi-process job
     from llama3_jax.posttrain.stage import run_stage
     from llama3_jax.train.config import run_config
     run = run_config(cfg)   # the one conversion: every field checked before any work
@@ -78,5 +86,4 @@ def main_for(kind: str):
 
 def launch(kind: str, name: str | None = None) -> None:
   """`name`: the launcher's, its config's and its default workdir's (default: `kind`)."""
-  from llama3_jax import cli
   cli.run_absl(main_for(kind), define=define_flags(name or kind))

@@ -11,7 +11,7 @@ mismatched checkpoint, or an --out that exists, in one line (llama3_jax/cli.py).
 import logging
 
 from llama3_jax import cli
-from llama3_jax.checkpoint.averaging import average_checkpoints
+from llama3_jax.errors import check_apart, with_run
 
 
 def main(argv=None):
@@ -19,9 +19,16 @@ def main(argv=None):
   parser.add_argument("checkpoints", nargs="+")
   parser.add_argument("--out", required=True)
   args = parser.parse_args(argv)
+  # Never into a checkpoint it reads, nor its run (a new step directory would become the run's
+  # newest checkpoint).
+  check_apart(args.out, [i for path in args.checkpoints for i in with_run("checkpoint", path)])
+  from experiments._defaults import start_job
+  start_job()   # joins a multi-process job (launch.local, SLURM, Kubernetes)
   logging.getLogger("absl").setLevel(logging.ERROR)   # Orbax's warnings about old metadata
+  from llama3_jax.checkpoint.averaging import average_checkpoints
+  from llama3_jax.runtime import job
   count = average_checkpoints(args.checkpoints, args.out)
-  print(f"averaged {count} checkpoints into {args.out}")
+  job.say(f"averaged {count} checkpoints into {args.out}")
 
 
 if __name__ == "__main__":

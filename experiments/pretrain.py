@@ -4,7 +4,7 @@ python -m experiments.pretrain                                   # tiny default,
 python -m experiments.pretrain --config experiments/configs/llama3_8b.py --workdir /ckpt/8b
 python -m experiments.pretrain --config.train.steps=100 --config.mesh.tensor=4 --workdir /tmp/r
 python -m launch.local --processes 2 --devices-per-process 4 -- \
-    python -m experiments.pretrain --workdir /tmp/r2 --config.eval.every_steps=0   # 2 processes
+    python -m experiments.pretrain --workdir /tmp/r2                             # 2 processes
 python -m experiments.pretrain --config experiments/configs/llama3_405b.py --dry-run
 
 Run again with the same --workdir and it resumes from the newest checkpoint (or says the run is
@@ -53,18 +53,15 @@ def main(argv):
     return _dry_run(cfg)
   import jax
   from experiments._defaults import start_jax
-  start_jax(cfg)   # before JAX's backend starts
-  from llama3_jax.runtime import distributed
+  start_jax(cfg)   # before JAX's backend starts; joins a multi-process job
+  from llama3_jax import cli
   from llama3_jax.runtime.goodput import report
-  distributed.initialize()
   from llama3_jax.train.config import run_config
   from llama3_jax.train.loop import train
   summary = train(run_config(cfg), workdir, started_at=STARTED_AT)
   if summary.get("complete") or jax.process_index() != 0:
     return
-  print(f"done: {summary['steps']} steps"
-        + (f" (stopped by {summary['stopped_by']}, checkpoint saved)"
-           if summary.get("stopped_by") else "")
+  print(f"done: {summary['steps']} steps" + cli.stopped_note(summary, workdir)
         + (f", loss {summary['loss']:.4f}, {summary['tokens']:,} tokens, "
            f"{summary['tokens_per_s']:,.0f} tokens/s, MFU {summary['mfu']:.1%} "
            f"(peak: {summary['peak_source']})" if "loss" in summary else "")

@@ -17,7 +17,9 @@ One row per example: the context once, then every choice attending to it and to 
 (shared-prefix segment ids, llama3_jax/model/attention_ops.py), so the context is encoded once
 for all choices. Every forward pass has the same shape (a fixed number of rows, lengths in
 power-of-two buckets, fp32 log-softmax), so a score does not depend on the batch size or on
-which other examples share the batch.
+which other examples share the batch. On a mesh (the model's parameters sharded:
+llama3_jax/infer/placement.py) the rows are split over its data-like axes, padded to a multiple
+of them, and the scores gathered to every process: one device's scores on any layout.
 """
 
 import random
@@ -29,6 +31,7 @@ from flax import nnx
 
 from llama3_jax.eval.stats import interval
 from llama3_jax.eval.tasks import Example
+from llama3_jax.infer.placement import Placement
 from llama3_jax.model.attention_ops import shared_prefix_segments
 
 ROWS = 8          # rows per forward pass, whatever the batch size asked for
@@ -98,7 +101,8 @@ def loglikelihoods(model, tokenizer, examples: list[Example], *, shots: int = 0,
                    seed: int = 1234, pool: list[Example] | None = None,
                    batch_size: int = ROWS) -> list[list[float]]:
   """Per example, one summed log-likelihood per choice (in the example's order).
-  `batch_size` rows are scored per call, padded to ROWS: the results do not depend on it."""
+  `batch_size` rows are scored per call, padded to ROWS (or a multiple of the mesh's row
+  shards): the results do not depend on it."""
   if not 1 <= batch_size <= ROWS:
     raise ValueError(f"batch_size={batch_size}; use 1..{ROWS}")
   pool = examples if pool is None else pool
@@ -120,6 +124,8 @@ def loglikelihoods(model, tokenizer, examples: list[Example], *, shots: int = 0,
       need = max_len
     requests.append((_bucket(need) if _bucket(need) <= max_len else max_len, ctx, conts))
   out = [None] * len(examples)
+  placement = Placement.of(model)
+  rows_per_call = placement.padded_rows(ROWS)
   # A call scores rows of one length bucket only: an example's row always has the same shape.
   for length in sorted({r[0] for r in requests}):
     members = [i for i, r in enumerate(requests) if r[0] == length]
@@ -127,9 +133,10 @@ def loglikelihoods(model, tokenizer, examples: list[Example], *, shots: int = 0,
       group = members[start:start + batch_size]
       rows = [example_row(requests[i][1], requests[i][2], length) for i in group]
       padding = example_row([tokenizer.bos_id, tokenizer.bos_id], [], length)
-      rows += [padding] * (ROWS - len(rows))
-      batch = {k: jnp.asarray(np.stack([r[k] for r in rows])) for k in rows[0]}
-      sums = np.asarray(_choice_loglikelihoods(model, batch, choices))
+      rows += [padding] * (rows_per_call - len(rows))
+      batch = {k: placement.rows(np.stack([r[k] for r in rows])) for k in rows[0]}
+      with placement.active():
+        sums = placement.fetch(_choice_loglikelihoods(model, batch, choices))
       for row, i in enumerate(group):
         out[i] = sums[row, :len(examples[i].choices)].astype(float).tolist()
   return out

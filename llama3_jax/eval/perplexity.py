@@ -14,7 +14,10 @@ tokens every call. Bytes are the UTF-8 bytes of the targets' text (each target t
 alone), so bits per byte compares models with different tokenizers.
 
 The model runs in fp32 (its parameters cast, matmuls in fp32) and in batches of `batch_rows`
-rows, so one program is compiled per model shape and every call sees the same shapes. The loss
+rows, so one program is compiled per model shape and every call sees the same shapes. On a mesh
+(the model's parameters sharded, llama3_jax/infer/placement.py) the rows are split over its
+data-like axes (a batch padded with masked rows to a multiple of them) and the sums gathered
+to every process. The loss
 is nats per target token, token-weighted over all sources (`loss`) and per source.
 """
 
@@ -29,6 +32,7 @@ from flax import nnx
 
 from llama3_jax.data.prepare import read_manifest
 from llama3_jax.data.tokenizers import load_tokenizer
+from llama3_jax.infer.placement import Placement
 
 
 def _documents(data_dir: pathlib.Path, source: dict) -> list[np.ndarray]:
@@ -113,9 +117,20 @@ def _nll_sums(graphdef, state, batch):
   return (nll_bt * batch["loss_mask"]).sum(), batch["loss_mask"].sum()
 
 
+def _padded(batch: dict, rows: int) -> dict:
+  """`batch` with copies of its last row, their loss masked, up to `rows` rows."""
+  pad = rows - batch["inputs"].shape[0]
+  if not pad:
+    return batch
+  out = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in batch.items()}
+  out["loss_mask"][-pad:] = 0
+  return out
+
+
 def evaluate(model, rows: dict, batch_rows: int = 16) -> dict:
   """Held-out loss (nats per token) and bits per byte of `model`, overall and per source."""
   graphdef, state = fp32(model)
+  placement = Placement.of(model)
   per_source, total_nll, total_tokens, total_bytes = {}, 0.0, 0.0, 0
   for name, source in rows.items():
     n_rows = source["inputs"].shape[0]
@@ -124,9 +139,11 @@ def evaluate(model, rows: dict, batch_rows: int = 16) -> dict:
                        "use a multiple of batch_rows")
     nll = tokens = 0.0
     for start in range(0, n_rows, batch_rows):
-      batch = {k: jnp.asarray(v[start:start + batch_rows]) for k, v in source.items()
-               if k != "bytes"}
-      s, n = _nll_sums(graphdef, state, batch)
+      batch = _padded({k: v[start:start + batch_rows] for k, v in source.items()
+                        if k != "bytes"}, placement.padded_rows(batch_rows))
+      with placement.active():
+        s, n = placement.fetch(_nll_sums(graphdef, state,
+                                         {k: placement.rows(v) for k, v in batch.items()}))
       nll, tokens = nll + float(s), tokens + float(n)
     per_source[name] = {"loss": nll / max(tokens, 1), "tokens": int(tokens),
                         "bytes": source["bytes"],

@@ -13,25 +13,25 @@ two, the cache to the bucket of prompt + new tokens), so a run compiles one pref
 decode step per bucket, never per token; when finished rows leave at most half the batch
 bucket, the rest move into the smaller bucket and stop costing work. K samples of one prompt
 prefill it once and start from copies of its cache (Llama 3's prefix sharing for rejection
-sampling, report §4.2.2). On a mesh (a MeshConfig, checked like training's), the parameters, the
-cache and the rows are sharded by the training rules: heads over tensor, rows over data x fsdp.
+sampling, report §4.2.2). On a mesh (a MeshConfig, checked like training's, or the one the
+model's parameters already lie on) the parameters, the cache and the rows are sharded by the
+training rules: heads over tensor, rows over data x fsdp; the mesh may span processes (each
+runs the same `generate` call and gets every token: llama3_jax/infer/placement.py), and the
+tokens are those of one device.
 """
 
 import dataclasses
-import math
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen
 from flax import nnx
-from jax.sharding import NamedSharding
 
 from llama3_jax.infer import kv_cache
+from llama3_jax.infer.placement import Placement
 from llama3_jax.infer.sampling import sample
-from llama3_jax.sharding import MeshConfig, ShardingConfig, make_mesh, make_rules, validate
-from llama3_jax.sharding.rules import logical_to_spec, state_shardings
+from llama3_jax.sharding import MeshConfig, ShardingConfig
 
 # Llama 3's end-of-turn and end-of-text ids (its tokenizer's special tokens).
 LLAMA3_STOP_IDS = (128009, 128001)
@@ -70,27 +70,32 @@ class Generator:
                sharding: ShardingConfig = ShardingConfig(), *, devices=None,
                stop_ids: Sequence[int] | None = None, min_batch: int | None = None):
     self.config = model.config
-    self.graphdef, state = nnx.split(model)
     self.stop_ids = tuple(LLAMA3_STOP_IDS if stop_ids is None else stop_ids)
-    self.mesh = self.rules = self.rows = self.cache_shardings = None
-    shards = 1
+    # Where it runs: a mesh of its own (mesh_config), else the mesh the model lies on, if any.
     if mesh_config is not None:
-      devices = jax.devices() if devices is None else list(devices)
-      sizes = validate(mesh_config, self.config, n_devices=len(devices))
-      self.mesh = mesh = make_mesh(mesh_config, devices)
-      self.rules = rules = make_rules(self.config, sizes, sharding)
-      state = jax.device_put(state, state_shardings(state, mesh, rules))
-      spec = logical_to_spec(("act_batch",), rules)
-      self.rows = NamedSharding(mesh, spec)
-      self.cache_shardings = kv_cache.cache_shardings(mesh, rules)
-      axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],) if spec[0] else ()
-      shards = math.prod(mesh.shape[axis] for axis in axes)
-    self.state = state
-    self.min_batch = max(min_batch or 1, shards)   # rows must split over data x fsdp
+      self.placement = Placement.make(mesh_config, self.config, devices=devices,
+                                      sharding=sharding)
+    else:
+      self.placement = Placement.of(model)
+    self.graphdef, state = nnx.split(model)
+    self.state = self.placement.put_state(state) if mesh_config is not None else state
+    self.mesh, self.rules = self.placement.mesh, self.placement.rules
+    self.cache_shardings = None
+    take, new_cache = kv_cache.take_rows, kv_cache.init_cache
+    if self.mesh is not None:
+      # The cache is made on its devices and rows are taken there: no array of it ever passes
+      # through one device or the host.
+      self.cache_shardings = kv_cache.cache_shardings(self.mesh, self.rules)
+      take = jax.jit(take, out_shardings=self.cache_shardings)
+      new_cache = jax.jit(new_cache, static_argnums=(0, 1, 2),
+                          out_shardings=self.cache_shardings)
+    self._take_cache, self._init_cache = take, new_cache
+    self.min_batch = max(min_batch or 1, self.placement.row_shards)   # rows split over data x fsdp
     self.decoded_rows = 0   # rows x decode steps computed (padding and live rows alike)
     self._prefill = jax.jit(self._prefill_fn, donate_argnums=1)
     self._decode = jax.jit(self._decode_fn, donate_argnums=1)
     self._sample = jax.jit(sample)
+    self._take_logits = jax.jit(lambda logits_bv, rows_b: logits_bv[rows_b])
 
   def compile_counts(self) -> dict[str, int]:
     """Programs compiled so far: one prefill per (batch, length, cache) bucket, one decode step
@@ -119,17 +124,19 @@ class Generator:
     return logits_btv[:, 0], cache
 
   def _call(self, fn, *args):
-    if self.mesh is None:
-      return fn(*args)
-    with jax.set_mesh(self.mesh), linen.logical_axis_rules(self.rules):
+    with self.placement.active():
       return fn(*args)
 
   def _rows(self, x):
-    return x if self.rows is None else jax.device_put(x, self.rows)
+    return x if self.mesh is None else self.placement.rows(x)
+
+  def _batch(self, rows: int) -> int:
+    """The batch bucket of `rows` rows: a power of two, at least min_batch, that the mesh's
+    row shards divide."""
+    return self.placement.padded_rows(bucket(rows, self.min_batch))
 
   def _new_cache(self, batch, max_len):
-    cache = kv_cache.init_cache(self.config, batch, max_len)
-    return cache if self.cache_shardings is None else jax.device_put(cache, self.cache_shardings)
+    return self._init_cache(self.config, batch, max_len)
 
   # ---- the loop ----------------------------------------------------------------------------
 
@@ -150,7 +157,7 @@ class Generator:
     longest = max(map(len, prompts))
     S = min(bucket(longest + max_new_tokens, 16), self.config.max_seq_len)
     T = min(bucket(longest, 8), S)
-    Bp = bucket(P, self.min_batch)
+    Bp = self._batch(P)
     tokens_bt = np.zeros((Bp, T), np.int32)
     lengths_b = np.ones(Bp, np.int32)
     for i, p in enumerate(prompts):
@@ -160,21 +167,22 @@ class Generator:
     # Decode row r is sample j of prompt i (r = i * K + j): it starts from a copy of prompt i's
     # prefilled cache and logits (the prompt was prefilled once for its K samples).
     rows = [(i, j) for i in range(P) for j in range(K)]
-    B = bucket(len(rows), self.min_batch)
+    B = self._batch(len(rows))
     source = np.array([i for i, _ in rows] + [0] * (B - len(rows)), np.int32)
     if B != Bp or K > 1:
-      cache, logits_bv = self._take(cache, source), logits_bv[source]
-    params = self._row_params(rows, sampling, B, first_sample)
+      cache, logits_bv = self._take(cache, logits_bv, source)
+    host_params = self._row_params(rows, sampling, B, first_sample)
+    params = tuple(self._rows(p) for p in host_params)
     slots_b = np.array([len(prompts[i]) for i, _ in rows] + [0] * (B - len(rows)), np.int32)
     out, done = [[] for _ in rows], [False] * len(rows)
     kept = [[] for _ in rows]
     slot_rows = list(range(len(rows))) + [None] * (B - len(rows))   # decode slot -> row
     for step in range(max_new_tokens):
-      next_b = np.asarray(self._sample(logits_bv, *params[:2], self._rows(np.full(B, step,
-                                                                                   np.int32)),
-                                       *params[2:]))
+      next_b = self.placement.fetch(self._sample(
+          logits_bv, *params[:2], self._rows(np.full(B, step, np.int32)), *params[2:]))
       live = []
-      host_logits_bv = np.asarray(logits_bv, np.float32) if keep_logits else None
+      host_logits_bv = (self.placement.fetch(logits_bv).astype(np.float32) if keep_logits
+                        else None)
       for slot, row in enumerate(slot_rows):
         if row is None:
           continue
@@ -190,11 +198,13 @@ class Generator:
           live.append(slot)
       if not live:
         break
-      smaller = bucket(len(live), self.min_batch)
+      smaller = self._batch(len(live))
       if smaller < B:   # finished rows leave; the live ones move into the smaller bucket
         keep = np.array(live + [live[0]] * (smaller - len(live)), np.int32)
-        cache, next_b, slots_b = self._take(cache, keep), next_b[keep], slots_b[keep]
-        params = tuple(self._rows(np.asarray(p)[keep]) for p in params)
+        cache, _ = self._take(cache, None, keep)
+        next_b, slots_b = next_b[keep], slots_b[keep]
+        host_params = tuple(p[keep] for p in host_params)
+        params = tuple(self._rows(p) for p in host_params)
         slot_rows = [slot_rows[s] for s in live] + [None] * (smaller - len(live))
         B = smaller
       else:
@@ -208,19 +218,25 @@ class Generator:
                    [np.stack(kept[i * K + j]) for j in range(K)] if keep_logits else None)
             for i in range(P)]
 
-  def _take(self, cache, rows_b):
-    cache = kv_cache.take_rows(cache, jnp.asarray(rows_b))
-    return cache if self.cache_shardings is None else jax.device_put(cache, self.cache_shardings)
+  def _take(self, cache, logits_bv, rows_b):
+    """The cache (and logits, if given) of rows `rows_b`, in that order, on their devices."""
+    rows_b = self.placement.replicated(np.asarray(rows_b, np.int32))
+    cache = self._take_cache(cache, rows_b)
+    if logits_bv is not None:
+      with self.placement.active():
+        logits_bv = self._take_logits(logits_bv, rows_b)
+    return cache, logits_bv
 
   def _row_params(self, rows, sampling, B, first_sample):
-    """Per decode row: seed, sample number, temperature, top-k, top-p (padding rows: greedy)."""
+    """Per decode row (numpy): seed, sample number, temperature, top-k, top-p (padding rows:
+    greedy)."""
     pad = B - len(rows)
     seed = [sampling[i].seed for i, _ in rows] + [0] * pad
     number = [first_sample + j for _, j in rows] + [0] * pad
     temperature = [sampling[i].temperature for i, _ in rows] + [0.0] * pad
     top_k = [sampling[i].top_k for i, _ in rows] + [0] * pad
     top_p = [sampling[i].top_p for i, _ in rows] + [1.0] * pad
-    return tuple(self._rows(np.asarray(x, dtype)) for x, dtype in (
+    return tuple(np.asarray(x, dtype) for x, dtype in (
         (seed, np.uint32), (number, np.int32), (temperature, np.float32), (top_k, np.int32),
         (top_p, np.float32)))
 

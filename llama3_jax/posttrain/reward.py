@@ -15,6 +15,7 @@ from flax import nnx
 from llama3_jax.data import conversations
 from llama3_jax.data.conversations.prepared import decode_record, encode_record, example_rows
 from llama3_jax.eval.stats import interval
+from llama3_jax.infer.placement import Placement
 
 
 def _response_rows(tokenizer, messages, responses, seq_len):
@@ -54,12 +55,15 @@ def score_responses(model, tokenizer, prompts, responses, *, seq_len: int = 256,
     work += [(p, group, rec) for group, rec in _response_rows(tokenizer, messages, texts,
                                                                seq_len)]
   out = [np.zeros(len(texts), np.float32) for texts in responses]
+  placement = Placement.of(model)   # on a mesh: rows over its data-like axes
+  rows = placement.padded_rows(rows)
   for start in range(0, len(work), rows):
     chunk = work[start:start + rows]
     records = [rec for _, _, rec in chunk]
     batch = example_rows(records + [records[-1]] * (rows - len(records)), seq_len)
-    rewards_bt = np.asarray(_rewards(model, batch["inputs"], batch["segment_ids"],
-                                     batch["positions"]))
+    with placement.active():
+      rewards_bt = placement.fetch(_rewards(model, *(placement.rows(batch[k]) for k in (
+          "inputs", "segment_ids", "positions"))))
     for b, (p, group, _) in enumerate(chunk):
       for slot, i in enumerate(group, start=1):
         last = np.flatnonzero(batch["response"][b] == slot)[-1]   # its <|eot_id|> input

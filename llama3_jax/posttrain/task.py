@@ -18,7 +18,6 @@ import pathlib
 import random
 
 from flax import nnx
-import jax.numpy as jnp
 import numpy as np
 
 from llama3_jax.data import conversations
@@ -26,7 +25,9 @@ from llama3_jax.data.conversations.chat import decode, encode_chat
 from llama3_jax.data.conversations.prepared import decode_record, encode_record, example_rows
 from llama3_jax.eval import stats
 from llama3_jax.infer.generate import Generator, Sampling
+from llama3_jax.infer.placement import Placement
 from llama3_jax.objectives.dpo import response_sums
+from llama3_jax.runtime import job
 
 SYSTEM = "Answer with the number only."
 _TEMPLATES = ("What is {a} {op} {b}?", "Compute {a} {op} {b}.", "{a} {op} {b} = ?")
@@ -61,9 +62,18 @@ def messages(question: str) -> list[dict]:
 
 def write_task(out_dir, *, seed: int = 0, train_questions: int = 4000, heldout: int = 200,
                max_operand: int = 20, heldout_share: float = 0.15) -> dict:
-  """Writes the task's files into `out_dir`; returns {name: path}."""
+  """Writes the task's files into `out_dir`; returns {name: path}. In a multi-process job every
+  process calls it: process 0 writes, and all return once the files are there."""
   out_dir = pathlib.Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  paths = {name: out_dir / f"{name}.jsonl" for name in ("sft", "preferences", "heldout")}
+  job.write_once(f"task {out_dir}", lambda: _write_task(
+      paths, seed, train_questions, heldout, max_operand, heldout_share))
+  return paths
+
+
+def _write_task(paths: dict, seed: int, train_questions: int, heldout: int, max_operand: int,
+                heldout_share: float) -> None:
+  paths["sft"].parent.mkdir(parents=True, exist_ok=True)
   rng = random.Random(seed)
   train, test, seen = [], [], set()
   for _ in range(100 * (train_questions + heldout)):
@@ -75,7 +85,6 @@ def write_task(out_dir, *, seed: int = 0, train_questions: int = 4000, heldout: 
     seen.add(question)
     (test if _held_out(question, heldout_share) else train).append((question, answer))
   train, test = train[:train_questions], test[:heldout]
-  paths = {name: out_dir / f"{name}.jsonl" for name in ("sft", "preferences", "heldout")}
   with open(paths["sft"], "w") as f:
     for question, answer in train:
       f.write(json.dumps({"messages": messages(question) + [
@@ -88,7 +97,6 @@ def write_task(out_dir, *, seed: int = 0, train_questions: int = 4000, heldout: 
     for question, answer in test:
       f.write(json.dumps({"messages": messages(question), "answer": answer,
                           "chosen": answer, "rejected": near_miss(answer, rng)}) + "\n")
-  return paths
 
 
 def read_heldout(path) -> list[dict]:
@@ -115,11 +123,15 @@ def preference_accuracy(model, tokenizer, examples: list[dict], seq_len: int = 1
       tokenizer, e["messages"], {"chosen": e["chosen"], "rejected": e["rejected"]})))
       for e in examples]
   score = nnx.jit(lambda model, batch: response_sums(model, batch, slots=4))
+  placement = Placement.of(model)   # on a mesh: rows over its data-like axes
   wins = []
   for start in range(0, len(records), batch_size):
-    batch = example_rows(records[start:start + batch_size], seq_len)
-    logp, _ = score(model, {k: jnp.asarray(v) for k, v in batch.items()})
-    wins += (np.asarray(logp[:, 1]) > np.asarray(logp[:, 2])).tolist()
+    chunk = records[start:start + batch_size]
+    rows = placement.padded_rows(len(chunk))
+    batch = example_rows(chunk + [chunk[-1]] * (rows - len(chunk)), seq_len)
+    with placement.active():
+      logp, _ = placement.fetch(score(model, {k: placement.rows(v) for k, v in batch.items()}))
+    wins += (logp[:len(chunk), 1] > logp[:len(chunk), 2]).tolist()
   value = float(np.mean(wins))
   return {"preference_accuracy": value,
           "preference_accuracy_ci": stats.interval(value, len(wins))}

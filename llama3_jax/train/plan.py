@@ -73,9 +73,6 @@ def make_plan(run: RunConfig, n_devices: int, n_processes: int = 1,
     raise ValueError(f"eval.every_steps={run.eval.every_steps} is not a multiple of "
                      f"log.every_steps={run.log.every_steps}; the results go into a metrics "
                      "row, so make it one")
-  if run.eval.every_steps and n_processes > 1:
-    raise ValueError("eval.every_steps runs on one process only so far; set it to 0 for a "
-                     "multi-process job and evaluate its checkpoints with experiments.evaluate")
   horizon = train.schedule_steps or train.steps
   if horizon < train.steps:
     raise ValueError(f"train.schedule_steps={horizon} is shorter than train.steps="

@@ -1,7 +1,9 @@
 """One job over several JAX processes, as users run it: `python -m launch.local ... --
 python -m experiments.pretrain`, on the tiny fsdp=4 x tensor=2 config of tiny_config.py.
 
-- 2 processes x 4 devices train like 1 process x 8 devices, and checkpoints move between them;
+- 2 processes x 4 devices train like 1 process x 8 devices, evaluate during training like it
+  (held-out loss, multiple choice, generation: llama3_jax/infer/placement.py), and checkpoints
+  move between them;
 - SIGKILL of one process before, during and after checkpoint writes (random steps and
   processes; LLAMA3_FAULT_SEED replays a draw): the launcher restarts the job, which resumes
   from the newest complete checkpoint and ends with the uninterrupted run's losses and
@@ -60,10 +62,15 @@ def params(workdir, step):
   return jax.tree.map(np.asarray, checkpointer.restore(path, target)["model"])
 
 
+# Evaluation during training, at the last step: what the default config does, in miniature.
+EVAL = ("--config.eval.every_steps=6", "--config.eval.tasks=heldout,arith,arith_gen",
+        "--config.eval.examples=8")
+
+
 @pytest.fixture(scope="module")
 def one_process(job_env, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("one_process")
-  pretrain(job_env, workdir, 1)
+  pretrain(job_env, workdir, 1, *EVAL)
   return workdir
 
 
@@ -72,12 +79,22 @@ def two_processes(job_env, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("two_processes")
   # Process 1 stalls 3 s before step 4: a straggler (it changes no number).
   pretrain(job_env, workdir, 2, "--config.faults.sleep=4:3:p1",
-           "--config.resilience.straggler_factor=2")
+           "--config.resilience.straggler_factor=2", *EVAL)
   return workdir
 
 
 def test_two_processes_train_like_one(one_process, two_processes):
   one, two = losses(one_process), losses(two_processes)
+  # Evaluation during training logs what one process logs: the same scores, the same answers.
+  evaluated = [{k: v for k, v in row.items() if k.startswith("eval/")}
+               for row in (read_metrics(one_process)[-1], read_metrics(two_processes)[-1])]
+  assert {"eval/heldout/loss", "eval/arith/acc", "eval/arith_gen/exact_match"} <= set(
+      evaluated[0]) and evaluated[0].keys() == evaluated[1].keys()
+  for key, value in evaluated[0].items():
+    if key.endswith(("loss", "nll_per_char", "bits_per_byte")):
+      assert evaluated[1][key] == pytest.approx(value, rel=1e-5), key
+    else:   # accuracies and exact match: the same answers
+      assert evaluated[1][key] == value, key
   assert list(one[:, 0]) == list(two[:, 0]) == [1, 2, 3, 4, 5, 6]
   # The same mesh and batches; only the collectives differ (in-process vs. gloo between
   # processes), which may round the last bit of a sum differently.
