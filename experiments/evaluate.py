@@ -8,6 +8,9 @@ python -m experiments.evaluate --tasks "" --needle 256,512,1024 --checkpoint wor
 python -m experiments.evaluate --tasks arith --contamination ~/.cache/llama3_jax/corpus-v2-vocab512
 python -m experiments.evaluate --hf /models/Llama-3.2-1B --tasks mmlu_test.parquet \
     --out results.json --log_samples samples.jsonl
+python -m experiments.evaluate --checkpoint workdirs/pretrain --mesh fsdp=4,tensor=2
+python -m launch.local --processes 2 --devices-per-process 4 -- \
+    python -m experiments.evaluate --checkpoint workdirs/pretrain --tasks arith,arith_gen
 
 Tasks: `heldout` (loss and bits per byte per source on the embedded corpus' held-out split, or
 name a prepared data directory), shipped ones by name (arith, cloze: multiple choice; arith_gen:
@@ -21,16 +24,22 @@ each task (a file's stem) to acc, acc_norm, acc_ci, acc_norm_ci, gold_nll_per_ch
 (generative: exact_match, exact_match_ci and n); `--log_samples` writes one line per example
 (task, index, gold, loglikelihoods; generative: generation, extracted). Exit codes: 0 done, 2
 bad input (one line naming the file and line); nothing is half-written.
+
+The model is sharded over all devices of the job as it is read (FSDP; --mesh for other axis
+sizes): the rows of each batch are split over the data-like axes and the scores gathered, so
+any layout and any process count gives one device's scores. Under launch.local, SLURM or
+Kubernetes every process runs this same command; process 0 prints and writes the results.
 """
 
 import json
-import logging
 import os
 import pathlib
 import tempfile
 
 from absl import app
 from absl import flags
+
+from experiments._defaults import MESH_HELP
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a training workdir or checkpoint step "
                                   "(default: workdirs/pretrain, trained first if absent)")
@@ -57,6 +66,7 @@ _STOP = flags.DEFINE_string("stop", None, "generative tasks: stop strings as a J
                             "(default: the task's; [\"\\n\\n\", \"Question:\"] for files)")
 _PATTERN = flags.DEFINE_string("answer_pattern", None, "generative tasks: the answer's regex "
                                "(default: 'The final answer is (.+)', else the last number)")
+_MESH = flags.DEFINE_string("mesh", "", MESH_HELP)
 
 
 def _atomic_write(path: pathlib.Path, text: str) -> None:
@@ -82,11 +92,10 @@ def _contamination(index, tokenizer, examples, samples) -> list[dict]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  import jax
-  jax.config.update("jax_num_cpu_devices", 8)   # ignored on GPU/TPU
-  logging.getLogger("absl").setLevel(logging.WARNING)   # Orbax's progress lines
-  from llama3_jax.checkpoint.model import model_and_tokenizer
+  from experiments._defaults import inference_model, start_job
+  start_job()   # 8 CPU devices unless the launcher says otherwise; joins a multi-process job
   from llama3_jax.eval import generative, multiple_choice, robustness, tasks
+  from llama3_jax.runtime import job
   names = list(filter(None, _TASKS.value.split(",")))
   # Held-out perplexity: "heldout" (the embedded corpus' held-out split) or a prepared data dir.
   heldout = [n for n in names if n == "heldout" or pathlib.Path(n).is_dir()]
@@ -104,22 +113,21 @@ def main(argv):
   if _CONTAMINATION.value:   # checked before the model is read
     from llama3_jax.eval.contamination import check_prepared
     check_prepared(_CONTAMINATION.value)
+  from llama3_jax.sharding import parse_mesh
+  parse_mesh(_MESH.value)   # a bad --mesh too
   checkpoint = _CHECKPOINT.value
   if not _HF.value and checkpoint is None:
     from experiments._defaults import ensure_pretrained
     checkpoint = ensure_pretrained()
-  model, tokenizer = model_and_tokenizer(checkpoint, _HF.value, _AVERAGED.value,
-                                         _TOKENIZER.value)
-  if tokenizer.vocab_size > model.config.vocab_size:
-    raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
-                     f"vocabulary of {model.config.vocab_size}; pass the model's --tokenizer")
+  model, tokenizer = inference_model(checkpoint, _HF.value, _AVERAGED.value, _TOKENIZER.value,
+                                     _MESH.value)
   index = None
   if _CONTAMINATION.value:
     from llama3_jax.eval.contamination import NgramIndex
     index = NgramIndex.from_prepared(_CONTAMINATION.value)
-    print(f"contamination: {index.added:,} 8-grams of {_CONTAMINATION.value} in a "
-          f"{index.bits / 8 / 2**20:.1f} MiB Bloom filter (false-positive rate "
-          f"{index.false_positive_rate:.1e})")
+    job.say(f"contamination: {index.added:,} 8-grams of {_CONTAMINATION.value} in a "
+            f"{index.bits / 8 / 2**20:.1f} MiB Bloom filter (false-positive rate "
+            f"{index.false_positive_rate:.1e})")
   results, samples = {}, []
   for name in heldout:
     from llama3_jax.eval import perplexity
@@ -146,6 +154,12 @@ def main(argv):
     from llama3_jax.eval import needle
     results["needle"] = needle.needle_grid(model, tokenizer, lengths=lengths,
                                            depths=(0.0, 0.25, 0.5, 0.75, 1.0))
+  out = pathlib.Path(_OUT.value or pathlib.Path(_HF.value or checkpoint) / "eval_results.json")
+  # Every process has the same results; process 0 alone prints and writes them.
+  job.write_once("evaluation results", lambda: _report(results, samples, out))
+
+
+def _report(results: dict, samples: list[dict], out: pathlib.Path) -> None:
   print(f"{'task':<20} {'n':>5} {'chance':>7} {'acc':>15} {'acc_norm':>15} {'nll/char':>9}")
   for name, r in results.items():
     if name == "needle":
@@ -170,9 +184,9 @@ def main(argv):
       variants = {k.split("/")[1]: round(v, 3) for k, v in r["robustness"]["variants"].items()
                   if k.startswith(family + "/")}
       print(f"  {family:<8} spread {spread['spread']:.3f}: {variants}")
-  out = pathlib.Path(_OUT.value or pathlib.Path(_HF.value or checkpoint) / "eval_results.json")
   if "needle" in results:
     from llama3_jax.eval import needle
+    out.parent.mkdir(parents=True, exist_ok=True)
     needle.plot(results["needle"], out.with_name("needle.png"))
     print(f"needle in a haystack: accuracy {results['needle']['acc']:.3f} by length "
           f"{results['needle']['lengths']} x depth; heat map in {out.with_name('needle.png')}")
