@@ -24,7 +24,7 @@ EXIT_BAD_INPUT = 2
 _OURS = tuple(str(pathlib.Path(__file__).resolve().parents[1] / d) for d in
               ("llama3_jax", "experiments"))
 
-__all__ = ["EXIT_BAD_INPUT", "ArgumentParser", "UserError", "run", "run_absl"]
+__all__ = ["EXIT_BAD_INPUT", "ArgumentParser", "UserError", "run", "run_absl", "stopped_note"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -62,6 +62,16 @@ def run_absl(main, *, define=None, exit_codes=None):
     app.run(main_without_usage, flags_parser=_parse_absl_flags)
 
   _guarded(start, verbose, exit_codes)
+
+
+def stopped_note(summary: dict, workdir) -> str:
+  """" (stopped by SIGTERM, checkpoint saved)" for a training run a signal stopped, "saved"
+  only where the checkpoint of its last step is there to resume from; "" otherwise."""
+  if not summary.get("stopped_by"):
+    return ""
+  saved = (pathlib.Path(workdir) / "checkpoints" / str(summary.get("steps"))).is_dir()
+  return (f" (stopped by {summary['stopped_by']}, "
+          + ("checkpoint saved)" if saved else "but no checkpoint was saved)"))
 
 
 def _strip_verbose(argv):
