@@ -33,7 +33,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from llama3_jax import cli
-from llama3_jax.errors import UserError
+from llama3_jax.errors import UserError, check_apart
 
 _DEFAULT = str(pathlib.Path(__file__).parent / "configs" / "curation.py")
 DEFAULT_OUT = "workdirs/curate"
@@ -99,6 +99,10 @@ def main(argv):
     f.input = str(embedded_corpus() / "raw")
     f.out = f.out or DEFAULT_OUT
     print(f"no --input: curating the embedded corpus' raw text ({f.input})")
+  # Kept documents go to the inputs' relative paths under --out: never over an input, and
+  # never where the next run would read them back as input.
+  check_apart(f.out, [("--input", f.input), ("--dirty-words", f["dirty-words"].value),
+                      *[(f"--{k}-model", f[f"{k}-model"].value) for k in ("langid", "quality")]])
   c = f.config.to_dict()
   c["read"]["strict"] = c["read"]["strict"] or f.strict
   if f.workers is not None:

@@ -19,6 +19,7 @@ import sys
 
 from llama3_jax import cli
 from llama3_jax.data.prepare import prepare
+from llama3_jax.errors import check_apart
 
 
 def main(argv=None) -> None:
@@ -39,6 +40,7 @@ def main(argv=None) -> None:
                       help="who runs the tasks: a process pool, Ray, or SLURM job arrays")
   parser.add_argument("--tasks", type=int, default=0, help="tasks per stage (default: workers)")
   args = parser.parse_args(argv)
+  check_apart(args.out, [*(("--input", i) for i in args.input), ("--tokenizer", args.tokenizer)])
   relaunch = shlex.join(["python", "-m", "experiments.prepare_data",
                          *(sys.argv[1:] if argv is None else argv)])
   manifest = prepare(args.input, args.tokenizer, args.out, source=args.source,

@@ -12,9 +12,11 @@ Tokenization is two stages of tasks (llama3_jax/data/curation/tasks.py), run by 
 executors as curation (`executor`: local process pool, ray, slurm job arrays; `tasks` per
 stage): `tokenize`, one unit per input file, writes its shard under a temporary name, renames
 it, then its small `.json` summary (the unit's completion marker, with the input's size and
-modification time); `manifest`, one unit, writes the manifest from the summaries (and the
+modification time and the tokenizer's sha256: a shard another tokenizer wrote is tokenized again,
+never adopted); `manifest`, one unit, writes the manifest from the summaries (and the
 tokenize stage's totals, documents, tokens, seconds, peak memory, to `_work/.../stats/`). An
-interrupted run resumes where it stopped; an input that changed since its shard was written is
+interrupted run resumes where it stopped; an `out/` whose manifest names another tokenizer is
+refused before anything is tokenized; an input that changed since its shard was written is
 tokenized again; several machines can split the files (`shard_index`/`shard_count`: the last
 to finish writes the manifest). The stages' spec lies in `out/_work/prepare-<source>/`.
 """
@@ -48,7 +50,7 @@ def _write_json(path: pathlib.Path, value) -> None:
 
 
 def _tokenize_file(input_path, shard_path, tokenizer_path, strict, text_field,
-                   min_tokens) -> dict:
+                   min_tokens, tokenizer_sha256) -> dict:
   """Writes one shard from one input file; returns its summary (the caller writes it)."""
   from array_record.python.array_record_module import ArrayRecordWriter
   if fingerprint(input_path[0]) != input_path[1]:
@@ -78,7 +80,7 @@ def _tokenize_file(input_path, shard_path, tokenizer_path, strict, text_field,
   os.replace(tmp, shard_path)
   return {"input": str(input_path), "shard": shard_path.name, "documents": documents,
           "docs": documents, "tokens": tokens, "too_short": short, "skipped": skips.as_dict(),
-          "fingerprint": recorded}
+          "fingerprint": recorded, "tokenizer_sha256": tokenizer_sha256}
 
 
 _TOKENIZERS = {}
@@ -107,19 +109,27 @@ def prepare(inputs, tokenizer_path, out_dir, *, source: str = "general", workers
   files = list_files(inputs)
   tokenizer_path = str(pathlib.Path(tokenizer_path).resolve())
   load_tokenizer(tokenizer_path)               # a bad tokenizer fails here, not in every task
+  tokenizer_sha256 = _sha256(tokenizer_path)
+  _check_same_tokenizer(out_dir, tokenizer_path, tokenizer_sha256)   # before any shard
   (out_dir / source).mkdir(parents=True, exist_ok=True)
   work = (out_dir / "_work" / f"prepare-{source}").resolve()   # tasks may run elsewhere
   args = {"inputs": [[str(p.resolve()), fingerprint(p)] for p in files],
           "tokenizer_path": tokenizer_path,
           "out_dir": str(out_dir.resolve()), "source": source, "strict": strict,
           "text_field": text_field, "min_tokens": min_tokens, "provenance": provenance,
-          "relaunch": relaunch}
+          "relaunch": relaunch, "tokenizer_sha256": tokenizer_sha256}
   stages = build_stages(work, **args)
-  for i, (path, recorded) in enumerate(args["inputs"]):     # changed since its shard: redo
+  for i, (path, recorded) in enumerate(args["inputs"]):
     summary = stages[0].marker(i)
-    if summary.exists() and json.loads(summary.read_text()).get("fingerprint",
-                                                                 recorded) != recorded:
+    if not summary.exists():
+      continue
+    written = json.loads(summary.read_text())
+    if written.get("fingerprint", recorded) != recorded:
       (log or print)(f"{path} changed since its shard was written: tokenizing it again")
+      summary.unlink()
+    elif written.get("tokenizer_sha256") != tokenizer_sha256:   # never adopt another's shard
+      (log or print)(f"{summary.with_suffix('.array_record')} was not recorded as tokenized "
+                     f"with {tokenizer_path}: tokenizing {path} again")
       summary.unlink()
   stages[1].marker(0).unlink(missing_ok=True)   # the manifest is always written again
   write_spec(work, "llama3_jax.data.prepare:build_stages", args)
@@ -136,14 +146,14 @@ def prepare(inputs, tokenizer_path, out_dir, *, source: str = "general", workers
 
 
 def build_stages(work, *, inputs, tokenizer_path, out_dir, source, strict, text_field,
-                 min_tokens, provenance, relaunch="") -> list[Stage]:
+                 min_tokens, provenance, relaunch="", tokenizer_sha256=None) -> list[Stage]:
   """The tokenize and manifest stages of one source (rebuilt by every task from spec.json)."""
   out_dir = pathlib.Path(out_dir)
   shard = lambda i: out_dir / source / f"shard-{i:05d}.array_record"   # noqa: E731
   tokenize = Stage(
       "tokenize", lambda: len(inputs),
       lambda i: _tokenize_file(inputs[i], shard(i), tokenizer_path, strict, text_field,
-                               min_tokens),
+                               min_tokens, tokenizer_sha256),
       describe=lambda i: inputs[i][0], max_tasks=len(inputs),
       marker=lambda i: shard(i).with_suffix(".json"))
 
@@ -169,10 +179,11 @@ def _update_manifest(out_dir, source, files, tokenizer, tokenizer_path, provenan
   tokenizer_info = {"path": tokenizer_path, "sha256": _sha256(tokenizer_path),
                     "vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id,
                     "eos_id": tokenizer.eos_id}
-  previous = manifest.get("tokenizer")
-  if previous and previous["sha256"] != tokenizer_info["sha256"]:
-    raise ValueError(f"{out_dir} already holds sources tokenized with {previous['path']}; "
-                     f"{tokenizer_path} is a different tokenizer: use another --out directory")
+  _check_same_tokenizer(out_dir, tokenizer_path, tokenizer_info["sha256"])
+  for s in summaries:   # a shard from another tokenizer (or an older version) never joins
+    if s.get("tokenizer_sha256") != tokenizer_info["sha256"]:
+      raise UserError(f"{out_dir / source / s['shard']} was not tokenized with "
+                      f"{tokenizer_path}", "run prepare_data again: it rewrites that shard")
   skipped = Skips()
   for s in summaries:
     skipped.counts.update(s["skipped"]["counts"])
@@ -190,6 +201,21 @@ def _update_manifest(out_dir, source, files, tokenizer, tokenizer_path, provenan
       "inputs": [s["input"] for s in summaries], "provenance": provenance}
   _write_json(manifest_path, manifest)
   return manifest
+
+
+def _check_same_tokenizer(out_dir, tokenizer_path, sha256: str) -> None:
+  """One tokenizer per data directory: the sources of `out_dir` were tokenized with
+  `tokenizer_path`, or it has none yet."""
+  path = pathlib.Path(out_dir) / MANIFEST
+  try:
+    previous = json.loads(path.read_text()).get("tokenizer") if path.exists() else None
+  except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+    raise UserError(f"{path} is not a valid manifest",
+                    "use another --out directory, or delete this one") from None
+  if isinstance(previous, dict) and previous.get("sha256") != sha256:
+    raise UserError(f"{out_dir} already holds sources tokenized with {previous.get('path')}; "
+                    f"{tokenizer_path} is a different tokenizer",
+                    f"use another --out directory, or --tokenizer {previous.get('path')}")
 
 
 def read_manifest(data_dir) -> dict:

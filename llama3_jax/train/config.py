@@ -123,10 +123,28 @@ class CheckpointConfig:
   # that existed over from step 0, unless this says so.
   restart_if_unreadable: bool = False
 
+  def __post_init__(self):
+    # Values that keep no checkpoint (Orbax reads max_to_keep 0 as "delete each one", -1 as
+    # nothing sensible) would let a rerun silently start over from step 0.
+    if self.every_steps < 1:
+      raise UserError(f"checkpoint.every_steps={self.every_steps} must be >= 1",
+                      "give the steps between checkpoints (the last step is always saved)")
+    if self.max_to_keep < 1:
+      raise UserError(f"checkpoint.max_to_keep={self.max_to_keep} keeps no checkpoint",
+                      "keep at least 1 (the newest)")
+    if self.keep_period is not None and self.keep_period < 1:
+      raise UserError(f"checkpoint.keep_period={self.keep_period} must be >= 1",
+                      "give a period in steps, or leave it unset (None) to keep none extra")
+
 
 @dataclasses.dataclass(frozen=True)
 class LogConfig:
   every_steps: int = 5
+
+  def __post_init__(self):
+    if self.every_steps < 1:
+      raise UserError(f"log.every_steps={self.every_steps} must be >= 1",
+                      "give the steps between metrics rows")
 
 
 @dataclasses.dataclass(frozen=True)
