@@ -14,13 +14,13 @@ import os
 import pathlib
 import shutil
 import sys
-import tempfile
 import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from llama3_jax.checkpoint.manager import _barrier
 from llama3_jax.errors import UserError
 
 
@@ -140,7 +140,8 @@ def average_checkpoints(paths, out) -> int:
   """Averages the model parameters of the checkpoints at `paths` (SFT, DPO or reward model
   runs of one architecture: checked before any array is read) into `out` (which must not
   exist), a checkpoint that `load_model`, `init.path`, `export_hf` and `evaluate` read like a
-  run's. Parameters are read one checkpoint at a time, each sharded over all devices."""
+  run's. Parameters are read one checkpoint at a time, each sharded over all devices (of every
+  process of a job: each reads and writes only its shards)."""
   out = pathlib.Path(out)
   if out.exists():
     raise UserError(f"--out {out} exists", "choose a new directory for the average")
@@ -167,16 +168,26 @@ def average_checkpoints(paths, out) -> int:
   for count, step in enumerate(steps, start=1):
     params = restore_params(step, target)
     average = params if average is None else polyak_update(average, params, count)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent.resolve()))
+  # Written beside `out` and renamed at the end: an interrupted average is never a checkpoint.
+  # Every process writes its shards into the one directory (Orbax); process 0 the rest.
+  tmp = out.parent.resolve() / (out.name + ".tmp")
+  primary = jax.process_index() == 0
+  if primary:
+    shutil.rmtree(tmp, ignore_errors=True)   # an interrupted average's
+    tmp.mkdir(parents=True)
+  _barrier(f"average_checkpoints: {tmp}")
   try:
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save((tmp / "state").resolve(), {"model": average})
+    checkpointer.save(tmp / "state", {"model": average})
     checkpointer.wait_until_finished()
-    meta = dict(metas[0] or {})
-    meta["averaged_from"] = [str(pathlib.Path(p).resolve()) for p in steps]
-    (tmp / "meta").mkdir()
-    (tmp / "meta" / "metadata").write_text(json.dumps(meta))
-    os.replace(tmp, out)
+    if primary:
+      meta = dict(metas[0] or {})
+      meta["averaged_from"] = [str(pathlib.Path(p).resolve()) for p in steps]
+      (tmp / "meta").mkdir()
+      (tmp / "meta" / "metadata").write_text(json.dumps(meta))
+      os.replace(tmp, out)
   finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+    if primary:
+      shutil.rmtree(tmp, ignore_errors=True)
+  _barrier(f"average_checkpoints: {out}")
   return len(paths)

@@ -15,7 +15,8 @@ from flax import nnx
 
 from llama3_jax.checkpoint.manager import abstract_like
 from llama3_jax.model import ModelConfig, new_module
-from llama3_jax.sharding import make_rules, state_shardings
+from llama3_jax.errors import UserError
+from llama3_jax.sharding import AXES, MeshConfig, make_rules, state_shardings, validate
 
 
 def model_target(config: ModelConfig, kind: str = "lm", mesh=None, rules=None, *, device=None):
@@ -28,7 +29,13 @@ def model_target(config: ModelConfig, kind: str = "lm", mesh=None, rules=None, *
     shardings = jax.tree.map(
         lambda _: jax.sharding.SingleDeviceSharding(device or jax.devices()[0]), abstract)
   else:
-    rules = make_rules(config, dict(mesh.shape)) if rules is None else rules
+    sizes = dict(mesh.shape)
+    if tuple(mesh.axis_names) == AXES:   # one of ours: a layout that does not fit, said now
+      try:
+        validate(MeshConfig(**sizes), config, n_devices=mesh.size)
+      except ValueError as error:
+        raise UserError(str(error), "choose another layout (mesh) for this model") from None
+    rules = make_rules(config, sizes) if rules is None else rules
     shardings = state_shardings(abstract, mesh, rules)
   return graphdef, abstract_like(abstract, shardings)
 

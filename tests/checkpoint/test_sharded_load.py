@@ -104,6 +104,45 @@ def test_any_slicing_of_any_axis_reads_the_right_values(sources):
   assert len(split) > dims // 2   # most dims of most tensors were split by some draw
 
 
+def local_shard_bytes(target) -> int:
+  """The bytes of the distinct shards of `target` that this process's devices hold."""
+  total = 0
+  for t in jax.tree.leaves(target):
+    indices = {tuple(s.indices(n)[:2] for s, n in zip(index, t.shape))
+               for index in t.sharding.addressable_devices_indices_map(t.shape).values()}
+    total += sum(np.prod([b - a for a, b in index]) for index in indices) * t.dtype.itemsize
+  return int(total)
+
+
+class Reads:
+  """Every slice read from a safetensors file (checkpoint/hf/layout.read_part), in bytes."""
+
+  def __init__(self, monkeypatch):
+    from llama3_jax.checkpoint.hf import weights
+    self.sizes, original = [], weights.read_part
+
+    def read_part(*args):
+      part = original(*args)
+      self.sizes.append(part.nbytes)
+      return part
+    monkeypatch.setattr(weights, "read_part", read_part)
+
+
+def test_each_shard_is_read_once_and_only_its_slices(sources, monkeypatch):
+  model, hf_dir, _ = sources
+  model_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model)))
+  reads = Reads(monkeypatch)
+  _, target = model_target(CONFIG, "lm", make_mesh(MeshConfig(fsdp=8)))
+  load_params(hf_dir, target)
+  # fsdp=8 splits every tensor 8 ways: each read is one layer's slice of 1/8 of a tensor.
+  assert sum(reads.sizes) == local_shard_bytes(target) == model_bytes
+  assert max(reads.sizes) * 8 <= CONFIG.vocab_size * CONFIG.d_model * 4
+  reads.sizes.clear()
+  _, target = model_target(CONFIG, "lm", make_mesh(MeshConfig(data=2, fsdp=2, tensor=2)))
+  load_params(hf_dir, target)   # a shard held by two devices (data) is read once
+  assert sum(reads.sizes) == local_shard_bytes(target) == model_bytes
+
+
 def test_dtype_is_the_targets(sources, tmp_path):
   model, hf_dir, run = sources
   bf16 = CONFIG.replace(param_dtype="bfloat16")
@@ -158,6 +197,7 @@ def test_the_whole_model_never_goes_to_a_device(sources, monkeypatch, source):
   assert recorder.whole
 
 
+@pytest.mark.slow   # two objectives' init programs compile
 @pytest.mark.parametrize("objective", ["reward", "dpo"])
 def test_reward_backbone_and_dpo_reference_load_sharded(sources, objective):
   """A reward model's backbone and DPO's policy and frozen reference start from the model,
@@ -216,6 +256,12 @@ def test_another_model_is_refused_before_anything_is_read(sources, monkeypatch, 
     init_params(run, CONFIG, averaged=True)
   with pytest.raises(FileNotFoundError, match="does not exist"):
     load_params(tmp_path / "nowhere", target)
+  # A layout that does not fit the model: one line naming the sizes, before any read.
+  with pytest.raises(UserError, match=r"does not fit: n_heads=4 is not divisible by tensor=8"):
+    load_model(run, mesh=make_mesh(MeshConfig(fsdp=1, tensor=8)))
+  with pytest.raises(UserError, match=r"d_model=32 is not divisible by fsdp=\d+"):
+    hf.load(hf_dir, mesh=jax.sharding.Mesh(np.array(jax.devices()[:6]).reshape(1, 6, 1, 1, 1),
+                                           ("data", "fsdp", "stage", "context", "tensor")))
 
 
 def test_the_anneals_average_loads_sharded(sources, tmp_path):

@@ -1,6 +1,8 @@
-"""Hugging Face checkpoint files: sharded round trips, streaming memory, clear errors."""
+"""Hugging Face checkpoint files: sharded round trips, streaming memory, saving from a sharded
+model, clear errors."""
 
 import json
+import math
 import tracemalloc
 
 import jax
@@ -56,10 +58,11 @@ def test_bf16_save_and_load(model, tmp_path):
 def test_load_streams_without_a_second_host_copy(tmp_path):
   """Host memory while loading stays below one full copy of the model.
 
-  tracemalloc sees numpy buffers. On CPU, JAX adopts each finished numpy buffer without copying,
-  so the traced peak counts the parameters loaded so far plus the transient ones: streaming
-  peaks at ~0.6 of the model here (all but the last parameters, plus one stacked parameter being
-  filled), while reading every tensor before handing any to JAX would peak at >= 1.0.
+  tracemalloc sees numpy buffers. On CPU, JAX adopts some finished numpy buffers without
+  copying, so the traced peak counts the parameters adopted so far plus the one being read
+  (each parameter's host parts are dropped once it is on its devices): ~0.4-0.6 of the model
+  here, while reading every tensor before handing any to JAX would peak at >= 1.0. (What each
+  process reads of a sharded model: tests/checkpoint/.)
   """
   # Large enough (8 MB) that Python's own allocations while loading are noise.
   config = CONFIG.replace(vocab_size=2048, d_model=128, n_layers=8, head_dim=32, ffn_dim=384)
@@ -119,3 +122,33 @@ def test_clear_errors(model, tmp_path):
   config_json.write_text(json.dumps(good))
   with pytest.raises(FileNotFoundError, match="No \\*.safetensors files"):
     hf.load(tmp_path / "ckpt")
+
+
+def test_a_sharded_model_saves_the_whole_models_bytes_one_layer_at_a_time(model, tmp_path,
+                                                                          monkeypatch):
+  """Saved from any layout, the files are the whole model's, byte for byte; what is gathered
+  to the host at a time is one HF tensor (one layer of a stacked parameter), never a whole
+  stacked parameter, let alone the model."""
+  from llama3_jax.checkpoint.hf import weights
+  from llama3_jax.sharding import MeshConfig, make_mesh
+  hf.save(model, CONFIG, tmp_path / "whole", max_shard_bytes=20_000)
+  gathered = []
+
+  def recording(x, layer=None):
+    part = original(x, layer)
+    gathered.append(part.shape)
+    return part
+  original = weights.gathered
+  monkeypatch.setattr(weights, "gathered", recording)
+  for layout in (MeshConfig(fsdp=8), MeshConfig(data=2, fsdp=4)):
+    _, sharded = hf.load(tmp_path / "whole", mesh=make_mesh(layout))
+    assert any(not p.sharding.is_fully_replicated for p in params(sharded))
+    hf.save(sharded, CONFIG, tmp_path / "sharded", max_shard_bytes=20_000, overwrite=True)
+    files = sorted(p.name for p in (tmp_path / "whole").iterdir())
+    assert sorted(p.name for p in (tmp_path / "sharded").iterdir()) == files
+    for file in files:
+      assert ((tmp_path / "sharded" / file).read_bytes()
+              == (tmp_path / "whole" / file).read_bytes())
+  stacked = {p.shape for p in params(model) if p.shape[0] == CONFIG.n_layers}
+  assert gathered and not stacked & set(gathered)
+  assert max(math.prod(s) for s in gathered) == CONFIG.vocab_size * CONFIG.d_model

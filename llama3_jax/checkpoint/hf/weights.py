@@ -32,6 +32,7 @@ from flax import nnx
 
 from llama3_jax.checkpoint.hf.layout import Tensor, read_part, tensor_map
 from llama3_jax.checkpoint.hf.tokenizer import as_tokenizer, save_tokenizer
+from llama3_jax.checkpoint.manager import _barrier
 from llama3_jax.checkpoint.target import kind_of, model_target
 from llama3_jax.data.tokenizers import Tokenizer
 from llama3_jax.errors import UserError
@@ -202,17 +203,20 @@ def read_params(path, target) -> nnx.State:
         x.shape, x.sharding, lambda index: np.zeros(_part_shape(x.shape, index), x.dtype)))
   for row in sorted(rows, key=lambda row: -math.prod(_get(expected, row.path).shape)):
     x = _get(expected, row.path)
+    parts = {}
     _set(values, row.path, jax.make_array_from_callback(
-        x.shape, x.sharding, _reader(files, row, x.shape, x.dtype)))
+        x.shape, x.sharding, _reader(files, row, x.shape, x.dtype, parts)).block_until_ready())
+    # The host copies of its parts go before the next parameter is read (waited for: an
+    # asynchronous transfer would hold them; and JAX may keep the callback a while).
+    parts.clear()
   state = jax.tree.map(lambda x: x, target)   # a copy of the target's structure, then filled
   nnx.replace_by_pure_dict(state, values)
   return state
 
 
-def _reader(files: dict, row: Tensor, shape, dtype):
+def _reader(files: dict, row: Tensor, shape, dtype, parts: dict):
   """The `make_array_from_callback` callback of one parameter: its part at an index, read
-  from the HF tensor(s) holding it (each part read once, whichever devices share it)."""
-  parts = {}
+  from the HF tensor(s) holding it, once whichever devices share it (kept in `parts`)."""
 
   def read(name, part_shape, index):
     file = files[name]
@@ -373,13 +377,6 @@ def _write_tokenizer(tokenizer: Tokenizer, out: pathlib.Path, hf_config: dict, r
   (out / "generation_config.json").write_text(json.dumps(
       {"bos_token_id": tokenizer.bos_id, "eos_token_id": stops}, indent=2))
   save_tokenizer(tokenizer, out, max_seq_len=max_seq_len)
-
-
-def _barrier(name: str) -> None:
-  """Every process waits here for the others (process 0's files are then in place)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
 
 
 def gathered(x: jax.Array, layer: int | None = None) -> np.ndarray:
