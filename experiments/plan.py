@@ -23,7 +23,7 @@ import pathlib
 import sys
 
 from llama3_jax import cli
-from llama3_jax.errors import UserError
+from llama3_jax.errors import UserError, at_least, writable_file
 
 DEFAULTS = dict(size="llama3-405b", gpus=16384, hardware="h100", seq="8192", batch_tokens="16M")
 _UNITS = {"K": 2**10, "M": 2**20, "G": 2**30}
@@ -71,7 +71,12 @@ def parse(argv):
   p.add_argument("--top", type=int, default=10, help="layouts shown when ranking")
   p.add_argument("--json", action="store_true", help="print a JSON list instead of text")
   p.add_argument("--out", help="also write the JSON list to this file")
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  for flag in ("gpus", "micro_batches", "repeats", "top"):   # refused, never read as "default"
+    at_least(getattr(args, flag), 1, "--" + flag.replace("_", "-"))
+  if args.out:
+    writable_file(args.out, "--out")
+  return args
 
 
 def main(argv=None):

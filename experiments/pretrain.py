@@ -71,6 +71,9 @@ def main(argv):
 
 
 def _dry_run(cfg):
+  from llama3_jax.errors import at_least
+  at_least(flags.FLAGS["dry-run-devices"].value, 0, "--dry-run-devices",
+           "give a device count, or 0 for the mesh's product")
   import jax
   # One CPU device is enough: the mesh is abstract. Set before JAX's backend starts.
   jax.config.update("jax_platforms", "cpu")

@@ -14,6 +14,7 @@ raises), an OSError naming a path, and a ValueError / OSError raised by this pro
 """
 
 import argparse
+import ast
 import pathlib
 import sys
 import traceback
@@ -128,10 +129,38 @@ def _parse_absl_flags(argv):
   configs = _config_files(argv, flags.FLAGS)
   for name, value in configs:
     _check_config_file(name, value.split(":", 1)[0])
+  parsed, unset = _none_overrides(argv, flags.FLAGS)
   try:
-    return flags.FLAGS(argv)
+    rest = flags.FLAGS(parsed)
   except Exception as error:  # noqa: BLE001 - sorted by _flags_error
     raise _flags_error(error, argv, configs) from error
+  for name, path in unset:
+    *parents, field = path.split(".")
+    node = flags.FLAGS[name].value
+    try:
+      for parent in parents:
+        node = node[parent]
+      node[field] = None if field in node else node[field]   # a missing field: KeyError
+    except (KeyError, AttributeError, TypeError):
+      raise UserError(f"bad command line: --{name}.{path}=None: the config has no field "
+                      f"{path!r}", "check the name and its section") from None
+  return rest
+
+
+def _none_overrides(argv, flag_values):
+  """ml_collections cannot parse `--config.a.b=None` for a typed field (int("None")): those
+  overrides taken out of `argv`, to be set after parsing. (argv without them, [(flag, "a.b")])"""
+  from ml_collections.config_flags.config_flags import _ConfigFlag
+  names = {name for name, flag in flag_values._flags().items() if isinstance(flag, _ConfigFlag)}
+  kept, unset = [], []
+  for arg in argv:
+    key, eq, value = arg.partition("=")
+    name, _, path = key[2:].partition(".")
+    if arg.startswith("--") and eq and value == "None" and name in names and path:
+      unset.append((name, path))
+    else:
+      kept.append(arg)
+  return kept, unset
 
 
 def _flags_error(error: BaseException, argv, configs) -> UserError:
@@ -190,10 +219,27 @@ def _check_config_file(name: str, path: str) -> None:
   if not file.is_file():
     raise UserError(f"--{name} {path} does not exist", "give the path of a config file")
   try:
-    compile(file.read_bytes(), str(file), "exec")
+    tree = ast.parse(file.read_bytes(), str(file))
   except SyntaxError as error:
     raise UserError(f"--{name} {path}:{error.lineno}: {error.msg}",
                     "fix the config file") from None
+  if not _binds(tree, "get_config"):   # ml_collections would blame the --config.* overrides
+    raise UserError(f"--{name} {path} defines no get_config",
+                    "define get_config(arg=None) returning the config (see "
+                    "experiments/configs/llama3_debug.py)")
+
+
+def _binds(tree: ast.Module, name: str) -> bool:
+  """Whether the module may bind `name` (a def, an assignment, an import, a star import)."""
+  for node in ast.walk(tree):
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == name:
+      return True
+    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.id == name:
+      return True
+    if isinstance(node, (ast.Import, ast.ImportFrom)) and any(
+        (a.asname or a.name) in (name, "*") for a in node.names):
+      return True
+  return False
 
 
 def _config_frame(error: BaseException, paths) -> str | None:

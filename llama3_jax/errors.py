@@ -49,15 +49,19 @@ def writable_dir(path, what: str) -> pathlib.Path:
   path = pathlib.Path(path)
   if path.exists() and not path.is_dir():
     raise UserError(f"{what} {path} is a file, not a directory", "choose a directory path")
+  _try_writing_in(path, path, what)
+  return path
+
+
+def _try_writing_in(directory: pathlib.Path, path: pathlib.Path, what: str) -> None:
   try:
-    path.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     # Creating a file is the only sure test (mode bits lie on read-only mounts and for root).
-    with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
       pass
   except OSError as error:
     raise UserError(f"{what} {path} cannot be written ({error.strerror})",
                     os_error_fix(error)) from error
-  return path
 
 
 def check_file(path, what: str) -> pathlib.Path:
@@ -78,7 +82,7 @@ def writable_file(path, what: str) -> pathlib.Path:
   path = pathlib.Path(path)
   if path.is_dir():
     raise UserError(f"{what} {path} is a directory", "give the path of a file")
-  writable_dir(path.parent, f"the directory of {what}")
+  _try_writing_in(path.parent, path, what)
   return path
 
 
