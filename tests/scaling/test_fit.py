@@ -40,7 +40,7 @@ def test_isoflop_parabolas_recover_the_exponents(noise):
   assert laws["tokens_alpha"] == pytest.approx(D_EXPONENT, abs=0.02)
 
 
-@pytest.mark.parametrize("noise", [0.0, 0.005])
+@pytest.mark.parametrize("noise", [0.0, pytest.param(0.005, marks=pytest.mark.slow)])
 def test_approach3_recovers_the_exponents(noise):
   records = chinchilla_grid(noise)
   a3 = fit.approach3([r["params"] for r in records], [r["tokens"] for r in records],

@@ -25,6 +25,7 @@ def _with_task_columns(records):
   return records
 
 
+@pytest.mark.slow   # ~11 s: the bootstrap and three figures; the fast core fits in test_fit.py
 def test_fit_only_writes_fit_and_figures_and_forecasts_the_holdout(tmp_path, capsys):
   _write(tmp_path / "sweep.jsonl", _with_task_columns(chinchilla_grid(0.002)))
   scaling_laws.main(["--workdir", str(tmp_path), "--fit-only", "--replicates", "100"])
