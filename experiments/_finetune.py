@@ -80,6 +80,9 @@ def main_for(kind: str):
     from llama3_jax.train.config import run_config
     run = run_config(cfg)   # the one conversion: every field checked before any work
     _ensure_start(run.init.path)
+    if kind != "reward" and run.init.path and pathlib.Path(run.init.path).exists():
+      from llama3_jax.checkpoint.model import check_model_kind
+      check_model_kind(run.init.path, "lm")   # a reward model is not a policy to fine-tune
     report(run_stage(run, workdir, kind), workdir)
   return main
 

@@ -210,7 +210,6 @@ def model_and_tokenizer(checkpoint=None, hf_dir=None, averaged: bool = False, to
   from llama3_jax.checkpoint import hf
   from llama3_jax.data.tokenizers import load_tokenizer
   if hf_dir:
-    _check_kind(hf_dir, hf.read_config(hf_dir)[1], "lm")   # as load_model does for checkpoints
     _, model = hf.load(hf_dir, mesh=mesh)
     return model, load_tokenizer(tokenizer) if tokenizer else hf.load_tokenizer(hf_dir)
   _, model = load_model(checkpoint, averaged=averaged, mesh=mesh)
