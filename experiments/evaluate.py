@@ -34,12 +34,14 @@ Kubernetes every process runs this same command; process 0 prints and writes the
 import json
 import os
 import pathlib
+import re
 import tempfile
 
 from absl import app
 from absl import flags
 
 from experiments._defaults import MESH_HELP
+from llama3_jax.errors import UserError, at_least, check_apart, with_run, writable_file
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a training workdir or checkpoint step "
                                   "(default: workdirs/pretrain, trained first if absent)")
@@ -89,9 +91,45 @@ def _contamination(index, tokenizer, examples, samples) -> list[dict]:
   return contamination_report(coverage, correct)
 
 
+def _check_flags() -> None:
+  """Counts are refused, never replaced (--max_new_tokens 0 read as the task's 256), and the
+  answer pattern compiles."""
+  at_least(_SHOTS.value, 0, "--shots")
+  at_least(_BATCH.value, 1, "--batch_size")
+  at_least(_MAX_NEW.value, 1, "--max_new_tokens", "give a token budget >= 1, or leave it unset "
+           "for the task's")
+  if _PATTERN.value is not None:
+    try:
+      re.compile(_PATTERN.value)
+    except re.error as error:
+      raise UserError(f"--answer_pattern {_PATTERN.value!r} is not a regular expression "
+                      f"({error})", "fix it, e.g. 'The final answer is (.+)'") from None
+
+
+# A training run's own files, which an --out in its workdir must never replace.
+_RUN_FILES = {"metrics.jsonl", "goodput.jsonl", "eval.json", "summary.json"}
+
+
+def _check_outputs(out: pathlib.Path, names: list[str], checkpoint) -> None:
+  """--out and --log_samples can be written, and replace no input (a task file, the run's
+  files; earlier results in the run's workdir may be replaced)."""
+  inputs = [*(("--tasks", n) for n in names if pathlib.Path(n).exists()),
+            *with_run("--checkpoint", checkpoint), ("--hf", _HF.value),
+            ("--contamination", _CONTAMINATION.value)]
+  for path, flag in ((out, "--out"), (_SAMPLES.value, "--log_samples")):
+    if path:
+      check_apart(path, inputs, flag, replaceable=lambda p: p.suffix in (".json", ".jsonl")
+                  and p.name not in _RUN_FILES)
+      writable_file(path, flag)
+  if _SAMPLES.value and pathlib.Path(_SAMPLES.value).resolve() == out.resolve():
+    raise UserError(f"--log_samples {_SAMPLES.value} is also the results file --out",
+                    "give them different paths")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _check_flags()   # before anything starts: counts, the answer pattern
   from experiments._defaults import inference_model, start_job
   start_job()   # 8 CPU devices unless the launcher says otherwise; joins a multi-process job
   from llama3_jax.eval import generative, multiple_choice, robustness, tasks
@@ -119,6 +157,8 @@ def main(argv):
   if not _HF.value and checkpoint is None:
     from experiments._defaults import ensure_pretrained
     checkpoint = ensure_pretrained()
+  out = pathlib.Path(_OUT.value or pathlib.Path(_HF.value or checkpoint) / "eval_results.json")
+  _check_outputs(out, names, checkpoint)   # before the model is read and the tasks scored
   model, tokenizer = inference_model(checkpoint, _HF.value, _AVERAGED.value, _TOKENIZER.value,
                                      _MESH.value)
   index = None
@@ -154,7 +194,6 @@ def main(argv):
     from llama3_jax.eval import needle
     results["needle"] = needle.needle_grid(model, tokenizer, lengths=lengths,
                                            depths=(0.0, 0.25, 0.5, 0.75, 1.0))
-  out = pathlib.Path(_OUT.value or pathlib.Path(_HF.value or checkpoint) / "eval_results.json")
   # Every process has the same results; process 0 alone prints and writes them.
   job.write_once("evaluation results", lambda: _report(results, samples, out))
 
