@@ -128,6 +128,8 @@ def read_file(path, format: str | None = None) -> list[Example]:
       examples.append(FORMATS[format][1](path, line, record, index))
     except (KeyError, TypeError) as error:
       _fail(path, line, f"not a {format} record ({error!r})", "check the file's fields")
+    if len(examples[-1].choices) < 2:   # one choice is always "right": a 1.000 that means nothing
+      _fail(path, line, f"{len(examples[-1].choices)} choice", "give two or more choices")
   if not examples:
     raise TaskError(f"{path} holds no examples")
   return examples
