@@ -149,14 +149,16 @@ def load_tokenizer(path) -> Tokenizer:
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, out, *,
                         character_coverage: float = 0.9995,
                         special_tokens: Sequence[str] = (),
-                        where: str = "the training texts") -> SentencePieceTokenizer:
+                        where: str = "the training texts",
+                        exact: bool = False) -> SentencePieceTokenizer:
   """Trains a byte-fallback BPE model (like Llama 2's) on `texts`, written to `out`.
 
   Characters outside `character_coverage` of the text are spelled as bytes; lower it when a
   small vocabulary must cover many scripts. `special_tokens` (e.g. CHAT_SPECIAL_TOKENS) become
   control symbols with ids 3, 4, ... right after <unk>, <s>, </s>. No text, or a text that
   cannot train `vocab_size` pieces, is a UserError naming `where` (SentencePiece would say only
-  "INTERNAL: ... [!sentences_.empty()]").
+  "INTERNAL: ... [!sentences_.empty()]"). A text too small for `vocab_size` pieces gives fewer,
+  or with `exact` is a UserError (nothing written).
   """
   import sentencepiece as spm
   out = pathlib.Path(out)
@@ -174,6 +176,10 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, out, *,
   except RuntimeError as error:   # SentencePiece's own checks: a bare RuntimeError
     raise UserError(f"SentencePiece cannot train on {where}: {str(error).splitlines()[0]}",
                     "check --vocab-size against the amount of text") from None
+  trained = spm.SentencePieceProcessor(model_proto=model.getvalue()).vocab_size()
+  if exact and trained < vocab_size:
+    raise UserError(f"{where}: the text fills only {trained:,} of the {vocab_size:,} pieces "
+                    "asked for", f"give a vocabulary size of {trained} or less, or more text")
   tmp = out.with_suffix(out.suffix + ".tmp")
   tmp.write_bytes(model.getvalue())
   tmp.replace(out)

@@ -118,7 +118,7 @@ def test_inputs_without_documents_are_an_error(tokenizer, tmp_path):
 def test_command_lines(tokenizer, raw, tmp_path):
   run = lambda *args: subprocess.run([sys.executable, "-m", *args], capture_output=True,
                                      text=True, cwd=ROOT)
-  trained = run("experiments.train_tokenizer", "--input", str(raw), "--vocab-size", "330",
+  trained = run("experiments.train_tokenizer", "--input", str(raw), "--vocab-size", "300",
                 "--out", str(tmp_path / "cli.model"))
   assert trained.returncode == 0, trained.stderr
   prepared = run("experiments.prepare_data", "--input", str(raw), "--tokenizer",
