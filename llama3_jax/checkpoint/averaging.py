@@ -51,7 +51,7 @@ def restore_params(step_dir, target=None):
   with unreadable_as_user_error(step_dir):
     if target is None:
       saved = ocp.StandardCheckpointer().metadata(path).item_metadata.tree["model"]
-      sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+      sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
                             saved)
     item = {"model": target}

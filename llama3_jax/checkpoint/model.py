@@ -97,6 +97,18 @@ def _check_kind(path, saved: str, kind: str) -> None:
                         else ""))
 
 
+def check_model_kind(path, kind: str = "lm") -> None:
+  """The model at `path` (a workdir, a checkpoint step or a Hugging Face directory) is of
+  `kind` ("lm" or "reward"), or a UserError saying what it holds (its metadata only)."""
+  path = pathlib.Path(path)
+  if is_hf_dir(path):
+    from llama3_jax.checkpoint import hf
+    saved = hf.read_config(path)[1]
+  else:
+    saved = model_kind_of(checkpoint_step_dir(path))
+  _check_kind(path, saved, kind)
+
+
 def _check_shapes(path, saved, target) -> None:
   """A model of other shapes than `target` (another size, vocabulary, head), refused before
   anything is read, naming the first parameter that differs."""
@@ -157,7 +169,7 @@ def load_model(path, *, averaged: bool = False, kind: str = "lm", mesh=None, rul
   of the final anneal (WORKDIR/averaged_params). `kind`: "lm" for a language model, "reward"
   for a reward model (RewardModel). `mesh` (and `rules`, default the model's table for it):
   the parameters sharded over it as they are read; without one, whole on `device` (default:
-  the first)."""
+  this process's first)."""
   path = pathlib.Path(path)
   if not path.exists():
     raise FileNotFoundError(f"checkpoint {path} does not exist; give a training workdir or a "
@@ -210,6 +222,7 @@ def model_and_tokenizer(checkpoint=None, hf_dir=None, averaged: bool = False, to
   from llama3_jax.checkpoint import hf
   from llama3_jax.data.tokenizers import load_tokenizer
   if hf_dir:
+    check_model_kind(hf_dir, "lm")   # as load_model does for checkpoints
     _, model = hf.load(hf_dir, mesh=mesh)
     return model, load_tokenizer(tokenizer) if tokenizer else hf.load_tokenizer(hf_dir)
   _, model = load_model(checkpoint, averaged=averaged, mesh=mesh)

@@ -22,12 +22,12 @@ from llama3_jax.sharding import AXES, MeshConfig, make_rules, state_shardings, v
 def model_target(config: ModelConfig, kind: str = "lm", mesh=None, rules=None, *, device=None):
   """(graphdef, abstract state) of a `kind` module ("lm" or "reward") of `config`, its arrays
   placed by `rules` (default: the model's rule table for the mesh's axis sizes) on `mesh`, one
-  of ours (llama3_jax/sharding/mesh.py). Without a mesh: whole, on `device` (default: the
-  first)."""
+  of ours (llama3_jax/sharding/mesh.py). Without a mesh: whole, on `device` (default: this
+  process's first)."""
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: new_module(config, kind)))
   if mesh is None:
     shardings = jax.tree.map(
-        lambda _: jax.sharding.SingleDeviceSharding(device or jax.devices()[0]), abstract)
+        lambda _: jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0]), abstract)
   else:
     sizes = dict(mesh.shape)
     if tuple(mesh.axis_names) == AXES:   # one of ours: a layout that does not fit, said now

@@ -40,9 +40,10 @@ class Layout:
     return out[None] if self.squeeze else out
 
 
-def read_part(tensor, layout: Layout, shape: tuple[int, ...], index: tuple[slice, ...]):
-  """Our array of (per-layer) `shape` at `index` (slices, step 1), read from `tensor`: a
-  safetensors slice (only the rows and columns that hold it are read) or a numpy array."""
+def read_part(read, layout: Layout, shape: tuple[int, ...], index: tuple[slice, ...]):
+  """Our array of (per-layer) `shape` at `index` (slices, step 1), from `read(slices)`: the HF
+  tensor at those slices (a safetensors file reads only them; `np.ndarray.__getitem__` of a
+  whole tensor in memory does too)."""
   bounds = [s.indices(n)[:2] for s, n in zip(index, shape)]
   hf = list(bounds)
   k = layout.split
@@ -53,7 +54,7 @@ def read_part(tensor, layout: Layout, shape: tuple[int, ...], index: tuple[slice
     hf = hf[::-1]
   if layout.squeeze:
     hf = [(0, 1)] + hf
-  part = tensor[tuple(slice(a, b) for a, b in hf)]
+  part = read(tuple(slice(a, b) for a, b in hf))
   if layout.squeeze:
     part = part[0]
   if layout.transpose:

@@ -184,10 +184,10 @@ def read_params(path, target) -> nnx.State:
   module's state as ShapeDtypeStructs with shardings, checkpoint/target.py).
 
   Each process reads only the slices of each tensor that its devices hold (safetensors'
-  `get_slice`), with one HF tensor open at a time, and JAX assembles the global arrays
-  (`jax.make_array_from_callback`): a process holds its devices' shards plus one tensor's
-  pages. Every tensor's name and shape is checked before any is read. The largest parameters
-  are read first, while little else is held.
+  `get_slice`), one device's part at a time, and assembles the global arrays from them
+  (`jax.make_array_from_single_device_arrays`): a process holds its devices' shards plus one
+  part and a block of one tensor's rows. Every tensor's name and shape is checked before any
+  is read.
   """
   path = pathlib.Path(path)
   files = _tensor_files(path)
@@ -199,43 +199,71 @@ def read_params(path, target) -> nnx.State:
   values = {}
   if reward and "lm_head_dv" in backbone:   # the backbone's LM head: unused, zeros
     x = backbone["lm_head_dv"]
-    _set(values, ("backbone", "lm_head_dv"), jax.make_array_from_callback(
-        x.shape, x.sharding, lambda index: np.zeros(_part_shape(x.shape, index), x.dtype)))
+    _set(values, ("backbone", "lm_head_dv"), _assemble(
+        x, lambda index: np.zeros(_part_shape(x.shape, index), x.dtype)))
   for row in sorted(rows, key=lambda row: -math.prod(_get(expected, row.path).shape)):
     x = _get(expected, row.path)
-    parts = {}
-    _set(values, row.path, jax.make_array_from_callback(
-        x.shape, x.sharding, _reader(files, row, x.shape, x.dtype, parts)).block_until_ready())
-    # The host copies of its parts go before the next parameter is read (waited for: an
-    # asynchronous transfer would hold them; and JAX may keep the callback a while).
-    parts.clear()
+    _set(values, row.path, _assemble(x, functools.partial(_read, files, row, x.shape, x.dtype)))
   state = jax.tree.map(lambda x: x, target)   # a copy of the target's structure, then filled
   nnx.replace_by_pure_dict(state, values)
   return state
 
 
-def _reader(files: dict, row: Tensor, shape, dtype, parts: dict):
-  """The `make_array_from_callback` callback of one parameter: its part at an index, read
-  from the HF tensor(s) holding it, once whichever devices share it (kept in `parts`)."""
+def _assemble(x: jax.ShapeDtypeStruct, read) -> jax.Array:
+  """The array `x` describes (shape, dtype, sharding) from its parts, `read(index)`: one part on
+  the host at a time, read once however many of this process's devices hold it, put on each of
+  them and dropped before the next part is read (waited for: a transfer in flight holds it)."""
+  holders = {}
+  for device, index in x.sharding.addressable_devices_indices_map(x.shape).items():
+    key = tuple(s.indices(n)[:2] for s, n in zip(index, x.shape))
+    holders.setdefault(key, []).append(device)
+  arrays = []
+  for key, devices in holders.items():
+    host = read(tuple(slice(a, b) for a, b in key))
+    arrays += jax.block_until_ready([jax.device_put(host, device) for device in devices])
+    del host
+  return jax.make_array_from_single_device_arrays(x.shape, x.sharding, arrays)
 
-  def read(name, part_shape, index):
-    file = files[name]
+
+def _read(files: dict, row: Tensor, shape, dtype, index) -> np.ndarray:
+  """Our parameter `row` of `shape` at `index`, as `dtype`, read from the HF tensor(s) holding
+  it (stacked: one per layer)."""
+  if not row.stacked:
+    return np.ascontiguousarray(read_part(_file_reader(files[row.name], row.name), row.layout,
+                                          shape, index), dtype)
+  (first, stop), out = index[0].indices(shape[0])[:2], np.empty(_part_shape(shape, index), dtype)
+  for i in range(first, stop):
+    name = row.name.format(i)
+    out[i - first] = read_part(_file_reader(files[name], name), row.layout, shape[1:], index[1:])
+  return out
+
+
+# Rows of a tensor read through one opening of its file: a column slice touches every page of
+# the rows it crosses, and the mapped pages count as the process's memory until the file is
+# closed, so a large tensor is read a block of rows at a time (16 MB of fp32).
+_CHUNK_ELEMENTS = 4 * 2**20
+
+
+def _file_reader(file: pathlib.Path, name: str):
+  """slices -> the tensor `name` of the safetensors `file` at those slices (safetensors'
+  `get_slice`), its rows read a block at a time, the file open only while a block is read."""
+  def read(slices):
     with _reading(file), safetensors.safe_open(file, framework="numpy") as f:
-      return read_part(f.get_slice(name), row.layout, part_shape, index)
-
-  def part(index):
-    index = tuple(index) + (slice(None),) * (len(shape) - len(tuple(index)))
-    key = tuple(s.indices(n)[:2] for s, n in zip(index, shape))
-    if key not in parts:
-      if row.stacked:   # one HF tensor per layer of ours
-        (first, stop), out = key[0], np.empty(_part_shape(shape, index), dtype)
-        for i in range(first, stop):
-          out[i - first] = read(row.name.format(i), shape[1:], index[1:])
-      else:
-        out = np.ascontiguousarray(read(row.name, shape, index), dtype)
-      parts[key] = out
-    return parts[key]
-  return part
+      tensor = f.get_slice(name)
+      shape = tensor.get_shape()
+      first, stop = slices[0].indices(shape[0])[:2]
+      step = max(1, _CHUNK_ELEMENTS // max(1, math.prod(shape[1:])))
+      if stop - first <= step:
+        return tensor[slices]
+    out = None
+    for start in range(first, stop, step):
+      with _reading(file), safetensors.safe_open(file, framework="numpy") as f:
+        block = f.get_slice(name)[(slice(start, min(start + step, stop)),) + slices[1:]]
+      if out is None:
+        out = np.empty((stop - first,) + block.shape[1:], block.dtype)
+      out[start - first:start - first + len(block)] = block
+    return out
+  return read
 
 
 def _part_shape(shape, index) -> tuple[int, ...]:
