@@ -24,6 +24,7 @@ JSON per stage. A missing input, no input files, a bad option, a task failing on
 one line on stderr, exit code 2 (llama3_jax/cli.py).
 """
 
+import collections
 import pathlib
 import shlex
 import sys
@@ -105,6 +106,7 @@ def main(argv):
                       *[(f"--{k}-model", f[f"{k}-model"].value) for k in ("langid", "quality")]])
   c = f.config.to_dict()
   c["read"]["strict"] = c["read"]["strict"] or f.strict
+  dead = _dead_links(f.input, c["read"]["strict"])
   if f.workers is not None:
     c["workers"] = f.workers
   if f["dirty-words"].value:
@@ -121,13 +123,33 @@ def main(argv):
     return
   removed = ", ".join(f"{k} {v:,}" for k, v in stats["removed"].items() if v)
   skipped = sum(stats["skipped_lines"].values())
+  problems = stats["file_problems"] + [{"file": str(p), "reason": "unreadable", "detail":
+                                        "a link that leads nowhere (looping or dangling)"}
+                                       for p in dead]
+  if stats["input_lines"] == skipped:   # not one document: say so, as prepare_data does
+    counts = {**stats["skipped_lines"], **collections.Counter(p["reason"] for p in problems)}
+    raise UserError(f"--input {f.input}: not one valid document in {stats['files']} files ("
+                    + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + ")",
+                    "check the files and the text field (--config.read.text_field)")
   print(f"kept {stats['kept']:,} of {stats['input_lines']:,} lines "
         f"(removed: {removed or 'none'}; skipped malformed: {skipped:,}) in "
         f"{time.time() - start:.1f} s; wrote the kept documents to {f.out}/, "
         f"{f.out}/stats.json and per-stage stats in {f.out}/_work/stats/")
-  for problem in stats["file_problems"]:
+  for problem in problems:
     print(f"warning: {problem['file']}: {problem['reason']} ({problem['detail']})",
           file=sys.stderr)
+
+
+def _dead_links(root, strict: bool) -> list[pathlib.Path]:
+  """Input links that lead nowhere (looping or dangling), which the reader's file listing never
+  sees: an error with --strict, else skipped and counted with the unreadable files."""
+  from llama3_jax.data.curation.reader import SUFFIXES
+  dead = sorted(p for p in pathlib.Path(root).rglob("*")
+                if p.name.endswith(SUFFIXES) and p.is_symlink() and not p.exists())
+  if dead and strict:
+    raise UserError(f"{dead[0]}: a link that leads nowhere (looping or dangling)",
+                    "fix or remove the link, or run without --strict to skip and count it")
+  return dead
 
 
 if __name__ == "__main__":
