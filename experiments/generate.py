@@ -11,19 +11,27 @@ Greedy unless a sampling option is given. One prompt streams its text to the ter
 --prompts file is decoded as batches (prompts of different lengths together, K samples of each
 sharing one prefill of the prompt) and written as JSONL lines with "prompt", "sample",
 "tokens" (the generated ids) and "text". --chat wraps each prompt as a user turn of the Llama 3
-chat format and stops at <|eot_id|>. --mesh fsdp=4,tensor=2 decodes sharded like training.
+chat format and stops at <|eot_id|>. The model is sharded over all devices of the job as it is
+read (FSDP; --mesh fsdp=4,tensor=2 for other axis sizes), with the tokens of one device. Under
+launch.local, SLURM or Kubernetes every process runs this same command and process 0 prints
+and writes:
+
+python -m launch.local --processes 2 --devices-per-process 4 -- python -m experiments.generate \
+    --checkpoint workdirs/pretrain --prompts prompts.jsonl --out generations.jsonl
+
 Exit code 2: a bad flag, prompt, file or checkpoint, in one line (llama3_jax/cli.py).
 """
 
 import json
-import logging
 import sys
 
 from absl import app
 from absl import flags
 
+from experiments._defaults import MESH_HELP
 from llama3_jax import cli
-from llama3_jax.errors import UserError, check_file
+from llama3_jax.errors import (UserError, at_least, check_apart, check_file, check_new,
+                               with_run, writable_file)
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "a training workdir or checkpoint step "
                                   "directory (default: workdirs/pretrain)")
@@ -33,6 +41,7 @@ _TOKENIZER = flags.DEFINE_string("tokenizer", None, "a tokenizer file (default: 
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "a prompt (repeat for several)")
 _PROMPTS = flags.DEFINE_string("prompts", None, "a JSONL file of {\"prompt\": str} lines")
 _OUT = flags.DEFINE_string("out", None, "where --prompts' generations go (JSONL)")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing --out")
 _CHAT = flags.DEFINE_bool("chat", False, "wrap prompts in the Llama 3 chat format")
 _SAMPLES = flags.DEFINE_integer("samples", 1, "samples per prompt")
 _MAX_NEW = flags.DEFINE_integer("max-new-tokens", 48, "tokens to generate at most")
@@ -40,7 +49,7 @@ _TEMPERATURE = flags.DEFINE_float("temperature", None, "sampling temperature (de
 _TOP_K = flags.DEFINE_integer("top-k", None, "keep the k most likely tokens")
 _TOP_P = flags.DEFINE_float("top-p", None, "keep the most likely tokens up to this mass")
 _SEED = flags.DEFINE_integer("seed", 0, "the requests' seed")
-_MESH = flags.DEFINE_string("mesh", "", "axis sizes to decode sharded, e.g. fsdp=4,tensor=2")
+_MESH = flags.DEFINE_string("mesh", "", MESH_HELP)
 DEFAULT_PROMPTS = ["The history of", "def main():", "Solve 12 + 30 ="]
 
 
@@ -62,33 +71,54 @@ def read_prompts(path) -> list[str]:
   return prompts
 
 
-def load(args_checkpoint, hf_dir, averaged, tokenizer_path):
-  """(model, tokenizer) from a workdir, a step directory or a Hugging Face directory."""
-  from experiments._defaults import ensure_pretrained
-  from llama3_jax.checkpoint.model import model_and_tokenizer
-  checkpoint = args_checkpoint
-  if not hf_dir and checkpoint is None:
-    checkpoint = ensure_pretrained()
-  return model_and_tokenizer(checkpoint, hf_dir, averaged, tokenizer_path)
+def _check_out() -> None:
+  """--out, before any work: never an input (its own --prompts first of all; in a run's workdir
+  only a new file or earlier generations), an existing file only with --overwrite, and a place
+  that can be written."""
+  if not _OUT.value:
+    return
+  check_apart(_OUT.value, [("--prompts", _PROMPTS.value), ("--hf", _HF.value),
+                           *with_run("--checkpoint", _CHECKPOINT.value),
+                           ("--tokenizer", _TOKENIZER.value)],
+              replaceable=_generations)
+  check_new(_OUT.value, "--out", _OVERWRITE.value)
+  writable_file(_OUT.value, "--out")
+
+
+def _generations(path) -> bool:
+  """Whether `path` is a JSONL file this launcher wrote (its first line has our fields)."""
+  try:
+    with open(path, encoding="utf-8") as file:
+      return {"prompt", "sample", "tokens", "text"} <= json.loads(file.readline()).keys()
+  except (OSError, ValueError, AttributeError):
+    return False
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  import jax
-  jax.config.update("jax_num_cpu_devices", 8)   # ignored on GPU/TPU
+  from experiments._defaults import inference_model, start_job
+  start_job()   # 8 CPU devices unless the launcher says otherwise; joins a multi-process job
   from llama3_jax.data.conversations import chat
   from llama3_jax.infer.generate import Generator, Sampling
-  from llama3_jax.sharding import MeshConfig, parse_mesh
+  from llama3_jax.runtime import job
+  from llama3_jax.sharding import parse_mesh
   if _PROMPTS.value and _PROMPT.value:
     raise UserError("--prompt and --prompts are both given", "give one of them")
+  _check_out()
+  at_least(_SAMPLES.value, 1, "--samples")
+  at_least(_MAX_NEW.value, 1, "--max-new-tokens")
   texts = read_prompts(_PROMPTS.value) if _PROMPTS.value else _PROMPT.value or DEFAULT_PROMPTS
-  mesh = MeshConfig(**{"fsdp": 1, **parse_mesh(_MESH.value)}) if _MESH.value else None
-  logging.getLogger("absl").setLevel(logging.WARNING)   # Orbax's progress lines
-  model, tokenizer = load(_CHECKPOINT.value, _HF.value, _AVERAGED.value, _TOKENIZER.value)
-  if tokenizer.vocab_size > model.config.vocab_size:
-    raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
-                    f"vocabulary of {model.config.vocab_size}", "pass the run's --tokenizer")
+  parse_mesh(_MESH.value)   # a bad --mesh is refused before anything is read
+  # Sampling checks the ranges (top_p 0 is refused, not read as "no limit"), as for
+  # rejection_sample; flags not given keep their "no limit" values.
+  sampled = any(f is not None for f in (_TEMPERATURE.value, _TOP_K.value, _TOP_P.value))
+  sampling = Sampling(temperature=(_TEMPERATURE.value if _TEMPERATURE.value is not None
+                                   else 1.0) if sampled else 0.0,
+                      top_k=0 if _TOP_K.value is None else _TOP_K.value,
+                      top_p=1.0 if _TOP_P.value is None else _TOP_P.value, seed=_SEED.value)
+  model, tokenizer = inference_model(_CHECKPOINT.value, _HF.value, _AVERAGED.value,
+                                     _TOKENIZER.value, _MESH.value)
   if _CHAT.value:
     prompts = [chat.encode_chat(tokenizer, [{"role": "user", "content": t}],
                                 add_generation_prompt=True)[0].tolist() for t in texts]
@@ -96,12 +126,8 @@ def main(argv):
   else:
     prompts = [tokenizer.encode(t, bos=True) for t in texts]
     stop = [tokenizer.special_id("<|end_of_text|>")]
-  sampled = any(f is not None for f in (_TEMPERATURE.value, _TOP_K.value, _TOP_P.value))
-  sampling = Sampling(temperature=(_TEMPERATURE.value if _TEMPERATURE.value is not None
-                                   else 1.0) if sampled else 0.0,
-                      top_k=_TOP_K.value or 0, top_p=_TOP_P.value or 1.0, seed=_SEED.value)
-  generator = Generator(model, mesh, stop_ids=stop)
-  stream = len(prompts) == 1 and _SAMPLES.value == 1 and not _OUT.value
+  generator = Generator(model, stop_ids=stop)   # on the mesh the model was read onto
+  stream = len(prompts) == 1 and _SAMPLES.value == 1 and not _OUT.value and job.is_primary()
 
   def continuation(prompt, tokens):
     """The generated text as it reads after the prompt (a word's leading space included)."""
@@ -123,6 +149,11 @@ def main(argv):
            "text": continuation(prompt, tokens)}
           for text, prompt, result in zip(texts, prompts, results)
           for j, tokens in enumerate(result.tokens)]
+  # Every process has every token; process 0 alone prints and writes them.
+  job.write_once("generations", lambda: _report(rows, stream, generator))
+
+
+def _report(rows: list[dict], stream: bool, generator) -> None:
   if stream:
     print()
   elif _OUT.value:

@@ -13,7 +13,8 @@ its within-prompt AUC on the policy's own K samples, the share of rejection-samp
 that are correct (best of K vs a random one of the K, and best - random paired by question
 with its 95% interval), and the policy's held-out exact match with its 95% interval. Ends by
 writing WORKDIR/summary.json. Run it again after a crash (or SIGKILL): finished stages are not redone,
-an interrupted one resumes. Exit codes: 0 done, 2 bad config or data.
+an interrupted one resumes. Under launch.local, SLURM or Kubernetes every process runs this same
+command (one job; process 0 writes and prints). Exit codes: 0 done, 2 bad config or data.
 """
 
 import pathlib
@@ -35,18 +36,19 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   from experiments._defaults import PRETRAIN, ensure_pretrained, start_jax
-  start_jax(cfg.sft)   # before JAX's backend starts
+  start_jax(cfg.sft)   # before JAX's backend starts; joins a multi-process job
   from llama3_jax.posttrain.rounds import RoundsStopped, rounds_config, run_rounds, table
+  from llama3_jax.runtime import job
   config = rounds_config(cfg)   # the one conversion: every field and stage checked first
   if config.init_path == str(PRETRAIN):
     ensure_pretrained(config.init_path)
   try:
     rounds = run_rounds(config, workdir)
   except RoundsStopped as stopped:   # a preemption: the stage's checkpoint is saved; exit 0
-    print(stopped)
+    job.say(stopped)
     return
-  print(table(rounds))
-  print(f"done: {len(rounds)} rounds; outputs in {workdir} (round_<i>/, summary.json)")
+  job.say(table(rounds))
+  job.say(f"done: {len(rounds)} rounds; outputs in {workdir} (round_<i>/, summary.json)")
 
 
 if __name__ == "__main__":

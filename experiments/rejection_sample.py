@@ -11,14 +11,16 @@ checked pairs are written). With no arguments: the default SFT run (workdirs/sft
 shipped task's training questions, scored by the default reward model (workdirs/reward_model);
 both are trained first if absent. Writes OUT/sft.jsonl (SFT examples: the prompt and the kept
 answer, with its score, the K scores and answers, the sampling settings and the models),
-OUT/pairs.jsonl and OUT/summary.json (samples per second). Exit codes: 0 done, 2 bad input.
+OUT/pairs.jsonl and OUT/summary.json (samples per second). The models are read sharded over
+all devices of the job (FSDP); under launch.local, SLURM or Kubernetes every process runs this
+same command and process 0 writes. Exit codes: 0 done, 2 bad input.
 """
 
 import json
 import pathlib
 
 from llama3_jax import cli
-from llama3_jax.errors import UserError
+from llama3_jax.errors import UserError, check_apart
 
 _DEFAULT_POLICY, _DEFAULT_REWARD = "workdirs/sft", "workdirs/reward_model"
 
@@ -52,16 +54,17 @@ def read_prompts(path) -> list[tuple[list[dict], str | None]]:
 def _defaults(args):
   """The default models, trained first if absent, and the shipped task's questions."""
   from experiments import _finetune
+  from experiments._defaults import missing_run
   from llama3_jax.posttrain import task
   from llama3_jax.posttrain.stage import run_stage
+  from llama3_jax.runtime import job
   if args.policy == _DEFAULT_POLICY:
     _finetune._ensure_start(_DEFAULT_POLICY)
-  if args.reward_model == _DEFAULT_REWARD and not (
-      pathlib.Path(_DEFAULT_REWARD) / "checkpoints").exists():
+  if args.reward_model == _DEFAULT_REWARD and missing_run(_DEFAULT_REWARD):
     from experiments._defaults import ensure_pretrained
     from experiments.configs import reward_model
-    print(f"no reward model in {_DEFAULT_REWARD}: training the default one first "
-          "(python -m experiments.reward_model)")
+    job.say(f"no reward model in {_DEFAULT_REWARD}: training the default one first "
+            "(python -m experiments.reward_model)")
     cfg = reward_model.get_config()
     ensure_pretrained(cfg.init.path)
     from llama3_jax.train.config import run_config
@@ -87,10 +90,13 @@ def main(argv=None):
   parser.add_argument("--max_new_tokens", type=int, default=16)
   parser.add_argument("--out", default="workdirs/rejection_sample")
   args = parser.parse_args(argv)
+  check_apart(args.out, [("--policy", args.policy), ("--reward_model", args.reward_model),
+                         ("--prompts", args.prompts)])
   from experiments._defaults import start_jax
   from experiments.configs import sft
-  start_jax(sft.get_config())   # the default runs train on 8 CPU devices, if they must
+  start_jax(sft.get_config())   # 8 CPU devices, as the default runs; joins a multi-process job
   from llama3_jax.posttrain.rejection import Settings, sample_to_dir
+  from llama3_jax.runtime import job
   settings = Settings(args.samples, args.temperature, args.top_p, args.seed, args.max_new_tokens)
   for name in ("policy", "reward_model"):
     path = pathlib.Path(getattr(args, name))
@@ -105,7 +111,7 @@ def main(argv=None):
                     "choose a new --out directory")
   prompts = _defaults(args)
   sample_to_dir(out, args.policy, args.reward_model, prompts, settings)
-  print(f"outputs in {out} (sft.jsonl, pairs.jsonl, summary.json)")
+  job.say(f"outputs in {out} (sft.jsonl, pairs.jsonl, summary.json)")
 
 
 if __name__ == "__main__":

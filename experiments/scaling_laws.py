@@ -15,13 +15,14 @@ character, llama3_jax/eval/multiple_choice.py) for the report's two-step forecas
 bootstrap 95% intervals, Chinchilla's approach 3 as a cross-check; the largest budget is held
 out (--holdout) and its optimal loss, tokens and parameters are forecast from the others and
 compared with its measurement. Writes W/fit.json, W/isoflops.png, W/power_law.png (and
-W/forecast.png, fitted on the task's columns). Exit codes: 0 done (or stopped by SIGTERM /
-Ctrl-C), 2 bad input (a message `error: <what>: <fix>`).
+W/forecast.png, fitted on the task's columns). Under launch.local, SLURM or Kubernetes every
+process runs this same command: the points train on all of the job's devices, process 0 writes
+the records, the fits and the figures. Exit codes: 0 done (or stopped by SIGTERM / Ctrl-C), 2
+bad input (a message `error: <what>: <fix>`).
 """
 
 import json
 import logging
-import os
 import pathlib
 import sys
 
@@ -54,7 +55,10 @@ def parse(argv):
   p.add_argument("--replicates", type=int, default=1000, help="bootstrap replicates")
   p.add_argument("--seed", type=int, default=0)
 
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  from llama3_jax.errors import at_least
+  at_least(args.replicates, 1, "--replicates", "give bootstrap replicates >= 1 (1000 by default)")
+  return args
 
 
 def _budgets(text: str) -> list[float]:
@@ -79,14 +83,9 @@ def _holdout(text: str, budgets: list[float]) -> float | None:
 
 
 def train_sweep(args, workdir: pathlib.Path) -> None:
-  import jax   # configured before its backend starts: one CPU device (tiny models)
-  if "JAX_NUM_CPU_DEVICES" not in os.environ and "xla_force_host_platform_device_count" not in \
-      os.environ.get("XLA_FLAGS", ""):
-    jax.config.update("jax_num_cpu_devices", 1)
-  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-    from llama3_jax.data.corpus import cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  from experiments._defaults import start_job
+  start_job(cpu_devices=1)   # one CPU device for tiny models, unless the job says otherwise
+  import jax
   from llama3_jax.scaling import sweep
   try:
     points = sweep.plan_sweep(_budgets(args.budgets), args.sizes, args.spread)
@@ -118,9 +117,9 @@ def fit_and_plot(args, sweep_file: pathlib.Path, workdir: pathlib.Path, names=No
   if not records:
     _fail(f"{sweep_file} has no sweep points", "run the sweep first (without --fit-only) or "
           "give --sweep FILE")
-  budgets = sorted({float(r["budget"]) for r in records})
-  holdout = _holdout(args.holdout, budgets)
   try:
+    analysis.check_records(records)   # a record without a loss, a NaN: named, not a traceback
+    holdout = _holdout(args.holdout, sorted({float(r["budget"]) for r in records}))
     result = analysis.analyse(records, holdout=holdout, extrapolate=args.extrapolate,
                               replicates=args.replicates, seed=args.seed, chance=args.chance)
   except FitError as error:
@@ -175,9 +174,10 @@ def main(argv):
   if args.fit_only and not sweep_file.exists():
     _fail(f"{sweep_file} does not exist", "run the sweep first, or give --sweep FILE")
   # A run fits the grid it ran (the workdir may hold other budgets' points); --fit-only fits
-  # every line of the file.
+  # every line of the file. In a multi-process job every process trains; process 0 fits.
   names = None if args.fit_only else train_sweep(args, workdir)
-  fit_and_plot(args, sweep_file, workdir, names)
+  from llama3_jax.runtime import job
+  job.write_once("fit", lambda: fit_and_plot(args, sweep_file, workdir, names))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
 """Runs one multi-process JAX job on this machine, restarting it when a process dies.
 
 python -m launch.local --processes 2 --devices-per-process 4 -- \
-    python -m experiments.pretrain --workdir /tmp/run --config.eval.every_steps=0
+    python -m experiments.pretrain --workdir /tmp/run
+python -m launch.local --processes 2 --devices-per-process 4 -- \
+    python -m experiments.evaluate --checkpoint /tmp/run --tasks arith    # any launcher
 python -m launch.local --processes 4 --devices 8 --max-restarts 5 -- python my_job.py
 
 Each process gets the variables llama3_jax/runtime/distributed.py reads (a coordinator on
 127.0.0.1, JAX_NUM_PROCESSES, JAX_PROCESS_ID), K fake CPU devices (JAX_NUM_CPU_DEVICES) and the
-attempt number (LLAMA3_ATTEMPT, 0 first). Output lines are prefixed with the process id.
+attempt number (LLAMA3_ATTEMPT, 0 first); every launcher in experiments/ joins the job from
+them (llama3_jax/runtime/job.py). Output lines are prefixed with the process id.
 When a process dies (a crash, SIGKILL, the hang watchdog's exit 75) the others are killed too:
 they cannot finish a collective without it; the whole job then restarts, up to --max-restarts
 times, and resumes from its latest checkpoint. Exit codes 2 (bad config) and 3 (diverged) are

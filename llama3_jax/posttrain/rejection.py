@@ -38,7 +38,10 @@ import numpy as np
 from llama3_jax.errors import UserError
 from llama3_jax.data.conversations.chat import decode, encode_chat
 from llama3_jax.infer.generate import Generator, Sampling
+from llama3_jax.infer.placement import Placement
 from llama3_jax.posttrain.reward import score_responses
+from llama3_jax.runtime import job
+from llama3_jax.sharding import MeshConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,14 +113,19 @@ def rejection_sample(policy, reward_model, tokenizer, prompts: list[list[dict]],
 
 
 def write_jsonl(rows, path) -> None:
-  """Writes beside `path` and renames into place: a crash never leaves half a file there."""
+  """Writes beside `path` and renames into place: a crash never leaves half a file there. In a
+  multi-process job every process calls it with the same rows: process 0 writes, and all return
+  once the file is there."""
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  with open(tmp, "w") as f:
-    for row in rows:
-      f.write(json.dumps(row) + "\n")
-  os.replace(tmp, path)
+
+  def write():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+      for row in rows:
+        f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+  job.write_once(f"{path}", write)
 
 
 def same_tokenizer(policy_path, reward_path):
@@ -181,19 +189,22 @@ def sample_to_dir(out, policy_path, reward_path, prompts, settings: Settings, *,
   """Rejection sampling of saved models (workdirs) into `out`; `prompts`: (messages, answer or
   None). `reward_path` None: samples for the checker to annotate only (pairs.jsonl; sft.jsonl
   keeps each prompt's first non-empty sample). Done once: a directory with its summary.json is
-  read back, not sampled again."""
-  from llama3_jax.checkpoint.model import load_model, run_tokenizer
+  read back, not sampled again. The models are read sharded over all devices of the job (FSDP)
+  and every process of a multi-process job runs this alike; process 0 writes."""
+  from llama3_jax.checkpoint.model import init_model_config, load_model, run_tokenizer
   out = pathlib.Path(out)
   done = out / "summary.json"
   if done.exists():
     return json.loads(done.read_text())
+  placement = Placement.make(MeshConfig(), init_model_config(policy_path))
   reward_model = None
   if reward_path is None:
     tokenizer = run_tokenizer(policy_path)
   else:
     tokenizer = same_tokenizer(policy_path, reward_path)
-    _, reward_model = load_model(reward_path, kind="reward")
-  _, policy = load_model(policy_path)
+    _, reward_model = load_model(reward_path, kind="reward", mesh=placement.mesh,
+                                 rules=placement.rules)
+  _, policy = load_model(policy_path, mesh=placement.mesh, rules=placement.rules)
   result = rejection_sample(policy, reward_model, tokenizer, [m for m, _ in prompts], settings,
                             provenance={"policy": str(policy_path),
                                         "reward_model": reward_path and str(reward_path)})
@@ -209,7 +220,8 @@ def sample_to_dir(out, policy_path, reward_path, prompts, settings: Settings, *,
     summary.update(report, pairs=len(pairs))
   write_jsonl(result.kept, out / "sft.jsonl")
   write_jsonl(pairs, out / "pairs.jsonl")
-  done.write_text(json.dumps(summary, indent=1))   # last: the mark of a finished directory
+  # last: the mark of a finished directory
+  job.write_once(f"{done}", lambda: done.write_text(json.dumps(summary, indent=1)))
   line = (f"{'samples to annotate' if reward_model is None else 'rejection sampling'}: "
           f"{summary['samples']} at {summary['samples_per_s']}/s -> {out}")
   if "best_of_k_correct" in summary:
@@ -219,5 +231,6 @@ def sample_to_dir(out, policy_path, reward_path, prompts, settings: Settings, *,
              f"within-prompt AUC {summary['auc']:.3f})")
   if "pairs" in summary:
     line += f"; {len(pairs)} checker pairs"
-  log(line)
+  if job.is_primary():
+    log(line)
   return summary

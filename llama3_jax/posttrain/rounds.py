@@ -28,7 +28,9 @@ the annotators:
   `dpo/`        DPO of that SFT model on all preference pairs so far: the round's policy.
 Each round ends with `W/round_<i>/summary.json`; `W/summary.json` lists them all. Every stage
 resumes after a crash (training from its checkpoints; sampling is redone, seeded, and its files
-appear whole, by rename), and a finished stage or round is not redone.
+appear whole, by rename), and a finished stage or round is not redone. In a multi-process job
+every process runs the rounds alike, each stage's models sharded over the job's devices and
+handed on as sharded checkpoints; process 0 writes the files and the log.
 """
 
 import dataclasses
@@ -41,6 +43,7 @@ from llama3_jax.errors import UserError
 from llama3_jax.posttrain import task
 from llama3_jax.posttrain.rejection import Settings, sample_to_dir, write_jsonl
 from llama3_jax.posttrain.stage import run_stage
+from llama3_jax.runtime import job
 from llama3_jax.schema import from_dict
 from llama3_jax.train.config import RunConfig, run_config
 
@@ -189,6 +192,7 @@ def rounds_config(cfg) -> RoundsConfig:
 
 
 def run_rounds(cfg: RoundsConfig, workdir, log=print) -> list[dict]:
+  log = log if job.is_primary() else (lambda *args, **kwargs: None)
   for name, path in (("init_path", cfg.init_path), ("start_policy", cfg.start_policy)):
     if path and not (pathlib.Path(path) / "checkpoints").is_dir():
       raise UserError(f"{name} {path} is not a training workdir (no checkpoints/)",
@@ -251,10 +255,13 @@ def run_rounds(cfg: RoundsConfig, workdir, log=print) -> list[dict]:
           "exact_match_ci": dpo["exact_match_ci"],
           "preference_accuracy": dpo["preference_accuracy"], "n": dpo["n"],
           "seconds": round(time.perf_counter() - start, 1)})
-      (out / SUMMARY).write_text(json.dumps(rounds[-1], indent=1))
+      summary = rounds[-1]
+      job.write_once(f"{out / SUMMARY}",
+                     lambda: (out / SUMMARY).write_text(json.dumps(summary, indent=1)))
     pairs.append(out / "rejection" / "pairs.jsonl")
     policy = out / "dpo"
-  (workdir / SUMMARY).write_text(json.dumps(rounds, indent=1))
+  job.write_once(f"{workdir / SUMMARY}",
+                 lambda: (workdir / SUMMARY).write_text(json.dumps(rounds, indent=1)))
   return rounds
 
 

@@ -14,20 +14,27 @@ is scored on the task's held-out questions into WORKDIR/eval.json (a policy: gre
 and preference accuracy, the starting model too, once; a reward model: pairwise accuracy and
 margin), and exported to Hugging Face format (weights and tokenizer) in WORKDIR/hf (a reward
 model as LlamaForSequenceClassification).
+
+Every process of a multi-process job runs the stage alike: the models are read sharded over the
+run's own mesh and scored there (llama3_jax/infer/placement.py); process 0 alone writes the
+task, the prepared data and eval.json, the others waiting for it (llama3_jax/runtime/job.py).
 """
 
 import json
 import pathlib
 
 from llama3_jax.checkpoint import hf
-from llama3_jax.checkpoint.model import is_hf_dir, load_model, run_tokenizer
+from llama3_jax.checkpoint.model import (init_model_config, is_hf_dir, load_model,
+                                         run_tokenizer)
 from llama3_jax.data.conversations.prepared import (is_conversation_data, prepare_conversations,
                                                     sha256)
 from llama3_jax.errors import UserError
+from llama3_jax.infer.placement import Placement
 from llama3_jax.objectives import NEXT_TOKEN
 from llama3_jax.objectives.reward import RewardLoss
 from llama3_jax.posttrain import task
 from llama3_jax.posttrain.reward import pairwise_accuracy
+from llama3_jax.runtime import job
 from llama3_jax.train.config import RunConfig
 
 # stage -> (data kind, the shipped task's file)
@@ -64,13 +71,16 @@ def prepare_data(run: RunConfig, workdir: pathlib.Path, kind: str, tokenizer
   source = pathlib.Path(source)
   if source.is_file():
     out = workdir / "data"
-    # The reward model reads every response's <|eot_id|>, in one row with its prompt.
-    manifest = prepare_conversations(source, _tokenizer_path(tokenizer), out, kind=data_kind,
-                                     max_tokens=seq_len, reward=kind == "reward",
-                                     layout="shared" if kind == "reward" else run.dpo.layout)
-    skipped = sum(manifest["skipped"].values())
-    print(f"data: {manifest['examples']} examples from {source} -> {out} ({skipped} skipped, "
-          f"{manifest['truncated']} truncated; details in {out}/manifest.json)")
+
+    def prepare():   # process 0; the others read what it wrote
+      # The reward model reads every response's <|eot_id|>, in one row with its prompt.
+      manifest = prepare_conversations(source, _tokenizer_path(tokenizer), out, kind=data_kind,
+                                       max_tokens=seq_len, reward=kind == "reward",
+                                       layout="shared" if kind == "reward" else run.dpo.layout)
+      skipped = sum(manifest["skipped"].values())
+      print(f"data: {manifest['examples']} examples from {source} -> {out} ({skipped} "
+            f"skipped, {manifest['truncated']} truncated; details in {out}/manifest.json)")
+    job.write_once(f"prepared {out}", prepare)
     source = out
   elif not is_conversation_data(source):
     raise ValueError(f"data.path {source} is neither a JSONL file of conversations nor "
@@ -97,25 +107,55 @@ def objective_of(run: RunConfig, kind: str):
   return run.dpo   # the config section is the objective
 
 
+def placement_of(run: RunConfig) -> Placement:
+  """The run's own mesh, where its starting and trained models are read and scored."""
+  return Placement.make(run.mesh, init_model_config(run.init.path), sharding=run.sharding)
+
+
+def read_model(path, placement: Placement, *, kind: str = "lm", averaged: bool = False):
+  """The model at `path` (a workdir, a step or a Hugging Face directory), sharded over
+  `placement`'s mesh as it is read."""
+  if is_hf_dir(path):
+    return hf.load(path, mesh=placement.mesh, rules=placement.rules)[1]
+  return load_model(path, averaged=averaged, kind=kind, mesh=placement.mesh,
+                    rules=placement.rules)[1]
+
+
 def _start_model(run: RunConfig):
-  if is_hf_dir(run.init.path):
-    return hf.load(run.init.path)[1]
-  return load_model(run.init.path, averaged=run.init.averaged)[1]
+  return read_model(run.init.path, placement_of(run), averaged=run.init.averaged)
 
 
 def precompute_reference(run: RunConfig, workdir: pathlib.Path) -> pathlib.Path:
   """dpo.reference="precomputed": the starting model's log-probs, stored with the data (the
-  directory returned)."""
+  directory returned). Every process computes them with the model sharded over the run's mesh;
+  process 0 writes them."""
   from flax import nnx
-  from llama3_jax.data.conversations.prepared import add_reference_logps
+  from llama3_jax.data.conversations.prepared import (add_reference_logps, example_rows,
+                                                      read_conversation_manifest, read_records)
   from llama3_jax.objectives.dpo import token_logps
-  model = _start_model(run)
-  logps = nnx.jit(token_logps)
-  manifest = add_reference_logps(run.data.path, workdir / "data_reference",
-                                 lambda batch: logps(model, batch),
-                                 model_path=str(pathlib.Path(run.init.path).resolve()))
-  print(f"reference log-probs of {manifest['examples']} examples -> {workdir / 'data_reference'}")
-  return workdir / "data_reference"
+  out, batch_rows = workdir / "data_reference", 32
+  logps = []
+  if not (out / "manifest.json").exists():   # else add_reference_logps checks it is this one
+    model = _start_model(run)
+    placement, score = Placement.of(model), nnx.jit(token_logps)
+    records = read_records(run.data.path)
+    max_tokens = read_conversation_manifest(run.data.path)["max_tokens"]
+    for start in range(0, len(records), batch_rows):   # add_reference_logps' batches
+      chunk = records[start:start + batch_rows]
+      rows = placement.padded_rows(len(chunk))
+      batch = example_rows(chunk + [chunk[-1]] * (rows - len(chunk)), max_tokens)
+      with placement.active():
+        logps.append(placement.fetch(score(model, {k: placement.rows(v)
+                                                   for k, v in batch.items()}))[:len(chunk)])
+  computed = iter(logps)
+
+  def write():   # process 0; the others read what it wrote
+    manifest = add_reference_logps(run.data.path, out, lambda batch: next(computed),
+                                   batch_size=batch_rows,
+                                   model_path=str(pathlib.Path(run.init.path).resolve()))
+    print(f"reference log-probs of {manifest['examples']} examples -> {out}")
+  job.write_once(f"{out}", write)
+  return out
 
 
 def run_stage(run: RunConfig, workdir, kind: str, heldout=None) -> dict:
@@ -146,10 +186,11 @@ def run_stage(run: RunConfig, workdir, kind: str, heldout=None) -> dict:
   finished = (workdir / "hf" / "config.json").exists() and (not examples or "after" in evaluation)
   if summary.get("complete") and finished:   # a rerun of a finished stage: nothing to redo
     return {**summary, "evaluation": evaluation, "hf": str(workdir / "hf")}
-  config, model = load_model(workdir, kind="reward" if kind == "reward" else "lm")
+  model = read_model(workdir, placement_of(run), kind="reward" if kind == "reward" else "lm")
   if examples:
     evaluation["after"] = (pairwise_accuracy(model, tokenizer, examples) if kind == "reward"
                            else task.evaluate(model, tokenizer, examples))
-    evaluation_path.write_text(json.dumps(evaluation, indent=1))
-  hf.save(model, config, workdir / "hf", tokenizer=tokenizer)
+    job.write_once(f"{evaluation_path}",
+                   lambda: evaluation_path.write_text(json.dumps(evaluation, indent=1)))
+  hf.save(model, model.config, workdir / "hf", tokenizer=tokenizer)   # every process: sharded
   return {**summary, "evaluation": evaluation, "hf": str(workdir / "hf")}

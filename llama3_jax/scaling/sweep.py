@@ -28,6 +28,7 @@ import pathlib
 import sys
 import time
 
+from llama3_jax.runtime import job
 from llama3_jax.scaling import family
 
 SEQ_LEN = 128
@@ -124,20 +125,22 @@ def read_records(path) -> list[dict]:
   path = pathlib.Path(path)
   if not path.exists():
     return []
-  records = []
+  records, cut = [], 0
   for line in path.read_text().splitlines():
     if line.strip():
       try:
         records.append(json.loads(line))
       except ValueError:   # a line cut by a kill mid-write: that point runs again
-        continue
+        cut += 1
+  if cut:
+    print(f"{path}: {cut} cut line(s) skipped (written when a run was killed; the sweep trains "
+          "those points again)", file=sys.stderr)
   return records
 
 
 def train_and_measure(point: Point, workdir: pathlib.Path, seed: int, peak_flops: float | None
                       ) -> dict:
   """Trains `point` in `workdir` (resuming), then measures its held-out loss."""
-  from llama3_jax.checkpoint.model import load_model
   from llama3_jax.eval.perplexity import evaluate, heldout_rows
   from llama3_jax.train.config import run_config
   from llama3_jax.train.loop import train
@@ -150,7 +153,7 @@ def train_and_measure(point: Point, workdir: pathlib.Path, seed: int, peak_flops
   if summary.get("stopped_by"):   # SIGTERM / Ctrl-C: checkpointed, not finished: no record
     raise SweepStopped(f"stopped by {summary['stopped_by']} during {point.name} (checkpoint "
                        f"saved at step {summary['steps']}); run again to resume")
-  _, model = load_model(workdir)
+  model = _read_model(workdir)
   result = evaluate(model, heldout_rows(seq_len=SEQ_LEN))
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   return {"loss": result["loss"], "bits_per_byte": result["bits_per_byte"],
@@ -173,24 +176,34 @@ def task_columns(model, workdir) -> dict:
                   f"{result['chance']:.2f}"}
 
 
+def _read_model(workdir):
+  """A point's trained model, whole on every device of the job (a tiny model; every process of a
+  multi-process job scores it alike)."""
+  from llama3_jax.checkpoint.model import init_model_config, load_model
+  from llama3_jax.infer.placement import Placement
+  from llama3_jax.sharding import MeshConfig
+  placement = Placement.make(MeshConfig(data=-1, fsdp=1), init_model_config(workdir))
+  return load_model(workdir, mesh=placement.mesh, rules=placement.rules)[1]
+
+
 def add_task_columns(workdir, out=sys.stdout) -> int:
   """Measures the task columns for the points of W/sweep.jsonl that lack them (their models
   are read from W/points/<name>); rewrites the file atomically. Returns how many it added."""
-  from llama3_jax.checkpoint.model import load_model
   workdir = pathlib.Path(workdir)
   path = workdir / "sweep.jsonl"
   records = read_records(path)
   missing = [r for r in records if r.get("accuracy") is None
              and (workdir / "points" / r["name"]).exists()]
   for r in missing:
-    _, model = load_model(workdir / "points" / r["name"])
-    r.update(task_columns(model, workdir / "points" / r["name"]))
-  if missing:
+    r.update(task_columns(_read_model(workdir / "points" / r["name"]),
+                          workdir / "points" / r["name"]))
+  if missing and job.is_primary():   # every process measured; process 0 writes
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
     os.replace(tmp, path)
     print(f"sweep: measured the multiple-choice task on {len(missing)} points", file=out,
           flush=True)
+  job.barrier(f"task columns {path}")
   return len(missing)
 
 
@@ -203,7 +216,9 @@ def run_sweep(points: list[Point], workdir, *, seed: int = 0, measure=train_and_
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   path = workdir / "sweep.jsonl"
-  _drop_cut_line(path)
+  if job.is_primary():
+    _drop_cut_line(path)
+  job.barrier(f"looked at {path}")
   done = {r["name"] for r in read_records(path)}
   todo = [p for p in points if p.name not in done]
   if done:
@@ -218,10 +233,12 @@ def run_sweep(points: list[Point], workdir, *, seed: int = 0, measure=train_and_
               "flops": point.flops, "steps": point.steps, "batch_tokens": point.batch_tokens,
               "seq_len": SEQ_LEN, "seed": seed, **family.describe(point.config), **measured,
               "wall_s": time.perf_counter() - start}
-    with open(path, "a") as f:   # one whole line per point; fsync so a kill keeps it
-      f.write(json.dumps(record) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
+    if job.is_primary():   # one whole line per point; fsync so a kill keeps it
+      with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    job.barrier(f"sweep point {point.name}")
     walls.append(record["wall_s"])
     elapsed = time.perf_counter() - started
     eta = _eta(todo[:i + 1], walls, todo[i + 1:])
