@@ -22,7 +22,25 @@ def define_flags(name: str):
     config_flags.DEFINE_config_file("config", str(_CONFIGS / f"{name}.py"),
                                     "ml_collections config file")
     flags.DEFINE_string("workdir", f"workdirs/{name}", "checkpoints, metrics, eval.json, hf/")
+    flags.DEFINE_bool("dry-run", False, "validate, trace and lower the step, print the plan; exit")
+    flags.DEFINE_integer("dry-run-devices", 0, "devices of the dry run (0: the mesh's product)")
+    flags.DEFINE_string("hardware", "h100", "the dry run's plan prices this GPU")
   return define
+
+
+def dry_run(cfg, kind: str) -> None:
+  """pretrain --dry-run for this stage's step (its objective: DPO with its frozen reference):
+  nothing is read from init.path but, with model.size="init", its model's config."""
+  from llama3_jax.errors import at_least
+  at_least(flags.FLAGS["dry-run-devices"].value, 0, "--dry-run-devices",
+           "give a device count, or 0 for the mesh's product")
+  import jax
+  jax.config.update("jax_platforms", "cpu")   # the mesh is abstract: one CPU device will do
+  from llama3_jax.posttrain.stage import objective_of
+  from llama3_jax.train.config import run_config
+  from llama3_jax.train.dry_run import dry_run as dry_run_of
+  print(dry_run_of(cfg, flags.FLAGS["dry-run-devices"].value or None, flags.FLAGS.hardware,
+                   objective=objective_of(run_config(cfg), kind)))
 
 
 def _ensure_start(path: str) -> None:
@@ -74,6 +92,8 @@ def main_for(kind: str):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    if flags.FLAGS["dry-run"].value:
+      return dry_run(cfg, kind)
     from experiments._defaults import start_jax
     start_jax(cfg)   # before JAX's backend starts; joins a multi-process job
     from llama3_jax.posttrain.stage import run_stage

@@ -1,6 +1,7 @@
-"""A dry run of a pre-training job: the real config, mesh and train step, without devices.
+"""A dry run of a training job: the real config, mesh and train step, without devices.
 
     python -m experiments.pretrain --config experiments/configs/llama3_405b.py --dry-run
+    python -m experiments.dpo --config experiments/configs/dpo_llama3_405b.py --dry-run
     report = dry_run(cfg, n_devices=16384, hardware="h100")     # text; raises on a bad config
 
 Checks, in order, what the job would check at start and what it would first trip on:
@@ -18,6 +19,7 @@ Checks, in order, what the job would check at start and what it would first trip
    gathered, collectives per axis and link, the bubble and the expected MFU on `hardware`.
 """
 
+import math
 import time
 
 import jax
@@ -28,7 +30,8 @@ from llama3_jax.checkpoint.manager import abstract_like
 from llama3_jax.data.batches import abstract_batch
 from llama3_jax.optim.optimizer import build_optimizer
 from llama3_jax.planner import Layout, get_hardware
-from llama3_jax.planner.search import evaluate, explain
+from llama3_jax.planner.memory import gib
+from llama3_jax.planner.search import MEMORY_HEADROOM, evaluate, explain
 from llama3_jax.sharding import AXES, abstract_mesh, make_rules, state_shardings
 from llama3_jax.sharding.rules import batch_spec
 from llama3_jax.train.config import run_config
@@ -36,6 +39,20 @@ from llama3_jax.objectives.next_token import NEXT_TOKEN
 from llama3_jax.train.plan import make_plan
 from llama3_jax.train.setup import abstract_train_state
 from llama3_jax.train.step import make_step_fns
+
+
+def frozen_reference(frozen, memory: dict, hw) -> str:
+  """The frozen reference model's share (DPO) on top of the planner's total for the policy:
+  its parameters, sharded as the policy's, and at most its weights gathered as the policy's
+  are (forward only: no gradients, no optimizer state, no activations kept)."""
+  sharded = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+                for x in jax.tree.leaves(frozen))
+  share = sharded + memory["gathered weights"]
+  total, usable = memory["total"] + share, hw.memory_bytes * (1 - MEMORY_HEADROOM)
+  return (f"   + frozen reference {gib(share):.2f} GiB per device (parameters {gib(sharded):.2f}, "
+          f"gathered weights {gib(memory['gathered weights']):.2f}; forward only) = "
+          f"{gib(total):.2f} GiB: "
+          + ("fits" if total <= usable else f"does not fit the {gib(usable):.1f} GiB usable"))
 
 
 def default_devices(mesh) -> int:
@@ -53,11 +70,17 @@ def _dcn(mesh) -> dict | None:
 
 
 def dry_run(cfg, n_devices: int | None = None, hardware: str = "h100",
-            platform: str = "cuda") -> str:
+            platform: str = "cuda", objective=NEXT_TOKEN) -> str:
+  """`objective`: the step's (post-training: SFT's next token, DPO with its frozen reference,
+  the reward model); model.size="init" reads the starting model's config from init.path."""
   started = time.perf_counter()
   run = run_config(cfg)
   n_devices = n_devices or default_devices(run.mesh)
-  plan = make_plan(run, n_devices)
+  init_model = None
+  if run.model.size == "init" and run.init.path:
+    from llama3_jax.checkpoint.model import init_model_config
+    init_model = init_model_config(run.init.path)
+  plan = make_plan(run, n_devices, init_model=init_model)
   lines = [f"dry run: {n_devices:,} devices, model {run.model.size} "
            f"({plan.model.n_layers} layers), {len(plan.stages)} stage(s), {plan.steps:,} steps"]
   sizes = plan.mesh.sizes(n_devices)
@@ -67,13 +90,13 @@ def dry_run(cfg, n_devices: int | None = None, hardware: str = "h100",
   t = run.train
   tx = build_optimizer(weight_decay=t.weight_decay, b1=t.b1, b2=t.b2, clip_norm=t.clip_norm,
                        skip_nonfinite=run.resilience.skip_nonfinite)
-  graphdef, abstract, _ = abstract_train_state(plan.model, tx, NEXT_TOKEN, t.seed)
+  graphdef, abstract, _ = abstract_train_state(plan.model, tx, objective, t.seed)
   shardings = state_shardings(abstract, mesh, rules)
   abstract = abstract_like(abstract, shardings)
   fns = make_step_fns(graphdef, shardings, mesh, rules, plan.sharding, t.micro_batches,
-                      NEXT_TOKEN)
+                      objective)
   stage = max(plan.stages, key=lambda s: s.batch_tokens * s.seq_len)
-  batch = abstract_batch(NEXT_TOKEN.fields, stage.batch_size, stage.seq_len,
+  batch = abstract_batch(objective.fields, stage.batch_size, stage.seq_len,
                          jax.sharding.NamedSharding(mesh, batch_spec(rules)))
   lines.append(f"2. abstract mesh of {mesh.size:,} devices; batch {stage.batch_size:,} x "
                f"{stage.seq_len:,} (the largest stage)")
@@ -101,6 +124,8 @@ def dry_run(cfg, n_devices: int | None = None, hardware: str = "h100",
   lines.append("4. plan of this step as XLA compiles it (circular pipeline, weights gathered in "
                f"{plan.model.param_dtype}) on {hw.name}:")
   lines += ["   " + line for line in explain(plan.model, result, hw).splitlines()]
+  if "frozen" in abstract and jax.tree.leaves(abstract["frozen"]) and result.memory:
+    lines.append(frozen_reference(abstract["frozen"], result.memory, hw))
   gathered = ("every weight gathered over fsdp once per step and kept for backward (Llama 3's "
               "mode)" if plan.sharding.fsdp_mode == "llama3" else
               "weights gathered over fsdp layer by layer, in forward and again in backward")
