@@ -17,10 +17,38 @@ PARAMS_COUNT = ("matmul parameters: the N of the launcher's 6N (every weight mat
                 "included; not the input embedding, a lookup; not the norms)")
 
 
+_FIELDS = ("budget", "params", "tokens", "loss")
+
+
+def check_records(records) -> None:
+  """Every record has a positive finite budget, size, tokens and loss, or a FitError naming the
+  record and the field: a NaN loss or a zero budget is not "the edge of the grid" nor "too few
+  sizes"."""
+  for number, record in enumerate(records, start=1):
+    name = record.get("name", "?") if isinstance(record, dict) else "?"
+    where = f"record {number} ({name})"
+    if not isinstance(record, dict):
+      raise fits.FitError(f"{where} is not a JSON object: remove that line")
+    for field in _FIELDS:
+      value = record.get(field)
+      if field not in record:
+        raise fits.FitError(f"{where} lacks {field!r}: remove that line, or run the sweep "
+                            "again (without --fit-only) to measure the point")
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+          not np.isfinite(value) or value <= 0:
+        raise fits.FitError(f"{where} has {field}={value!r}, not a positive finite number "
+                            "(a diverged or hand-edited point): remove that line, or train the "
+                            "point again")
+
+
 def analyse(records, *, holdout: float | None = None, extrapolate: float | None = None,
             replicates: int = 1000, seed: int = 0, chance: float | None = None) -> dict:
   """Fits `records` (sweep.jsonl lines); `holdout`: a budget left out of the fits and compared
   with their forecast. Raises FitError with the fix where the sweep cannot be fitted."""
+  check_records(records)
+  if replicates < 1:
+    raise fits.FitError(f"replicates={replicates}: the 95% intervals need at least 1 bootstrap "
+                        "replicate (--replicates, 1000 by default)")
   groups = fits.group_by_budget(records)
   held = None
   if holdout is not None:

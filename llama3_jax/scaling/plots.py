@@ -64,8 +64,9 @@ def power_law(result, path) -> None:
     values = np.array([m[what] for m in result["minima"]])
     low = np.array([m[f"{what}_95"][0] for m in result["minima"]])
     high = np.array([m[f"{what}_95"][1] for m in result["minima"]])
-    ax.errorbar(budgets, values, yerr=[values - low, high - values], fmt="o", color="C0",
-                capsize=3, label="IsoFLOP minima (95%)")
+    # A bootstrap interval may miss its estimate by rounding (a noise-free sweep): no negative bar.
+    ax.errorbar(budgets, values, yerr=np.maximum([values - low, high - values], 0), fmt="o",
+                color="C0", capsize=3, label="IsoFLOP minima (95%)")
     a, alpha = result[f"{what}_A"], result[f"{what}_alpha"]
     ax.plot(grid, a * grid**alpha, color="C0",
             label=f"{'D' if what == 'tokens' else 'N'}*(C) = {a:.3g} C^{alpha:.3f}")
@@ -78,8 +79,8 @@ def power_law(result, path) -> None:
         h = result[key]
         pred = h["predicted"]
         ax.errorbar([h["budget"]], [pred[what]],
-                    yerr=[[pred[what] - pred[f"{what}_95"][0]],
-                          [pred[f"{what}_95"][1] - pred[what]]],
+                    yerr=np.maximum([[pred[what] - pred[f"{what}_95"][0]],
+                                     [pred[f"{what}_95"][1] - pred[what]]], 0),
                     fmt="s", color=color, capsize=3, label=f"{label} (95%)")
     if "holdout" in result:
       ax.scatter([result["holdout"]["budget"]], [result["holdout"]["measured"][what]],
