@@ -152,3 +152,26 @@ def test_a_sharded_model_saves_the_whole_models_bytes_one_layer_at_a_time(model,
   stacked = {p.shape for p in params(model) if p.shape[0] == CONFIG.n_layers}
   assert gathered and not stacked & set(gathered)
   assert max(math.prod(s) for s in gathered) == CONFIG.vocab_size * CONFIG.d_model
+
+
+def test_an_interrupted_save_leaves_nothing_behind(model, tmp_path, monkeypatch):
+  """A save that fails midway (a full disk, a kill) leaves neither a half-written directory at
+  the path nor its temporary beside it; an existing export stays as it was."""
+  from llama3_jax.checkpoint.hf import weights
+  hf.save(model, CONFIG, tmp_path / "ckpt")
+  before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()}
+  calls = []
+
+  def failing(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+      raise OSError(28, "No space left on device")
+    return original(*args, **kwargs)
+  original = weights.safetensors.numpy.save_file
+  monkeypatch.setattr(weights.safetensors.numpy, "save_file", failing)
+  for target, overwrite in ((tmp_path / "new", False), (tmp_path / "ckpt", True)):
+    calls.clear()
+    with pytest.raises(OSError, match="No space left"):
+      hf.save(model, CONFIG, target, max_shard_bytes=20_000, overwrite=overwrite)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+  assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()} == before
