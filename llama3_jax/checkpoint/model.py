@@ -6,6 +6,7 @@
     config, rm = load_model("workdirs/reward_model", kind="reward")  # a RewardModel
     config, model = load_model("workdirs/pretrain", mesh=mesh)       # sharded as it is read
     tokenizer = run_tokenizer("workdirs/pretrain")                   # what its data was made with
+    config = init_model_config(path)       # a workdir, a step, or a Hugging Face directory
 
 Only the parameters are read (Orbax partial restore: the optimizer's moments stay on disk); the
 model config is the one saved in the checkpoint's meta, so no config file is needed.
@@ -16,7 +17,6 @@ its devices' shards (no process or device ever holds the whole model):
     params = load_params(path, target)    # a workdir, a step, averaged_params or an HF directory
     # target: the module's abstract state with shardings (checkpoint/target.py, or a run's
     # Setup.pretrained_target); a model of other shapes is refused before anything is read.
-    config = init_model_config(path)            # a workdir, a step, or a Hugging Face directory
 """
 
 import dataclasses
@@ -138,14 +138,13 @@ def _reader(path, target, averaged: bool):
     raise FileNotFoundError(f"checkpoint {path} does not exist; give a training workdir, a "
                             "checkpoint step directory or a Hugging Face model directory")
   kind = kind_of(target)
+  check_model_kind(path, kind)
   if is_hf_dir(path):
     from llama3_jax.checkpoint import hf
-    config, saved_kind = hf.read_config(path)
-    _check_kind(path, saved_kind, kind)
+    config, _ = hf.read_config(path)
     _check_shapes(path, nnx.state(nnx.eval_shape(lambda: new_module(config, kind))), target)
     return lambda: hf.read_params(path, target)
   step_dir = checkpoint_step_dir(path)
-  _check_kind(path, model_kind_of(step_dir), kind)
   if not averaged:
     _check_shapes(path, saved_params(step_dir), target)
     return lambda: restore_params(step_dir, target)
@@ -218,7 +217,7 @@ def model_and_tokenizer(checkpoint=None, hf_dir=None, averaged: bool = False, to
                         mesh=None):
   """(model, tokenizer) from a workdir or step (`checkpoint`) or a Hugging Face directory;
   `tokenizer`: a tokenizer file instead of the model's own; `mesh`: shard the model over it as
-  it is read (default: whole on the first device)."""
+  it is read (default: whole on this process's first device)."""
   from llama3_jax.checkpoint import hf
   from llama3_jax.data.tokenizers import load_tokenizer
   if hf_dir:

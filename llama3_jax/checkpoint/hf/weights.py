@@ -170,7 +170,7 @@ def load(path, *, param_dtype: str | None = None, mesh=None, rules=None,
 
   `param_dtype` sets the dtype the parameters are stored in (default: the config's, fp32);
   `mesh` (and `rules`, default the model's table) shards them as they are read (default: whole,
-  on the first device); other keyword arguments override ModelConfig fields.
+  on this process's first device); other keyword arguments override ModelConfig fields.
   """
   if param_dtype is not None:
     overrides["param_dtype"] = param_dtype
@@ -267,7 +267,6 @@ def _file_reader(file: pathlib.Path, name: str):
 
 
 def _part_shape(shape, index) -> tuple[int, ...]:
-  index = tuple(index) + (slice(None),) * (len(shape) - len(tuple(index)))
   return tuple(len(range(*s.indices(n))) for s, n in zip(index, shape))
 
 
@@ -292,6 +291,7 @@ def _check_tensors(path: pathlib.Path, files: dict, rows: list[Tensor], expected
           raise UserError(f"tensor {name!r} has shape {found}, which does not fit the "
                           f"config.json (expected {want})",
                           "download or export the model again")
+
 
 def save(model: Transformer, config: ModelConfig, path, *, dtype: str | None = None,
          max_shard_bytes: int = 5 * 2**30, overwrite: bool = False,
