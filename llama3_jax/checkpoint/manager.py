@@ -10,9 +10,14 @@ and the previous one is used. With several JAX processes every process calls eve
 reads only its own shards.
 """
 
+import contextlib
+import gc
+import io
 import logging
 import os
 import pathlib
+import re
+import sys
 import time
 
 import jax
@@ -57,23 +62,25 @@ class Checkpointer:
     self.set_aside = []   # the steps this call found unreadable
     for step in sorted(steps, reverse=True):
       error = meta = None
-      try:
-        meta = self.manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))["meta"]
-      except Exception as caught:  # noqa: BLE001 - any unreadable checkpoint is skipped
-        error = caught
+      with closed_loop_noise_dropped(lambda: error is not None):
+        try:
+          meta = self.manager.restore(step, args=ocp.args.Composite(
+              meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as caught:  # noqa: BLE001 - any unreadable checkpoint is skipped
+          error = caught
       if meta is not None and check is not None:
         check(meta)
-      try:
-        if error is None:
-          items = {"state": ocp.args.StandardRestore(abstract_state)}
-          if meta.get("has_average") and abstract_average is not None:
-            items["average"] = ocp.args.StandardRestore(abstract_average)
-          if meta.get("has_data") and data_streams:
-            items["data"] = DataStateRestore(list(data_streams))
-          restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-      except Exception as caught:  # noqa: BLE001 - any unreadable checkpoint is skipped
-        error = caught
+      with closed_loop_noise_dropped(lambda: error is not None):
+        try:
+          if error is None:
+            items = {"state": ocp.args.StandardRestore(abstract_state)}
+            if meta.get("has_average") and abstract_average is not None:
+              items["average"] = ocp.args.StandardRestore(abstract_average)
+            if meta.get("has_data") and data_streams:
+              items["data"] = DataStateRestore(list(data_streams))
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as caught:  # noqa: BLE001 - any unreadable checkpoint is skipped
+          error = caught
       if _all_processes(error is None):
         return step, restored["state"], meta, restored.get("average"), restored.get("data")
       # Set aside, never deleted: the run will write this step again, and someone may want
@@ -107,6 +114,43 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+# The lines of Python tracebacks: their header, indented frames, the closed loop's last line.
+_TRACEBACK_LINE = re.compile(r"^(Traceback \(most recent call last\):|Exception ignored in.*|"
+                             r"[ \t].*|RuntimeError: Event loop is closed)$")
+
+
+@contextlib.contextmanager
+def closed_loop_noise_dropped(failed):
+  """Orbax's TensorStore reads still in flight when a restore fails complete into its closed
+  event loop, and each prints "RuntimeError: Event loop is closed" with a traceback from its
+  thread (dozens for one checkpoint, after the one line that matters). Inside this, stderr is
+  held; where `failed()`, those reads are let finish; what is not such a traceback is passed
+  on (the threads' tracebacks interleave, so it goes by line)."""
+  stderr, held = sys.stderr, io.StringIO()
+  sys.stderr = held
+  try:
+    yield
+  finally:
+    if failed():
+      _until_quiet(held)
+    sys.stderr = stderr
+    text = held.getvalue()
+    if "Event loop is closed" in text:
+      text = "".join(line for line in text.splitlines(keepends=True)
+                     if not _TRACEBACK_LINE.match(line.rstrip("\n")))
+    stderr.write(text)
+
+
+def _until_quiet(sink: io.StringIO, quiet_s: float = 0.5, limit_s: float = 5.0) -> None:
+  """Waits until nothing more is written to `sink` for `quiet_s` (at most `limit_s`)."""
+  gc.collect()   # coroutines of the failed restore, collected (and heard) now
+  start, size, changed = time.monotonic(), -1, time.monotonic()
+  while time.monotonic() - start < limit_s and time.monotonic() - changed < quiet_s:
+    if len(sink.getvalue()) != size:
+      size, changed = len(sink.getvalue()), time.monotonic()
+    time.sleep(0.05)
 
 
 def _all_processes(ok: bool) -> bool:
