@@ -93,7 +93,7 @@ def read_examples(path, kind: str) -> Iterator[tuple[int, dict | ExampleError]]:
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path} does not exist; give a JSONL file of conversations")
-  with open(path, encoding="utf-8") as f:
+  with open(path, "rb") as f:   # a line that is not UTF-8 is one bad line, not a traceback
     for line_no, line in enumerate(f, start=1):
       if line.strip():
         try:
@@ -102,7 +102,12 @@ def read_examples(path, kind: str) -> Iterator[tuple[int, dict | ExampleError]]:
           yield line_no, error
 
 
-def _example(path, line_no: int, line: str, kind: str) -> dict:
+def _example(path, line_no: int, raw: bytes, kind: str) -> dict:
+  try:
+    line = raw.decode("utf-8")
+  except UnicodeDecodeError as error:
+    _fail(path, line_no, f"not UTF-8 ({error.reason} at byte {error.start})",
+          "save the file as UTF-8")
   try:
     example = json.loads(line)
   except json.JSONDecodeError as error:
