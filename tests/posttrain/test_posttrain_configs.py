@@ -9,8 +9,8 @@ from llama3_jax.train.config import run_config
 from llama3_jax.train.plan import make_plan
 
 # config -> (the model its starting run has, devices to plan on)
-CONFIGS = {"sft": ("debug", 8), "dpo": ("debug", 8), "sft_llama3_8b": ("llama3-8b", 64),
-           "dpo_llama3_8b": ("llama3-8b", 64)}
+CONFIGS = {"sft": ("debug", 8), "dpo": ("debug", 8), "sft_llama3_8b": ("llama3.1-8b", 8),
+           "dpo_llama3_8b": ("llama3.1-8b", 8)}
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -22,7 +22,9 @@ def test_posttrain_config_plans(name, steps):
   size, devices = CONFIGS[name]
   run = run_config(cfg)
   plan = make_plan(run, devices, init_model=SIZES[size])
-  assert plan.model == SIZES[size] and len(plan.stages) == 1
+  # the starting model's shape; the 8B recipes train it in bf16 with remat (their own fields)
+  shape = lambda m: m.replace(dtype="float32", remat="none", attention="reference")
+  assert shape(plan.model) == shape(SIZES[size]) and len(plan.stages) == 1
   assert plan.anneal_tokens == 0   # cosine to the floor, no checkpoint averaging
   if name.endswith("8b"):
     assert run.train.peak_lr == 1e-5   # Llama 3's recipe
