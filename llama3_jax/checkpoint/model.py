@@ -204,7 +204,7 @@ class Pretrained:
   averaged: bool = False
 
 
-def init_params(path, model_config: ModelConfig, averaged: bool = False) -> Pretrained:
+def pretrained(path, model_config: ModelConfig, averaged: bool = False) -> Pretrained:
   """What a run of `model_config` starts from: the model at `path`, its kind and shapes
   checked now (metadata only: a UserError naming the fix), its parameters read later by
   `Setup.init_state` onto the run's layout, cast to the run's dtype."""

@@ -94,8 +94,8 @@ def train(run: RunConfig, workdir, *, objective: Objective = NEXT_TOKEN,
               # what generation, evaluation and fine-tuning must encode with (path, sha256)
               "tokenizer": source.manifest.get("tokenizer"),
               "config": json.loads(to_config_dict(run).to_json_best_effort())},
-        initial=lambda: s.init_state(model_lib.init_params(run.init.path, plan.model,
-                                                           run.init.averaged)
+        initial=lambda: s.init_state(model_lib.pretrained(run.init.path, plan.model,
+                                                          run.init.averaged)
                                      if run.init.path else None))
     faults = Faults(run.faults, jax.process_index(), checkpoints=checkpoints.directory)
     batches = Batches(faults.wrap(source), s.fns.batch_sharding, objective.fields)

@@ -14,7 +14,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from llama3_jax import hf
-from llama3_jax.checkpoint.model import Pretrained, init_params, load_model, load_params
+from llama3_jax.checkpoint.model import Pretrained, pretrained, load_model, load_params
 from llama3_jax.checkpoint.run import model_meta
 from llama3_jax.checkpoint.target import model_target
 from llama3_jax.errors import UserError
@@ -182,14 +182,14 @@ class Recorder:
 
 @pytest.mark.parametrize("source", ["hf", "run"])
 def test_the_whole_model_never_goes_to_a_device(sources, monkeypatch, source):
-  """Fine-tuning's start, as the loop makes it (`init_params` -> `Setup.init_state`): the old
+  """Fine-tuning's start, as the loop makes it (`pretrained` -> `Setup.init_state`): the old
   path (load onto device 0, device_put onto the mesh) hands every weight whole to JAX."""
   model, hf_dir, run = sources
   path = hf_dir if source == "hf" else run
   s = setup(CONFIG, MeshConfig(fsdp=4, tensor=2))
   recorder = Recorder(monkeypatch, s.pretrained_target)
   assert recorder.sharded   # most weights are sharded on this layout
-  state = s.init_state(init_params(path, CONFIG))
+  state = s.init_state(pretrained(path, CONFIG))
   assert recorder.whole == []
   assert_loaded(state["model"], s.abstract_state["model"], nnx.state(model))
   # The check can fail: the old path trips it.
@@ -246,14 +246,14 @@ def test_another_model_is_refused_before_anything_is_read(sources, monkeypatch, 
                        r".*model.size=\"init\""):
       load_params(path, target)
     with pytest.raises(UserError, match="other shapes"):
-      init_params(path, wider)
+      pretrained(path, wider)
   _, reward_target = model_target(CONFIG, "reward")
   with pytest.raises(UserError, match="holds a language model .policy., not a reward model"):
     load_params(run, reward_target)
   with pytest.raises(UserError, match="holds a language model .policy., not a reward model"):
     load_params(hf_dir, reward_target)
   with pytest.raises(FileNotFoundError, match="averaged_params does not exist"):
-    init_params(run, CONFIG, averaged=True)
+    pretrained(run, CONFIG, averaged=True)
   with pytest.raises(FileNotFoundError, match="does not exist"):
     load_params(tmp_path / "nowhere", target)
   # A layout that does not fit the model: one line naming the sizes, before any read.
