@@ -76,3 +76,30 @@ def inference_model(checkpoint, hf_dir, averaged: bool, tokenizer_path, mesh: st
     raise UserError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than the model's "
                     f"vocabulary of {model.config.vocab_size}", "pass the model's --tokenizer")
   return model, tokenizer
+
+
+STAGE_FILE = "stage.json"   # what a post-training stage's workdir holds: {"kind": "sft"}
+RUN_NAMES = {"sft": "an SFT run", "dpo": "a DPO run", "reward": "a reward model run",
+             "post-training": "a post-training run", "pre-training": "a pre-training run"}
+
+
+def trained_in(workdir) -> str | None:
+  """What trained in `workdir`: a post-training stage's kind (sft, dpo, reward; "post-training"
+  for a stage's run older than its stage.json), "pre-training", or None (no checkpoints). Read
+  from files only, before anything is restored: a run given the wrong kind of workdir was
+  blamed on data.streams, or had its valid checkpoints set aside as corrupt."""
+  import json
+  workdir = pathlib.Path(workdir)
+  steps = [p for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
+  if not steps:
+    return None
+  if (workdir / STAGE_FILE).is_file():
+    return json.loads((workdir / STAGE_FILE).read_text()).get("kind", "post-training")
+  meta = max(steps, key=lambda p: int(p.name)) / "meta" / "metadata"
+  try:
+    data = json.loads(meta.read_text())["config"]["data"]["path"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return "pre-training"   # unreadable metadata: the restore says what is wrong
+  # A stage prepares its data inside its own workdir (WORKDIR/data, WORKDIR/data_reference).
+  inside = data and workdir.resolve() in pathlib.Path(data).resolve().parents
+  return "post-training" if inside else "pre-training"

@@ -3,6 +3,7 @@
 Not a launcher: `python -m experiments.sft` / `dpo` / `reward_model` use it.
 """
 
+import json
 import pathlib
 
 from absl import app
@@ -103,8 +104,26 @@ def main_for(kind: str):
     if kind != "reward" and run.init.path and pathlib.Path(run.init.path).exists():
       from llama3_jax.checkpoint.model import check_model_kind
       check_model_kind(run.init.path, "lm")   # a reward model is not a policy to fine-tune
+    _claim_workdir(workdir, kind)
     report(run_stage(run, workdir, kind), workdir)
   return main
+
+
+def _claim_workdir(workdir, kind: str) -> None:
+  """The stage's workdir holds nothing, or this kind of stage's run (it resumes), which
+  WORKDIR/stage.json records; another run's checkpoints are refused before anything is read."""
+  from experiments._defaults import RUN_NAMES, STAGE_FILE, trained_in
+  from llama3_jax.errors import UserError
+  from llama3_jax.runtime import job
+  found = trained_in(workdir)
+  if found not in (None, kind, "post-training"):
+    raise UserError(f"--workdir {workdir} holds {RUN_NAMES[found]}, not {RUN_NAMES[kind]}",
+                    f"give the {kind} stage a workdir of its own (it starts from init.path)")
+
+  def claim():
+    pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
+    (pathlib.Path(workdir) / STAGE_FILE).write_text(json.dumps({"kind": kind}) + "\n")
+  job.write_once("stage kind", claim)
 
 
 def launch(kind: str, name: str | None = None) -> None:

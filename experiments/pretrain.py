@@ -58,7 +58,9 @@ def main(argv):
   from llama3_jax.runtime.goodput import report
   from llama3_jax.train.config import run_config
   from llama3_jax.train.loop import train
-  summary = train(run_config(cfg), workdir, started_at=STARTED_AT)
+  run = run_config(cfg)
+  _check_workdir(workdir)
+  summary = train(run, workdir, started_at=STARTED_AT)
   if summary.get("complete") or jax.process_index() != 0:
     return
   print(f"done: {summary['steps']} steps" + cli.stopped_note(summary, workdir)
@@ -68,6 +70,17 @@ def main(argv):
         + f", {summary['wall_s']:.0f} s; outputs in {workdir}")
   if summary.get("goodput"):
     print(report(summary["goodput"]))
+
+
+def _check_workdir(workdir) -> None:
+  """A post-training stage's workdir is refused before anything is read (its checkpoints were
+  blamed on data.streams, and following that fix ended in a KeyError)."""
+  from experiments._defaults import RUN_NAMES, trained_in
+  from llama3_jax.errors import UserError
+  found = trained_in(workdir)
+  if found not in (None, "pre-training"):
+    raise UserError(f"--workdir {workdir} holds {RUN_NAMES[found]}, not pre-training",
+                    "give pre-training a workdir of its own")
 
 
 def _dry_run(cfg):

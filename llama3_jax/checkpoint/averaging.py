@@ -10,6 +10,7 @@ import contextlib
 import gc
 import io
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -63,10 +64,13 @@ def restore_params(step_dir, target=None):
 @contextlib.contextmanager
 def unreadable_as_user_error(step_dir):
   """Orbax / TensorStore failures reading a checkpoint (missing metadata, truncated array
-  files: 20-140-line tracebacks) as one UserError naming the checkpoint."""
-  stderr = sys.stderr
+  files: 20-140-line tracebacks) as one UserError naming the checkpoint. Orbax's warnings
+  meanwhile ("Metadata file does not exist" for a step's state/, on every read) are not
+  shown: the error says what matters."""
+  stderr, absl, level = sys.stderr, logging.getLogger("absl"), logging.getLogger("absl").level
   try:
     sys.stderr = io.StringIO()   # see below
+    absl.setLevel(max(level, logging.ERROR))
     yield
   except UserError:
     raise
@@ -79,6 +83,7 @@ def unreadable_as_user_error(step_dir):
                     "it is corrupt or incomplete", "give another checkpoint step directory "
                     "(WORKDIR/checkpoints/<step>)") from error
   finally:
+    absl.setLevel(level)
     sys.stderr, captured = stderr, sys.stderr.getvalue()
     if "Event loop is closed" not in captured:
       stderr.write(captured)

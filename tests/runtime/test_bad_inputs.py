@@ -20,10 +20,14 @@ import sys
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
 from llama3_jax import hf
 from llama3_jax.checkpoint.model import load_model, run_tokenizer
 from llama3_jax.data.corpus import embedded_corpus
+from llama3_jax.data.prepare import prepare
+from llama3_jax.data.tokenizers import train_sentencepiece
+from llama3_jax.model.reward import RewardModel
 from llama3_jax.train.loop import train
 from llama3_jax.train.config import run_config
 from tests.runtime import tiny_config
@@ -35,7 +39,8 @@ STAGE = '({"until_tokens": None, "batch_tokens": 128, "seq_len": 16, "mixture": 
 
 # (id, module, arguments, what stderr's line must name). {RUN} is a copy of a 2-step run of
 # tests/runtime/tiny_config.py, {IN} the folder of bad inputs, {OUT} a new folder for the case,
-# {TOK} the run's tokenizer.
+# {TOK} the run's tokenizer, {OWN} the case's own copy of good inputs it might destroy (raw/,
+# prompts.jsonl, prepared/: data prepared with {TOK}), checked byte for byte like {RUN}.
 CASES = [
     # ---- pretrain: the command line and the config file
     ("config-missing", "pretrain", ["--config", "{IN}/nowhere.py", "--workdir", "{RUN}"],
@@ -132,7 +137,7 @@ CASES = [
      "{IN}/nowhere.model does not exist"),
     ("prepare-tokenizer-not-one", "prepare_data", ["--input", "{IN}/raw", "--tokenizer",
                                                    "{IN}/good.jsonl", "--out", "{OUT}"],
-     "{IN}/good.jsonl is neither a SentencePiece model"),
+     "{IN}/good.jsonl is not a Hugging Face tokenizer.json"),   # it starts with "{"
     ("prepare-source-name", "prepare_data", ["--input", "{IN}/raw", "--tokenizer", "{TOK}",
                                              "--out", "{OUT}", "--source", "my source"],
      "--source 'my source'"),
@@ -213,6 +218,17 @@ CASES = [
     ("sft-bad-conversations", "sft", ["--config.init.path={RUN}",
                                       "--config.data.path={IN}/bad_sft.jsonl", "--workdir",
                                       "{OUT}/w"], "no usable examples in {IN}/bad_sft.jsonl"),
+    ("sft-not-utf8", "sft", ["--config.init.path={RUN}", "--config.data.path={IN}/latin1.jsonl",
+                             "--workdir", "{OUT}/w"],
+     "{IN}/latin1.jsonl:1: not UTF-8 (invalid continuation byte at byte 46)"),
+    ("sft-workdir-is-pretraining", "sft", ["--config.init.path={RUN}", "--workdir", "{RUN}"],
+     "--workdir {RUN} holds a pre-training run, not an SFT run"),
+    ("dpo-workdir-is-sft", "dpo", ["--config.init.path={RUN}", "--workdir", "{IN}/sft_run"],
+     "--workdir {IN}/sft_run holds an SFT run, not a DPO run"),
+    ("pretrain-workdir-is-sft", "pretrain", ["--config", TC, "--workdir", "{IN}/sft_run"],
+     "--workdir {IN}/sft_run holds an SFT run, not pre-training"),
+    ("pretrain-workdir-is-a-stage", "pretrain", ["--config", TC, "--workdir", "{IN}/stage_run"],
+     "--workdir {IN}/stage_run holds a post-training run, not pre-training"),
     ("dpo-beta", "dpo", ["--config.init.path={RUN}", "--config.dpo.beta=0", "--workdir",
                          "{OUT}/w"], "dpo.beta=0.0 must be > 0"),
     ("dpo-data-not-conversations", "dpo", ["--config.init.path={RUN}", "--config.data.path={IN}/raw",
@@ -257,6 +273,129 @@ CASES = [
      "{IN}/badgold.jsonl:1: gold=3 is not an index"),
     ("evaluate-not-prepared", "evaluate", ["--checkpoint", "{RUN}", "--contamination", "{IN}/raw"],
      "{IN}/raw is not prepared pre-training data"),
+    # ---- issue 31: no output replaces, deletes or lies inside an input
+    ("export-out-is-run", "export_hf", ["--checkpoint", "{RUN}", "--out", "{RUN}", "--overwrite"],
+     "--out {RUN} is the input --checkpoint {RUN}"),
+    ("export-out-holds-run", "export_hf", ["--checkpoint", "{RUN}/checkpoints/2", "--out", "{RUN}",
+                                           "--overwrite"],
+     "--out {RUN} holds the input --checkpoint {RUN}/checkpoints/2"),
+    ("export-out-in-checkpoints", "export_hf", ["--checkpoint", "{RUN}", "--out",
+                                                "{RUN}/checkpoints", "--overwrite"],
+     "--out {RUN}/checkpoints lies inside the input --checkpoint {RUN}"),
+    ("average-out-a-new-step", "average_checkpoints", ["{RUN}", "--out", "{RUN}/checkpoints/3"],
+     "--out {RUN}/checkpoints/3 lies inside the input checkpoint {RUN}"),
+    ("generate-out-is-prompts", "generate", ["--checkpoint", "{RUN}", "--prompts",
+                                             "{OWN}/prompts.jsonl", "--out", "{OWN}/prompts.jsonl"],
+     "--out {OWN}/prompts.jsonl is the input --prompts {OWN}/prompts.jsonl"),
+    ("generate-out-exists", "generate", ["--checkpoint", "{RUN}", "--prompts",
+                                         "{OWN}/prompts.jsonl", "--out", "{OWN}/raw/good.jsonl"],
+     "--out {OWN}/raw/good.jsonl exists: pass --overwrite"),
+    ("generate-out-run-metrics", "generate", ["--checkpoint", "{RUN}", "--prompts",
+                                              "{OWN}/prompts.jsonl", "--out",
+                                              "{RUN}/metrics.jsonl", "--overwrite"],
+     "--out {RUN}/metrics.jsonl lies inside the input --checkpoint {RUN}"),
+    ("rs-out-is-policy", "rejection_sample", ["--policy", "{RUN}", "--reward_model", "{RUN}",
+                                              "--out", "{RUN}"],
+     "--out {RUN} is the input --policy {RUN}"),
+    ("curate-out-is-input", "curate", ["--input", "{OWN}/raw", "--out", "{OWN}/raw"],
+     "--out {OWN}/raw is the input --input {OWN}/raw"),
+    ("curate-out-inside-input", "curate", ["--input", "{OWN}/raw", "--out", "{OWN}/raw/clean"],
+     "--out {OWN}/raw/clean lies inside the input --input {OWN}/raw"),
+    ("prepare-out-is-input", "prepare_data", ["--input", "{OWN}/raw", "--tokenizer", "{TOK}",
+                                              "--out", "{OWN}/raw"],
+     "--out {OWN}/raw is the input --input {OWN}/raw"),
+    ("prepare-other-tokenizer", "prepare_data", ["--input", "{OWN}/raw", "--tokenizer",
+                                                 "{IN}/other.model", "--out", "{OWN}/prepared",
+                                                 "--source", "web"],
+     "{IN}/other.model is a different tokenizer: use another --out directory"),
+    # ---- issue 31: one check of sampling settings (top_p 0 is not "no limit")
+    ("generate-top-p-0", "generate", ["--checkpoint", "{RUN}", "--prompt", "x", "--top-p", "0"],
+     "top_p in (0, 1]"),
+    ("rs-top-p-0", "rejection_sample", ["--top_p", "0", "--out", "{OUT}/r"], "top_p in (0, 1]"),
+    # ---- issue 31: checkpoint and log settings that keep nothing
+    ("checkpoint-keep-0", "pretrain", ["--config", TC, "--config.checkpoint.max_to_keep=0",
+                                       "--workdir", "{RUN}"],
+     "checkpoint.max_to_keep=0 keeps no checkpoint"),
+    ("checkpoint-keep-negative", "pretrain", ["--config", TC, "--config.checkpoint.max_to_keep=-1",
+                                              "--workdir", "{RUN}"],
+     "checkpoint.max_to_keep=-1 keeps no checkpoint"),
+    ("checkpoint-every-0", "pretrain", ["--config", TC, "--config.checkpoint.every_steps=0",
+                                        "--workdir", "{RUN}"], "checkpoint.every_steps=0 must be"),
+    ("checkpoint-keep-period-0", "pretrain", ["--config", TC, "--config.checkpoint.keep_period=0",
+                                              "--workdir", "{RUN}"],
+     "checkpoint.keep_period=0 must be"),
+    ("log-every-0", "pretrain", ["--config", TC, "--config.log.every_steps=0", "--workdir",
+                                 "{RUN}"], "log.every_steps=0 must be"),
+    # ---- issue 31: said where it is wrong, before any work, no value replaced
+    ("config-no-get-config", "pretrain", ["--config", "{IN}/noget.py", "--config.train.steps=3",
+                                          "--workdir", "{RUN}"],
+     "--config {IN}/noget.py defines no get_config"),
+    ("none-for-no-field", "pretrain", ["--config", TC, "--config.train.warmup_tokenz=None",
+                                       "--workdir", "{RUN}"], "--config.train.warmup_tokenz"),
+    ("dry-run-devices-negative", "pretrain", ["--dry-run", "--dry-run-devices=-4"],
+     "--dry-run-devices=-4 must be >= 0"),
+    ("plan-gpus-0", "plan", ["--gpus", "0"], "--gpus=0 must be >= 1"),
+    ("plan-gpus-negative", "plan", ["--gpus", "-8"], "--gpus=-8 must be >= 1"),
+    ("plan-micro-batches-0", "plan", ["--layout", "tensor=8,stage=16,fsdp=128",
+                                      "--micro-batches", "0"], "--micro-batches=0 must be >= 1"),
+    ("plan-repeats-0", "plan", ["--repeats", "0"], "--repeats=0 must be >= 1"),
+    ("plan-top-negative", "plan", ["--top", "-2"], "--top=-2 must be >= 1"),
+    ("curate-nothing-valid", "curate", ["--input", "{IN}/junk", "--out", "{OUT}/c"],
+     "--input {IN}/junk: not one valid document in 2 files"),
+    ("curate-dead-link-strict", "curate", ["--input", "{IN}/junk", "--out", "{OUT}/c", "--strict"],
+     "{IN}/junk/loop.jsonl: a link that leads nowhere"),
+    ("scaling-record-without-loss", "scaling_laws", ["--fit-only", "--sweep",
+                                                     "{IN}/sweep_noloss.jsonl", "--workdir",
+                                                     "{OUT}/w"], "record 2 (p1) lacks 'loss'"),
+    ("scaling-nan-loss", "scaling_laws", ["--fit-only", "--sweep", "{IN}/sweep_nan.jsonl",
+                                          "--workdir", "{OUT}/w"],
+     "record 2 (p1) has loss=nan, not a positive finite number"),
+    ("scaling-zero-budget", "scaling_laws", ["--fit-only", "--sweep", "{IN}/sweep_zero.jsonl",
+                                             "--workdir", "{OUT}/w"],
+     "record 2 (p1) has budget=0, not a positive finite number"),
+    ("scaling-replicates-0", "scaling_laws", ["--fit-only", "--sweep", "{IN}/sweep_nan.jsonl",
+                                              "--workdir", "{OUT}/w", "--replicates", "0"],
+     "--replicates=0 must be >= 1"),
+    ("tokenizer-vocab-unfilled", "train_tokenizer", ["--input", "{IN}/good.jsonl", "--vocab-size",
+                                                     "100000", "--out", "{OUT}/t.model"],
+     "--input {IN}/good.jsonl: the text fills only"),
+    ("tokenizer-out-over-input", "train_tokenizer", ["--input", "{OWN}/raw", "--vocab-size", "300",
+                                                     "--out", "{OWN}/raw/good.jsonl"],
+     "--out {OWN}/raw/good.jsonl lies inside the input --input {OWN}/raw"),
+    ("evaluate-answer-pattern", "evaluate", ["--checkpoint", "{RUN}", "--tasks", "arith_gen",
+                                             "--answer_pattern", "("],
+     "--answer_pattern '(' is not a regular expression"),
+    ("evaluate-shots-negative", "evaluate", ["--checkpoint", "{RUN}", "--shots", "-1"],
+     "--shots=-1 must be >= 0"),
+    ("evaluate-max-new-tokens-0", "evaluate", ["--checkpoint", "{RUN}", "--tasks", "arith_gen",
+                                               "--max_new_tokens", "0"],
+     "--max_new_tokens=0 must be >= 1"),
+    ("evaluate-out-read-only", "evaluate", ["--checkpoint", "{RUN}", "--tasks", "arith", "--out",
+                                            "/sys/llama3_jax/r.json"],
+     "--out /sys/llama3_jax/r.json cannot be written"),
+    ("evaluate-out-run-metrics", "evaluate", ["--checkpoint", "{RUN}", "--tasks", "arith",
+                                              "--out", "{RUN}/metrics.jsonl"],
+     "--out {RUN}/metrics.jsonl lies inside the input --checkpoint {RUN}"),
+    ("evaluate-samples-over-task", "evaluate", ["--checkpoint", "{RUN}", "--tasks",
+                                                "{OWN}/task.jsonl", "--log_samples",
+                                                "{OWN}/task.jsonl"],
+     "--log_samples {OWN}/task.jsonl is the input --tasks {OWN}/task.jsonl"),
+    ("evaluate-one-choice", "evaluate", ["--checkpoint", "{RUN}", "--tasks",
+                                         "{IN}/onechoice.jsonl"],
+     "{IN}/onechoice.jsonl:1: 1 choice; give two or more choices"),
+    ("evaluate-hf-reward-model", "evaluate", ["--hf", "{IN}/hf_reward", "--tasks", "arith"],
+     "{IN}/hf_reward holds a reward model, not a language model (policy)"),
+    ("generate-hf-reward-model", "generate", ["--hf", "{IN}/hf_reward", "--prompt", "x"],
+     "{IN}/hf_reward holds a reward model, not a language model (policy)"),
+    ("generate-out-read-only", "generate", ["--checkpoint", "{RUN}", "--prompts",
+                                            "{OWN}/prompts.jsonl", "--out",
+                                            "/sys/llama3_jax/g.jsonl"],
+     "--out /sys/llama3_jax/g.jsonl cannot be written"),
+    ("generate-max-new-tokens-0", "generate", ["--checkpoint", "{RUN}", "--prompt", "hi",
+                                               "--max-new-tokens", "0"],
+     "--max-new-tokens=0 must be >= 1"),
+    ("sft-init-reward-hf", "sft", ["--config.init.path={IN}/hf_reward", "--workdir", "{OUT}/w"],
+     "{IN}/hf_reward holds a reward model, not a language model (policy)"),
 ]
 
 
@@ -292,6 +431,8 @@ def _bad_hf(inputs: pathlib.Path, run: pathlib.Path) -> None:
   del fields["hidden_size"]
   (inputs / "hf_nofield" / "config.json").write_text(json.dumps(fields))
   _truncate(inputs / "hf_truncated" / "model.safetensors")
+  hf.save(RewardModel(config, rngs=nnx.Rngs(0)), config, inputs / "hf_reward",
+          tokenizer=run_tokenizer(run))
 
 
 @pytest.fixture(scope="module")
@@ -309,23 +450,54 @@ def setup(tmp_path_factory, job_env):
   zipped = gzip.compress(lines.encode())
   (inputs / "raw" / "trunc.jsonl.gz").write_bytes(zipped[:len(zipped) // 2])
   (inputs / "empty.txt").write_text("")
+  points = [{"name": f"p{i}", "budget": 1e12, "params": 1e6 * 2**i, "tokens": 1e12 / 6e6 / 2**i,
+             "loss": 3.0} for i in range(3)]
+  for name, field, value in (("noloss", "loss", None), ("nan", "loss", float("nan")),
+                             ("zero", "budget", 0)):
+    bad = [dict(p) for p in points]
+    bad[1].pop(field) if value is None else bad[1].update({field: value})
+    (inputs / f"sweep_{name}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in bad))
+  (inputs / "junk").mkdir()   # no valid document: an empty file, a bad line, a looping link
+  (inputs / "junk" / "empty.jsonl").write_text("")
+  (inputs / "junk" / "bad.jsonl").write_text("not json\n")
+  (inputs / "junk" / "loop.jsonl").symlink_to("loop.jsonl")
   (inputs / "syntax.py").write_text("def get_config(:\n  pass\n")
   (inputs / "raises.py").write_text("def get_config(arg=None):\n  return 1 / 0\n")
+  (inputs / "noget.py").write_text("steps = 3\n")
   (inputs / "prompts.jsonl").write_text('{"prompt": "fine"}\n{"text": "no prompt"}\n')
   (inputs / "bad_sft.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+  (inputs / "latin1.jsonl").write_bytes('{"messages": [{"role": "user", "content": "café"}, '
+                                        '{"role": "assistant", "content": "ok"}]}\n'
+                                        .encode("latin-1"))
   prompt = [{"role": "user", "content": "What is 2 + 2?"}]
   (inputs / "one_response.jsonl").write_text(json.dumps({"messages": prompt, "chosen": "4"}) + "\n")
   (inputs / "tied.jsonl").write_text(json.dumps({"messages": prompt, "chosen": "4",
                                                  "rejected": " 4"}) + "\n")
   (inputs / "badgold.jsonl").write_text('{"query": "q", "choices": ["a", "b"], "gold": 3}\n')
+  (inputs / "onechoice.jsonl").write_text('{"query": "q", "choices": ["a"], "gold": 0}\n')
   shutil.copytree(run / "checkpoints" / "2", inputs / "ck_corrupt")
+  shutil.copytree(run, inputs / "sft_run")        # an SFT stage's workdir, as its launcher marks it
+  (inputs / "sft_run" / "stage.json").write_text('{"kind": "sft"}\n')
+  shutil.copytree(run, inputs / "stage_run")      # a stage's, unmarked: its data lies inside it
+  for meta in (inputs / "stage_run" / "checkpoints").glob("*/meta/metadata"):
+    fields = json.loads(meta.read_text())
+    fields["config"]["data"]["path"] = str(inputs / "stage_run" / "data")
+    meta.write_text(json.dumps(fields))
   _corrupt_checkpoint(inputs / "ck_corrupt")
   ocp.StandardCheckpointer().save((inputs / "other_model" / "state").resolve(),
                                   {"model": {"w": np.zeros(3, np.float32)}})
   _bad_data(inputs, embedded_corpus())
   _bad_hf(inputs, run)
-  return {"run": run, "inputs": inputs, "tokenizer": run_tokenizer(run).path,
-          "env": {**job_env, "HF_HUB_OFFLINE": "1"}}
+  tokenizer = run_tokenizer(run).path
+  words = [" ".join(f"w{(i * 7 + j) % 61}" for j in range(8 + i % 9)) for i in range(60)]
+  train_sentencepiece(words * 3, 320, inputs / "other.model")
+  own = tmp_path_factory.mktemp("own")   # copied for each case: it may destroy them
+  shutil.copytree(inputs / "raw", own / "raw", ignore=shutil.ignore_patterns("*.gz"))
+  (own / "prompts.jsonl").write_text('{"prompt": "The history of"}\n')
+  (own / "task.jsonl").write_text('{"query": "2 + 2 =", "choices": [" 4", " 5"], "gold": 0}\n')
+  prepare(own / "raw", tokenizer, own / "prepared", log=lambda *_: None)
+  return {"run": run, "inputs": inputs, "tokenizer": tokenizer, "own": own,
+          "inputs_before": _fingerprint_all(inputs), "env": {**job_env, "HF_HUB_OFFLINE": "1"}}
 
 
 def _fingerprint(workdir: pathlib.Path) -> dict:
@@ -336,13 +508,19 @@ def _fingerprint(workdir: pathlib.Path) -> dict:
           for f in files if f.is_file()}
 
 
+def _fingerprint_all(folder: pathlib.Path) -> dict:
+  return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+          for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
 def _run_case(case, setup, base: pathlib.Path) -> dict:
   _, module, args, _ = case
-  run, out = base / "run", base / "out"
+  run, out, own = base / "run", base / "out", base / "own"
   shutil.copytree(setup["run"], run)
-  before = _fingerprint(run)
+  shutil.copytree(setup["own"], own)
+  before, own_before = _fingerprint(run), _fingerprint_all(own)
   places = {"RUN": str(run), "IN": str(setup["inputs"]), "OUT": str(out),
-            "TOK": str(setup["tokenizer"])}
+            "TOK": str(setup["tokenizer"]), "OWN": str(own)}
 
   def fill(text):
     for key, value in places.items():
@@ -353,6 +531,7 @@ def _run_case(case, setup, base: pathlib.Path) -> dict:
                           cwd=ROOT, env=setup["env"], capture_output=True, text=True, check=False,
                           timeout=300)
   return {"result": result, "unchanged": _fingerprint(run) == before, "fill": fill,
+          "own_unchanged": _fingerprint_all(own) == own_before,
           "stale": sorted(str(p) for p in out.rglob("*.tmp")) if out.exists() else []}
 
 
@@ -383,4 +562,28 @@ def test_bad_input_is_one_line_and_exit_2(case, outcomes):
   assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
   assert outcome["fill"](case[3]) in lines[0]
   assert outcome["unchanged"], "the run's checkpoints or metrics changed"
+  assert outcome["own_unchanged"], "the case's own inputs changed"
   assert not outcome["stale"], outcome["stale"]
+
+
+@pytest.mark.slow
+def test_unreadable_checkpoints_are_one_error_without_orbax_noise(setup, tmp_path):
+  """Every checkpoint of a run unreadable: the one error (pretrain refuses to start over), the
+  warnings of what was set aside, and none of the dozens of "Event loop is closed" tracebacks
+  TensorStore's reads in flight print after a failed restore (checkpoint/manager.py)."""
+  run = tmp_path / "run"
+  shutil.copytree(setup["run"], run)
+  for step in (run / "checkpoints").iterdir():
+    _corrupt_checkpoint(step)
+  result = subprocess.run([sys.executable, "-m", "experiments.pretrain", "--config", TC,
+                           "--workdir", str(run)], cwd=ROOT, env=setup["env"],
+                          capture_output=True, text=True, check=False, timeout=300)
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f"error: no usable checkpoint in {run / 'checkpoints'}")
+  assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr
+
+
+@pytest.mark.slow
+def test_no_case_changed_the_shared_inputs(setup, outcomes):
+  assert _fingerprint_all(setup["inputs"]) == setup["inputs_before"]
