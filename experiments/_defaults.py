@@ -48,6 +48,16 @@ def ensure_pretrained(path=PRETRAIN) -> pathlib.Path:
   return path
 
 
+def model_config_at(path, name: str = "checkpoint"):
+  """The ModelConfig of a workdir, a checkpoint step or a Hugging Face directory, read before
+  any array (to lay out the mesh the model is read onto); `name` names `path` in the error."""
+  from llama3_jax.checkpoint.model import init_model_config
+  if not pathlib.Path(path).exists():
+    raise FileNotFoundError(f"{name} {path} does not exist; give a training workdir, a "
+                            "checkpoint step directory or a Hugging Face model directory")
+  return init_model_config(path)
+
+
 MESH_HELP = ("axis sizes of the mesh the model is sharded over, e.g. tensor=2 (fsdp fills the "
              "rest; default: all devices of the job with FSDP)")
 
@@ -57,14 +67,14 @@ def inference_model(checkpoint, hf_dir, averaged: bool, tokenizer_path, mesh: st
   the default pre-training run, trained first if absent) or a Hugging Face directory, its
   parameters sharded over the job's devices as they are read (`mesh`: axis sizes, fsdp fills
   the rest). Every process of a job calls it and holds only its devices' shards."""
-  from llama3_jax.checkpoint.model import init_model_config, model_and_tokenizer
+  from llama3_jax.checkpoint.model import model_and_tokenizer
   from llama3_jax.errors import UserError
   from llama3_jax.infer.placement import Placement
   from llama3_jax.sharding import MeshConfig, parse_mesh
   sizes = parse_mesh(mesh)   # a bad --mesh is refused before anything is read
   if not hf_dir and checkpoint is None:
     checkpoint = ensure_pretrained()
-  config = init_model_config(hf_dir or checkpoint)
+  config = model_config_at(hf_dir or checkpoint, "--hf" if hf_dir else "checkpoint")
   try:
     placement = Placement.make(MeshConfig(**sizes), config)
   except ValueError as error:

@@ -32,10 +32,10 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "replace an existing --out")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from experiments._defaults import start_job
+  from experiments._defaults import model_config_at, start_job
   start_job()   # joins a multi-process job
   from llama3_jax import hf
-  from llama3_jax.checkpoint.model import init_model_config, load_model, run_tokenizer
+  from llama3_jax.checkpoint.model import load_model, run_tokenizer
   from llama3_jax.data.tokenizers import load_tokenizer
   from llama3_jax.infer.placement import Placement
   from llama3_jax.runtime import job
@@ -48,7 +48,7 @@ def main(argv):
               replaceable=lambda path: (path / "config.json").is_file())
   check_new(out, "--out", _OVERWRITE.value)
   job.barrier("checked --out")   # every process looked before process 0 writes there
-  model_config = init_model_config(_CHECKPOINT.value)
+  model_config = model_config_at(_CHECKPOINT.value)
   try:   # FSDP over every device; a model whose d_model does not split: whole on each
     placement = Placement.make(MeshConfig(), model_config)
   except ValueError:

@@ -104,8 +104,8 @@ def test_generate_on_two_processes_gives_one_devices_tokens(run, tmp_path):
   prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
   out = tmp_path / "out.jsonl"
   launch("experiments.generate", [f"--checkpoint={run}", f"--prompts={prompts}", f"--out={out}",
-                                  "--samples=2", "--temperature=1.0", "--top-p=0.9",
-                                  "--seed=3", "--max-new-tokens=6", "--mesh=fsdp=2,tensor=2,data=2"],
+                                  "--samples=2", "--temperature=1.0", "--top-p=0.9", "--seed=3",
+                                  "--max-new-tokens=6", "--mesh=fsdp=2,tensor=2,data=2"],
          2, 4, tmp_path)
   rows = [json.loads(line) for line in out.read_text().splitlines()]
   # One device, in this process: the same requests.
