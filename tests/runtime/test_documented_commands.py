@@ -17,7 +17,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-_COMMAND = re.compile(r"python -m (experiments\.\w+)(.*)")
+_COMMAND = re.compile(r"python -m (experiments\.[a-z_]\w*)(.*)")   # not a placeholder: .X
 
 
 def command_lines(text: str, markdown: bool = False) -> list[tuple[str, list[str]]]:
@@ -78,7 +78,7 @@ def test_command_lines_are_read_as_a_shell_would():
       python -m experiments.generate --prompt "The history of" --top-p 0.95
   RAY_ADDRESS=h:1 python -m experiments.curate --input a --out b | tee log
   The default run's model (`python -m experiments.pretrain --workdir w`, 400 steps); 
-  python -m benchmarks.x is another package
+  python -m benchmarks.x is another package, and each process runs `python -m experiments.X`
   """
   assert command_lines(text) == [
       ("experiments.pretrain", ["--workdir", "w"]),
