@@ -4,17 +4,17 @@ python -m experiments.pretrain --config experiments/configs/llama3_405b.py --wor
 python -m experiments.pretrain --config experiments/configs/llama3_405b.py --dry-run
 python -m experiments.pretrain --config experiments/configs/llama3_405b.py:final --dry-run
 
-Dry run on 16,384 x H100 (2026-12-07): fits, 68.8 GiB per GPU, MFU 13.4%: the ramp's first
+Dry run on 16,384 x H100 (2026-12-08): fits, 43.4 GiB per GPU, MFU 13.2%: the ramp's first
 stages have 1,024 rows, 8 per FSDP replica, so the pipeline runs 8 micro-batches on 16 stages
-(bubble 147% even interleaved). `:final` plans the report's 16M-token phase alone (Table 4,
-row 2: one sequence per micro-batch, 16 of them): fits, 49.7 GiB, MFU 24.8% (bubble 23%; each
-stage iteration recomputed in backward; tensor parallelism's five input-gradient reductions
+(bubble 123% even interleaved). `:final` plans the report's 16M-token phase alone (Table 4,
+row 2: one sequence per micro-batch, 16 of them): fits, 37.0 GiB, MFU 25.8% (bubble 12%; each
+layer's forward recomputed in backward; tensor parallelism's five input-gradient reductions
 exposed). It is for planning: its token count starts at 0, so it does not resume the ramp.
 
 The mesh is the report's tensor 8 x stage 16 x fsdp 128. Its 126 layers pipeline over the 16
 stages as the report's 7 + 14 x 8 + 7 (the first and the last stage carry the embedding and the
-head; llama3_jax/parallel/pipeline.py pads those two stages with an identity slot each, 2 of 128
-slots). See where every parameter lives with
+head; llama3_jax/parallel/pipeline.py gives those two stages an empty, identity chunk each, 2
+of 128 slots). See where every parameter lives with
 `python -m experiments.inspect_sharding --size llama3-405b --mesh tensor=8,stage=16,fsdp=128`.
 """
 
@@ -25,11 +25,16 @@ M = 1024 * 1024
 
 def get_config(arg: str | None = None):
   c = default_config()
-  c.model.update(size="llama3-405b", dtype="bfloat16")
+  # Each pipeline stage iteration recomputed in backward from its input (every layer's input
+  # kept): "minimal" would keep every matmul's output and need no recompute, but with the fp32
+  # weights gathered it does not fit (80 GiB).
+  c.model.update(size="llama3-405b", dtype="bfloat16", remat="full", attention="blockwise")
   c.mesh.update(data=1, fsdp=128, stage=16, tensor=8, dcn_fsdp=128, dcn_stage=16)
   c.sharding.fsdp_mode = "llama3"
   c.sharding.sequence_parallel = True   # the residual stream split over tensor (and the carry)
-  c.sharding.pipeline_repeats = 4       # interleaved: 64 chunks of 2 layers (2 slots padded)
+  # Interleaved: 8 chunks of one layer per stage, the first and the last stage's one empty
+  # (126 layers in 128 chunks): bubble (16 - 1) / (8 x 16) = 12%.
+  c.sharding.pipeline_repeats = 8
   c.train.steps = 1_200_000
   # 4M tokens of 4,096 -> 8M of 8,192 after 252M tokens -> 16M after 2.87T tokens.
   c.train.stages = (dict(until_tokens=252 * M, batch_tokens=4 * M, seq_len=4096),

@@ -45,10 +45,15 @@ class Attention(nnx.Module):
     q_btnh = constrain(apply_rope(q_btnh, *rope), ("act_batch", "act_seq", "act_heads", None))
     k_btkh = constrain(apply_rope(k_btkh, *rope), ("act_batch", "act_seq", "act_kv_heads", None))
     v_btkh = constrain(v_btkh, ("act_batch", "act_seq", "act_kv_heads", None))
+    q_btnh, k_btkh, v_btkh = (checkpoint_name(q_btnh, "q"), checkpoint_name(k_btkh, "k"),
+                              checkpoint_name(v_btkh, "v"))
 
     if cache is None:
       attend = attend or attention_ops.self_attention
       out_btnh = attend(q_btnh, k_btkh, v_btkh, segment_bt, index_bt, self.config)
+      # Heads split like q's, so that backward brings the output's gradient to that layout
+      # before attention (with sequence parallelism: one all-gather), never the reverse.
+      out_btnh = constrain(out_btnh, ("act_batch", "act_seq", "act_heads", None))
       out_btnh = checkpoint_name(out_btnh, "attn_context")
       return jnp.einsum("btnh,nhd->btd", out_btnh, w(self.wo_nhd))
     (k_bskh, v_bskh), kv_segment_bs = cache

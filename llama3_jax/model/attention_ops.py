@@ -34,6 +34,7 @@ parallelism installed another in the model (`Transformer.attention_kernel`).
 import warnings
 
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
 
@@ -282,7 +283,9 @@ def _flash(q, q_seg, q_idx, k, v, kv_seg, kv_idx):
 def _flash_fwd(q, q_seg, q_idx, k, v, kv_seg, kv_idx):
   q_seg, q_idx, kv_seg, kv_idx = tie_ids(q, (q_seg, q_idx, kv_seg, kv_idx))
   out, lse = flash_forward(q, q_seg, q_idx, k, v, kv_seg, kv_idx)
-  out = out.astype(q.dtype)
+  # Named so that a remat policy can keep them (transformer.remat_policy's "minimal"): then
+  # backward never reruns the flash forward.
+  out, lse = checkpoint_name(out.astype(q.dtype), "flash_out"), checkpoint_name(lse, "flash_lse")
   return out, (q, q_seg, q_idx, k, v, kv_seg, kv_idx, out, lse)
 
 

@@ -10,6 +10,8 @@ import math
 
 from llama3_jax.model.attention_ops import KERNELS
 
+REMATS = ("none", "minimal", "save_names", "full")   # see ModelConfig.remat
+
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
@@ -50,7 +52,10 @@ class ModelConfig:
   dtype: str = "float32"
   # Execution: how layers run, what the backward pass keeps, which attention kernel.
   scan_layers: bool = True                  # False: a Python loop over layers (for debugging)
-  remat: str = "none"                       # "none" | "full" | "save_names"
+  # What backward keeps of each block: "none" everything, "minimal" every matmul's output
+  # (the rest recomputed), "save_names" the outputs `remat_names` names, "full" the block's
+  # input alone (transformer.remat_policy).
+  remat: str = "none"
   remat_names: tuple[str, ...] = ("attn_out", "mlp_out")  # kept by remat="save_names"
   attention: str = "reference"              # a kernel of attention_ops.KERNELS
   attention_block_q: int = 512
@@ -67,8 +72,8 @@ class ModelConfig:
                       f"{self.n_kv_heads}; grouped-query attention needs whole groups")
     if self.head_dim % 2:
       problems.append(f"head_dim={self.head_dim} must be even for rotary embeddings")
-    if self.remat not in ("none", "full", "save_names"):
-      problems.append(f"remat={self.remat!r}; use 'none', 'full' or 'save_names'")
+    if self.remat not in REMATS:
+      problems.append(f"remat={self.remat!r}; use one of {', '.join(map(repr, REMATS))}")
     if self.attention not in KERNELS:
       problems.append(f"attention={self.attention!r}; use one of {', '.join(map(repr, KERNELS))}")
     if self.attention == "cudnn" and self.dtype == "float32":

@@ -1,6 +1,7 @@
 """SwiGLU feed-forward network: down(silu(x @ gate) * (x @ up))."""
 
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 from flax import nnx
 
@@ -21,5 +22,6 @@ class MLP(nnx.Module):
     dtype = x_btd.dtype
     gate_btf = jnp.einsum("btd,df->btf", x_btd, self.w_gate_df[...].astype(dtype))
     up_btf = jnp.einsum("btd,df->btf", x_btd, self.w_up_df[...].astype(dtype))
+    gate_btf, up_btf = checkpoint_name(gate_btf, "gate"), checkpoint_name(up_btf, "up")
     h_btf = constrain(jax.nn.silu(gate_btf) * up_btf, ("act_batch", "act_seq", "act_mlp"))
     return jnp.einsum("btf,fd->btd", h_btf, self.w_down_fd[...].astype(dtype))

@@ -30,6 +30,7 @@ class Block(nnx.Module):
   """x + attention(norm(x)), then + mlp(norm(x))."""
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config   # static: remat and kernel choices for runners of the stacked blocks
     dtype = jnp.dtype(config.param_dtype)
     self.attn_norm = RMSNorm(config.d_model, config.norm_eps, param_dtype=dtype, rngs=rngs)
     self.attn = Attention(config, rngs=rngs)
@@ -42,17 +43,39 @@ class Block(nnx.Module):
     h_btd = constrain(self.attn_norm(x_btd), _BLOCK_IN)
     attn = self.attn(h_btd, rope, segment_bt, index_bt, cache, attend)
     attn_btd, kv = attn if cache is not None else (attn, None)
-    x_btd = constrain(x_btd + checkpoint_name(attn_btd, "attn_out"), _RESIDUAL)
+    # Named in the residual stream's layout (split over tensor with sequence parallelism).
+    attn_btd = checkpoint_name(constrain(attn_btd, _RESIDUAL), "attn_out")
+    x_btd = constrain(x_btd + attn_btd, _RESIDUAL)
     h_btd = constrain(self.mlp_norm(x_btd), _BLOCK_IN)
     mlp_btd = checkpoint_name(self.mlp(h_btd), "mlp_out")
     x_btd = constrain(x_btd + mlp_btd, _RESIDUAL)
     return x_btd if cache is None else (x_btd, kv)
 
 
-def _remat_policy(config: ModelConfig):
+# remat="minimal" (MaxText's name): every matmul's output is kept, so backward recomputes no
+# matmul, only the norms, RoPE and SwiGLU's product (and, with sequence parallelism, the gather
+# of the normed inputs): q, k, v after RoPE, the attention output (flash attention's blocked
+# output and log-sum-exp, which its backward reads; other kernels' output, whose forward
+# backward then reruns), the attention block's output (x + attn is rebuilt from it), gate, up.
+_MINIMAL = ("q", "k", "v", "attn_out", "gate", "up")
+_MINIMAL_ATTENTION = {"blockwise": ("flash_out", "flash_lse")}
+
+
+def kept_names(config: ModelConfig) -> tuple[str, ...] | None:
+  """The named values backward keeps of a block under `config.remat` (() none: the block is
+  recomputed from its input; None: everything, remat "none")."""
+  if config.remat == "none":
+    return None
   if config.remat == "save_names":
-    return jax.checkpoint_policies.save_only_these_names(*config.remat_names)
-  return None   # "full": save nothing inside a block, recompute it all in backward
+    return tuple(config.remat_names)
+  if config.remat == "minimal":
+    return _MINIMAL + _MINIMAL_ATTENTION.get(config.attention, ("attn_context",))
+  return ()   # "full"
+
+
+def remat_policy(config: ModelConfig):
+  """The jax.checkpoint policy of `config.remat` for one block (remat "none": no checkpoint)."""
+  return jax.checkpoint_policies.save_only_these_names(*kept_names(config))
 
 
 def segment_positions(segment_bt: jax.Array) -> jax.Array:
@@ -173,7 +196,7 @@ class Transformer(nnx.Module):
       return block(x_btd, rope, segment_bt, index_bt, attend=attend)
 
     if c.remat != "none":
-      apply = nnx.remat(apply, policy=_remat_policy(c))
+      apply = nnx.remat(apply, policy=remat_policy(c))
 
     if c.scan_layers:
       scan = nnx.scan(apply, in_axes=(0, nnx.Carry), out_axes=nnx.Carry,

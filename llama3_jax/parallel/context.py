@@ -35,6 +35,7 @@ import functools
 import math
 
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 import numpy as np
 from flax import linen
@@ -228,6 +229,8 @@ def _ring_fwd(q, kv, axis, size):
   (last_kv, out, lse), _ = jax.lax.scan(step, (kv, out, lse), length=size - 1)
   out, lse = attend(last_kv, out, lse)
   lse = jnp.where(jnp.isfinite(lse), lse, jnp.inf)   # rows that saw nothing: p = 0 in backward
+  # Named as the flash kernel names them: remat="minimal" keeps them (no second ring forward).
+  out, lse = checkpoint_name(out, "flash_out"), checkpoint_name(lse, "flash_lse")
   return out, (q, kv, out, lse)
 
 

@@ -8,8 +8,9 @@
 V = 1 is GPipe). `x_mbtd` holds M micro-batches of activations; `aux` per-micro-batch side
 inputs ([M, ...] leaves: RoPE angles, segment ids...).
 
-Any L >= V S works (`layout`): every chunk holds Lmax = ceil(L / (V S)) or Lmax - 1 layers, in
-natural order chunk after chunk. The V S Lmax - L chunks one layer short go to the stages from
+Any L > (V - 1) S works (`layout`): every chunk holds Lmax = ceil(L / (V S)) or Lmax - 1 layers,
+in natural order chunk after chunk (so fewer than S chunks may be empty: 126 layers in 8 chunks
+on each of 16 stages leave the first and the last stage one empty chunk each). The V S Lmax - L chunks one layer short go to the stages from
 both ends in turn (first, last, second, second to last, ..., round after round), on the first
 half of that order a stage's earliest chunk, on the second its latest. So the first and the last
 stage, which carry the embedding and the head in Llama 3, are the first to hold a layer fewer
@@ -32,8 +33,10 @@ iterations later, so it waits in a buffer of micro-batches; fewer than S micro-b
 to S (idle work, counted as bubble). Iterations: V * max(M, S) + S - 1, of which each stage is
 busy V * M: the bubble, idle / busy, is (S - 1) / (V * M) for M >= S, Llama 3's formula.
 
-Each iteration's stage computation is rematerialised, so backward keeps only the stage inputs;
-gradients flow back through the same schedule by autodiff.
+Gradients flow back through the same schedule by autodiff: backward keeps every iteration's
+stage input and what `layer_fn` keeps of each of its layers (`pipelined_blocks` rematerialises
+each layer as the model's `remat` says: "minimal" recomputes no matmul, "full" keeps only each
+layer's input, "none" keeps everything).
 
 Gradients are summed over the rows' axes once per step, not per iteration: the rows of every
 micro-batch split over `replicas` (data x fsdp devices) and each replica's work is a `vmap` over
@@ -45,9 +48,11 @@ micro-batches then lies on every stage, split over the replicas only.
 """
 
 import dataclasses
+import functools
 import logging
 
 import jax
+from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
@@ -68,14 +73,29 @@ def _on_stages(x, stage_axis, replica_axes=()):
   return jax.lax.with_sharding_constraint(x, spec)
 
 
+_LAYER_IN = "pipeline_layer_in"
+# Data movement and casts: re-done in backward rather than kept, under every policy. Kept, a
+# stage's layer weights would be stored again every iteration, sliced from its chunks and cast.
+_MOVES = (jax.lax.slice_p, jax.lax.dynamic_slice_p, jax.lax.gather_p, jax.lax.squeeze_p,
+          jax.lax.reshape_p, jax.lax.transpose_p, jax.lax.broadcast_in_dim_p,
+          jax.lax.convert_element_type_p)
+
+
+def keep_computed(prim, *_, **__) -> bool:
+  """The pipeline's remat policy under remat="none": keep every value a layer computes, except
+  data movement and casts."""
+  return prim not in _MOVES
+
+
 def layout(n_layers: int, stages: int, repeats: int = 1) -> np.ndarray:
   """[V, S, Lmax] int: the layer in each slot of each chunk (chunk r S + s on stage s), or -1
   for a padded (identity) slot. See the module docstring for the rule."""
   chunks = stages * repeats
-  if n_layers < chunks:
+  if chunks - n_layers >= stages:
     raise UserError(f"n_layers={n_layers} cannot fill stage={stages} x pipeline_repeats="
-                    f"{repeats} = {chunks} layer chunks (every chunk needs a layer)",
-                    f"choose stage x pipeline_repeats of at most {n_layers}")
+                    f"{repeats} = {chunks} layer chunks (fewer than stage={stages} may stay "
+                    "empty)", f"choose stage x pipeline_repeats of at most "
+                    f"{n_layers + stages - 1}")
   slots = -(-n_layers // chunks)
   short = chunks * slots - n_layers
   # Stages from both ends in turn: 0, S-1, 1, S-2, ...; round after round for more than S.
@@ -137,12 +157,17 @@ def validate(n_layers: int, stages: int, repeats: int, micro_batches: int,
 
 def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
              stage_axis: str | None = "stage", replica_axes: tuple[str, ...] = (),
-             replicas: int = 1, remat: bool = True, with_stats: bool = False):
+             replicas: int = 1, keep: tuple[str, ...] | None = (), with_stats: bool = False):
   """Runs every micro-batch through all layers; returns [M, ...] like `x_mbtd`.
 
   layer_fn(layer_weights, x, aux_one) -> x applies ONE layer (weights without the layer axis;
   `aux_one` is `aux` indexed at the micro-batch). With `with_stats`, also returns the number of
   busy stage-iterations measured while running (to check the bubble).
+
+  `keep`: what backward keeps of every layer of every stage iteration besides its input: the
+  values `layer_fn` names with `checkpoint_name` in `keep` (() none: each layer is recomputed
+  from its input), or None: every value it computes (`keep_computed`). The rest is recomputed
+  in backward, one layer at a time; the stage's weights are never kept per iteration.
 
   `replica_axes` (e.g. ("data", "fsdp")), of `replicas` devices in all, split each micro-batch's
   rows (dimension 1 of `x_mbtd` and of `aux`'s leaves): the weights are then broadcast to one
@@ -190,24 +215,32 @@ def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
 
   def replica_compute(chunks_vl, real_vl, x, aux_one, repeat):
     layers = jax.tree.map(lambda w: w[repeat], chunks_vl)
+    real_l = None if real_vl is None else real_vl[repeat]
 
     def one_layer(x, slot):
       layer_weights, real = slot
       y = layer_fn(layer_weights, x, aux_one)
       return (y if real is None else jnp.where(real, y, x)), None
 
-    real_l = None if real_vl is None else real_vl[repeat]
-    return jax.lax.scan(one_layer, x, (layers, real_l))[0]
+    # The first slot's input is the stage input (kept already); the others' are named, so that
+    # backward keeps them and recomputes one layer at a time.
+    x = one_layer(x, jax.tree.map(lambda a: a[0], (layers, real_l)))[0]
+    named = lambda x, slot: one_layer(checkpoint_name(x, _LAYER_IN), slot)
+    return jax.lax.scan(named, x, jax.tree.map(lambda a: a[1:], (layers, real_l)))[0]
 
   replicated = jax.vmap(replica_compute, in_axes=(0, None, 0, 0, None),
                         spmd_axis_name=replica_axes or None)
 
+  # Each stage iteration is rematerialised under the policy `keep` gives: whatever backward
+  # does not keep is recomputed from the stage's weights (loop constants) and its input.
+  policy = keep_computed if keep is None else \
+      jax.checkpoint_policies.save_only_these_names(_LAYER_IN, *keep)
+
+  @functools.partial(jax.checkpoint, policy=policy)
   def stage_compute(stage_chunks, real_vl, x, repeat, micro_batch):
     aux_one = jax.tree.map(lambda a: a[micro_batch], aux)
     return replicated(stage_chunks, real_vl, x, aux_one, repeat)
 
-  if remat:
-    stage_compute = jax.checkpoint(stage_compute)
   all_stages = jax.vmap(stage_compute, in_axes=(0, 0, 0, 0, 0), spmd_axis_name=stage_axis)
   stage_ids = jnp.arange(S)
 
@@ -270,6 +303,7 @@ def pipelined_blocks(stages: int, repeats: int, micro_batches: int, stage_axis: 
   from flax import linen, nnx
 
   from llama3_jax.model.layers import constrain
+  from llama3_jax.model.transformer import kept_names
 
   def run(blocks, x_btd, rope, segment_bt, index_bt, attend=None):
     graphdef, weights = nnx.split(blocks)
@@ -300,7 +334,8 @@ def pipelined_blocks(stages: int, repeats: int, micro_batches: int, stage_axis: 
 
     with linen.logical_axis_rules(in_replica):
       out_mbtd = pipeline(layer, weights, x_mbtd, aux, stages=stages, repeats=repeats,
-                          stage_axis=stage_axis, replica_axes=replica_axes, replicas=replicas)
+                          stage_axis=stage_axis, replica_axes=replica_axes, replicas=replicas,
+                          keep=kept_names(blocks.config))
     return out_mbtd.swapaxes(0, 1).reshape(x_btd.shape)
 
   return run

@@ -9,8 +9,8 @@ data, fsdp, stage, context, tensor. Llama 3's "DP" is `fsdp` here (it shards opt
 and gradients over the data-parallel ranks). `schedule` says how the pipeline keeps
 micro-batches: "1f1b" is Megatron's / Llama 3's interleaved one-forward-one-backward (at most
 `stages` micro-batches in flight, full activations kept); "circular" is this project's SPMD
-pipeline (llama3_jax/parallel/pipeline.py: every iteration's stage input kept, each stage
-computation recomputed in backward).
+pipeline (llama3_jax/parallel/pipeline.py: every iteration's stage input kept, and what the
+remat policy keeps of its layers, for all micro-batches at once).
 """
 
 import dataclasses
@@ -20,10 +20,11 @@ from typing import NamedTuple
 from llama3_jax.sharding.mesh import AXES, context_chunk_problem
 
 SCHEDULES = ("1f1b", "circular")
-# "minimal" (planner only): no matmul recomputed, but the norms' outputs and SwiGLU's product
-# are rebuilt in backward from what is kept, and the residual stream stays split over tensor
-# (Megatron's sequence parallelism re-gathers it in backward). The reading this planner takes of
-# Llama 3's "no activation checkpointing" at 8K (§3.3.2); the project's XLA step is "none".
+# "minimal": no matmul recomputed, but the norms' outputs and SwiGLU's product are rebuilt in
+# backward from what is kept, and the residual stream stays split over tensor (sequence
+# parallelism gathers the normed inputs again in backward). The reading this planner takes of
+# Llama 3's "no activation checkpointing" at 8K (§3.3.2), and ModelConfig.remat="minimal" in
+# this project's step (llama3_jax/model/transformer.py names what it keeps).
 REMATS = ("none", "minimal", "save_names", "full")
 
 
@@ -101,6 +102,16 @@ def stage_layers(n_layers: int, stages: int) -> list[int]:
   return layers
 
 
+def stage_slots(model, layout: Layout) -> int:
+  """Layer slots the busiest pipeline stage runs per micro-batch: its layers under 1F1B; under
+  the circular schedule V chunks of ceil(L / (V S)) slots, padded ones included
+  (llama3_jax/parallel/pipeline.py's `layout`)."""
+  S = layout.size("stage")
+  if S > 1 and layout.schedule == "circular":
+    return layout.repeats * -(-model.n_layers // (S * layout.repeats))
+  return max(stage_layers(model.n_layers, S))
+
+
 def pipeline_replicas(layout: Layout) -> bool:
   """Whether this project's pipeline runs its rows' axes as replicas (llama3_jax/parallel/
   pipeline.py): each device accumulates its own rows' weight gradient through the schedule's
@@ -141,7 +152,11 @@ def why_not(model, layout: Layout, n_gpus: int | None = None) -> Reason | None:
   if layout.rows % (layout.replicas * layout.micro_batches):
     return Reason("batch_split", f"{layout.rows} sequences do not split into "
                   f"{layout.replicas} replicas x {layout.micro_batches} micro-batches")
-  if s > 1 and min(stage_layers(model.n_layers, s)) < layout.repeats:
+  if s > 1 and layout.schedule == "circular" and s * layout.repeats - model.n_layers >= s:
+    return Reason("layers_over_stages", f"{model.n_layers} layers over stage={s} x "
+                  f"repeats={layout.repeats} leaves {s} or more chunks without layers")
+  if s > 1 and layout.schedule != "circular" and \
+      min(stage_layers(model.n_layers, s)) < layout.repeats:
     return Reason("layers_over_stages", f"{model.n_layers} layers over stage={s} x "
                   f"repeats={layout.repeats} leaves a chunk without layers")
   for field, allowed in (("schedule", SCHEDULES), ("remat", REMATS),

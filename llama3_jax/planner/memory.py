@@ -20,7 +20,8 @@ split over the stage axis) and on the first / last stage only under 1F1B (Llama 
 
 import numpy as np
 
-from llama3_jax.planner.layout import Layout, pipeline_replicas, stage_layers
+from llama3_jax.parallel.pipeline import Schedule
+from llama3_jax.planner.layout import Layout, pipeline_replicas, stage_layers, stage_slots
 
 # What XLA keeps per layer and token for backward in this project's step (remat "none"), in
 # copies of each dimension: measured from XLA:CPU's memory analysis of the compiled train
@@ -74,6 +75,13 @@ def layer_activation_bytes(model, layout: Layout, policy: str | None = None) -> 
   if policy == "save_names":  # block input + the named outputs (transformer.py)
     named = {"attn_out": resid, "mlp_out": resid, "attn_context": N * H / t}
     return (resid + sum(named.get(n, 0) for n in model.remat_names)) * a
+  if policy == "minimal" and layout.step == "xla":
+    # The names transformer.kept_names keeps: the input x and the attention block's output
+    # (residual layout), q, k, v, the attention output, gate, up, and flash attention's
+    # log-sum-exp. Other kernels' probabilities and context parallelism's gathered K/V are
+    # recomputed, not kept.
+    elems = 2 * resid + 2 * N * H / t + 2 * kv_heads * H + 2 * F / t
+    return elems * a + (N / t * 4 if model.attention == "blockwise" else 0.0)
   if policy == "none" and layout.step == "xla":
     c = XLA_COPIES
     elems = c["ffn"] * F / t + c["d_model_gathered"] * D + c["d_model"] * resid \
@@ -123,28 +131,35 @@ def activation_bytes(model, layout: Layout) -> list[float]:
   tokens = tokens_per_micro_batch(layout)
   S = layout.size("stage")
   if S > 1 and layout.schedule == "circular":
-    # Every iteration's stage input stays (the carry of the scan), each stage computation is
-    # recomputed in backward: one chunk's full activations alive at a time, plus the buffer
-    # of micro-batches waiting for their next trip.
-    sched_iters = layout.repeats * max(layout.micro_batches, S) + S - 1
+    # Every iteration's stage input stays (the carry of the scan), with the buffer of
+    # micro-batches waiting for their next trip; and what the remat policy keeps of each of
+    # the chunk's layer slots, every iteration (idle ones included: the stages run in
+    # lockstep), the first slot's input being the stage input.
+    iterations = Schedule(S, layout.repeats, layout.micro_batches).iterations
     resid = model.d_model / (layout.size("tensor") if layout.sequence_parallel else 1)
-    slices = sched_iters + max(layout.micro_batches, S)
+    slices = iterations + max(layout.micro_batches, S)
     if pipeline_replicas(layout):
       # The buffer on every stage: the last stage's output broadcast to it, the slot it
       # replaces, and their gradients (XLA:CPU's memory analysis, tests/planner).
       slices += 4
-    stage_in = slices * tokens * resid * _bytes(model.dtype)
-    chunk = max(stage_layers(model.n_layers, S)) / layout.repeats
-    return [stage_in + max(chunk * tokens * layer_activation_bytes(model, layout, "none"),
-                           attention_working_bytes(model, layout))] * S
+    a = _bytes(model.dtype)
+    stage_in = slices * tokens * resid * a
+    slots = stage_slots(model, layout) // layout.repeats   # per chunk
+    kept = iterations * tokens * (slots * layer_activation_bytes(model, layout) - resid * a)
+    return [stage_in + kept + _working_bytes(model, layout, tokens)] * S
   kept = layer_activation_bytes(model, layout)
-  recompute = 0.0 if layout.remat in ("none", "minimal") else \
-      tokens * layer_activation_bytes(model, layout, "none")   # one layer rebuilt at a time
-  # With remat, a layer's attention backward runs inside its recomputation: the larger of
-  # the two is the peak, not their sum.
+  return [n * tokens * kept + _working_bytes(model, layout, tokens)
+          for n in layer_micro_batches_alive(model, layout)]
+
+
+def _working_bytes(model, layout: Layout, tokens: float) -> float:
+  """Backward's peak beyond what is kept: the layer being recomputed (policies that recompute
+  matmuls rebuild one layer at a time) or one layer's attention backward, the larger: the
+  attention backward runs inside the recomputation."""
   working = attention_working_bytes(model, layout)
-  extra = max(recompute, working) if recompute else working
-  return [n * tokens * kept + extra for n in layer_micro_batches_alive(model, layout)]
+  if layout.remat in ("none", "minimal"):
+    return working
+  return max(tokens * layer_activation_bytes(model, layout, "none"), working)
 
 
 def attention_working_bytes(model, layout: Layout) -> float:

@@ -85,7 +85,10 @@ def candidates(model, hw, n_gpus: int, seq_len: int, batch_tokens: int, **option
         if s == 1:
           shapes = [(m, 1) for m in sorted({1, max(per_replica, 1)})]
         else:
-          most = min(stage_layers(model.n_layers, s))
+          # Under 1F1B every chunk needs a layer; the circular pipeline may leave fewer
+          # than `s` chunks empty (why_not says which V it refuses).
+          most = 8 if options.get("schedule") == "circular" else \
+              min(stage_layers(model.n_layers, s))
           shapes = [(max(per_replica, 1), v) for v in range(1, min(most, 8) + 1)]
         for m, v in shapes:
           for remat in remats:

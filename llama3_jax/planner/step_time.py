@@ -19,7 +19,7 @@ pipeline's traffic, checked against HLO in tests/planner/test_calibration.py).
 from typing import NamedTuple
 
 from llama3_jax.parallel.pipeline import Schedule
-from llama3_jax.planner.layout import Layout, pipeline_replicas, stage_layers
+from llama3_jax.planner.layout import Layout, pipeline_replicas, stage_slots
 from llama3_jax.planner.memory import _bytes, layer_params, table_params
 from llama3_jax.sharding.mesh import AXES
 from llama3_jax.model.flops import (attention_flops_per_token, flops_per_token,
@@ -86,28 +86,14 @@ def collectives(model, layout: Layout) -> list[Traffic]:
   a = _bytes(model.dtype)
   p = _bytes(model.param_dtype)
   D, K, H = model.d_model, model.n_kv_heads, model.head_dim
-  layers = max(stage_layers(model.n_layers, S))
+  layers = stage_slots(model, layout)
   # Tokens each (tensor x stage) group sees per step, in its own sequence slice.
   tokens = layout.batch_tokens / (layout.replicas * c)
-  recompute = layout.remat in ("save_names", "full") or (S > 1 and layout.schedule == "circular")
+  recompute = layout.remat in ("save_names", "full")
   passes = 3 if recompute else 2   # forward, backward (and forward again)
   out = []
   if t > 1:
-    # Per layer and pass: forward 2 (after the row-parallel attention output and MLP down
-    # projections), backward one per column-parallel input gradient; with sequence
-    # parallelism each all-reduce is a reduce-scatter plus an all-gather.
-    back = 2 if layout.step == "megatron" else 5
-    reductions = (passes - 1) * 2 + back
-    unit = layers * tokens * D * a
-    if layout.sequence_parallel:
-      out.append(Traffic("tensor", "all-gather", reductions * unit,
-                         "residual stream gathered before attention and MLP (sequence "
-                         "parallel)"))
-      out.append(Traffic("tensor", "reduce-scatter", reductions * unit,
-                         "attention / MLP outputs and input gradients (sequence parallel)"))
-    else:
-      out.append(Traffic("tensor", "all-reduce", reductions * unit,
-                         "attention / MLP outputs and input gradients (row / column parallel)"))
+    out += _tensor(model, layout, layers, tokens, passes - 1)
     # Embedding lookup (vocab-parallel) and the head's input gradient, rows over stage too.
     out.append(Traffic("tensor", "all-reduce", 2 * tokens / S * D * a,
                        "vocab-parallel embedding and LM head"))
@@ -134,6 +120,46 @@ def collectives(model, layout: Layout) -> list[Traffic]:
   return out
 
 
+def _tensor(model, layout: Layout, layers: int, tokens: float, forwards: int) -> list[Traffic]:
+  """Tensor parallelism's traffic, per layer and forward pass: with sequence parallelism the
+  residual stream is gathered before attention and before the MLP and their outputs reduced
+  (reduce-scattered; XLA:CPU all-reduces them); backward gathers the outputs' gradients and
+  reduces the input gradients of the column-parallel matmuls: two in Megatron's step (q/k/v
+  and gate/up fused), five in this step's (q, k, v, gate, up). Without sequence parallelism
+  only the reductions remain, as all-reduces."""
+  a, D = _bytes(model.dtype), model.d_model
+  xla = layout.step == "xla"
+  gathers = 2 * forwards + 2
+  if xla and layout.remat == "minimal":
+    gathers += 2   # the normed inputs, gathered again for the weight gradients (not kept)
+  reductions = 2 * forwards + (5 if xla else 2)
+  unit = layers * tokens * D * a
+  per_iteration = {}
+  if xla and layout.size("stage") > 1 and layout.schedule == "circular":
+    # This project's pipeline: every iteration runs (idle ones too), and its stage input and
+    # output cross between the pipeline's layout and the layers' (HLO: with sequence
+    # parallelism two gathers and a reduction per iteration, without it two reductions).
+    schedule = Schedule(layout.size("stage"), layout.repeats, layout.micro_batches)
+    micro = tokens / layout.micro_batches * D * a
+    unit = schedule.iterations * layers / layout.repeats * micro
+    per_iteration = {"all-gather": 2, "all-reduce": 1} if layout.sequence_parallel else \
+        {"all-reduce": 2}
+    per_iteration = {op: n * schedule.iterations * micro for op, n in per_iteration.items()}
+  if not layout.sequence_parallel:
+    return [Traffic("tensor", "all-reduce",
+                    reductions * unit + per_iteration.get("all-reduce", 0),
+                    "attention / MLP outputs and input gradients (row / column parallel)")]
+  out = [Traffic("tensor", "all-gather", gathers * unit + per_iteration.get("all-gather", 0),
+                 "residual stream before attention and MLP, their outputs' gradients "
+                 "(sequence parallel)"),
+         Traffic("tensor", "reduce-scatter", reductions * unit,
+                 "attention / MLP outputs and input gradients (sequence parallel)")]
+  if per_iteration:
+    out.append(Traffic("tensor", "all-reduce", per_iteration["all-reduce"],
+                       "the pipeline's stage outputs (sequence parallel)"))
+  return out
+
+
 def _fsdp(model, layout: Layout, layers: int, weights: float) -> list[Traffic]:
   t, S = layout.size("tensor"), layout.size("stage")
   p, g = _bytes(model.param_dtype), _bytes(layout.gather_dtype or model.param_dtype)
@@ -150,8 +176,11 @@ def _fsdp(model, layout: Layout, layers: int, weights: float) -> list[Traffic]:
     iterations = Schedule(S, layout.repeats, layout.micro_batches).iterations
     chunk = layers / layout.repeats * layer_params(model, t)
     tables = 2 * table_params(model, t)
+    # Forward: with one chunk per stage its gather is loop-invariant and XLA hoists it out
+    # of the loop; backward gathers the chunk again every iteration.
+    forward = 1 if layout.repeats == 1 else iterations
     gathers = weights * g if layout.fsdp_mode == "llama3" else \
-        2 * iterations * chunk * g + tables * g
+        (forward + iterations) * chunk * g + tables * g
     return [Traffic("fsdp", "all-gather", gathers, "weights (FSDP)"),
             Traffic("fsdp", "all-reduce", iterations * chunk * p + tables * p,
                     "each iteration's chunk gradient (FSDP, inside the pipeline loop)")]
@@ -194,15 +223,14 @@ def step_time(model, layout: Layout, hw) -> dict:
   n = layout.n_gpus
   S = layout.size("stage")
   model_flops = flops_per_token(model, layout.seq_len) * layout.batch_tokens
-  layers = stage_layers(model.n_layers, S)
-  # The busiest stage sets the pace; recomputation adds a forward of every block; attention
-  # runs slower than the matmuls.
-  imbalance = max(layers) * S / model.n_layers
+  # The busiest stage sets the pace (padded slots of the circular pipeline included);
+  # recomputation adds a forward of every block; attention runs slower than the matmuls.
+  imbalance = stage_slots(model, layout) * S / model.n_layers
   per_token = flops_per_token(model, layout.seq_len)
   head = 6 * head_params(model)
   attention = attention_flops_per_token(model, layout.seq_len)
   matmul = per_token - head - attention
-  recompute = layout.remat in ("save_names", "full") or (S > 1 and layout.schedule == "circular")
+  recompute = layout.remat in ("save_names", "full")
   again = 4 / 3 if recompute else 1
   effective = (head + imbalance * again * (matmul + attention / ATTENTION_EFFICIENCY)) \
       * layout.batch_tokens / n

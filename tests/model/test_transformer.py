@@ -83,6 +83,8 @@ def test_segment_positions_restart_per_document():
     dict(scan_layers=False),
     dict(remat="full"),
     dict(remat="save_names"),
+    dict(remat="minimal"),
+    dict(remat="minimal", attention="blockwise", attention_block_q=8, attention_block_kv=16),
     dict(scan_layers=False, remat="full"),
     dict(attention="blockwise", attention_block_q=8, attention_block_kv=16),
 ])

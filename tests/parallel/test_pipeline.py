@@ -93,6 +93,7 @@ def test_stage_outputs_move_by_collective_permute(inputs):
     (3, 2, 1, 2), pytest.param(5, 2, 2, 3, marks=pytest.mark.slow),
     pytest.param(7, 4, 1, 4, marks=pytest.mark.slow),
     (6, 2, 2, 1),   # L divides S, not V S
+    (7, 4, 2, 4),   # one of 8 chunks empty (126 layers in 16 x 8 chunks, in miniature)
     pytest.param(5, 4, 1, 8, marks=pytest.mark.slow)])
 def test_uneven_layer_counts_equal_sequential_layers(inputs, n_layers, stages, repeats,
                                                       micro_batches):
@@ -122,17 +123,21 @@ def test_layout_rule():
   np.testing.assert_array_equal(layout(5, 2, 2), [[[0, -1], [1, 2]], [[3, -1], [4, -1]]])
   assert per_stage(layout(10, 4, 2)) == [2, 3, 3, 2]
   np.testing.assert_array_equal(layout(8, 2, 2).ravel(), np.arange(8))   # even: no padding
+  # 126 layers in 8 one-layer chunks per stage: the first and the last stage keep an empty one.
+  t = layout(126, 16, 8)
+  assert t.shape == (8, 16, 1) and per_stage(t) == [7] + [8] * 14 + [7]
+  assert (t[:, 0] < 0).sum() == 1 and (t[:, 15] < 0).sum() == 1
   assert Schedule(2, 2, 4, 8).waste == 0
   for n_layers in range(4, 40):   # near-equal always; every layer once, in natural order
     for stages, repeats in ((4, 1), (2, 2), (3, 1), (4, 2)):
-      if n_layers >= stages * repeats:
+      if n_layers > stages * (repeats - 1):
         t = layout(n_layers, stages, repeats)
         assert max(per_stage(t)) - min(per_stage(t)) <= 1
         np.testing.assert_array_equal(t.ravel()[t.ravel() >= 0], np.arange(n_layers))
 
 
 def test_layouts_that_cannot_work_are_clear_errors():
-  with pytest.raises(UserError, match=r"n_layers=3 cannot fill stage=2 x pipeline_repeats=2"):
-    validate(3, 2, 2, 4, 8)
+  with pytest.raises(UserError, match=r"n_layers=2 cannot fill stage=2 x pipeline_repeats=2"):
+    validate(2, 2, 2, 4, 8)   # 2 of 4 chunks empty: a stage without a layer
   with pytest.raises(ValueError, match=r"12 rows cannot be cut into micro_batches=5"):
     validate(8, 2, 2, 5, 12)

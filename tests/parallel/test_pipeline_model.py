@@ -72,6 +72,20 @@ def test_llama3_mode_pipeline_equals_one_device(n_layers, mesh, repeats, micro_b
   assert_same_training(got, single_device(n_layers))
 
 
+# The pipeline keeps what the model's remat policy keeps of each layer (parallel/pipeline.py):
+# "minimal" every matmul output (and flash attention's), "full" each layer's input alone.
+@pytest.mark.parametrize("remat, attention", [
+    ("minimal", "blockwise"),
+    pytest.param("full", "reference", marks=pytest.mark.slow),
+])
+def test_pipeline_honours_the_models_remat(remat, attention):
+  model = MODEL.replace(remat=remat, attention=attention, attention_block_q=8,
+                        attention_block_kv=8)
+  got = run(MeshConfig(stage=2, fsdp=2, tensor=2), ShardingConfig("llama3", pipeline_repeats=2),
+            3, model=model)
+  assert_same_training(got, single_device())
+
+
 def test_llama3_mode_pipeline_reduces_gradients_once_per_step():
   """No collective over `fsdp` inside the schedule's loop: each replica's weight gradient
   accumulates locally through the loop (it was an all-reduce of every iteration's chunk

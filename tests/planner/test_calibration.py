@@ -1,7 +1,7 @@
 """The planner against XLA: per-device memory and collective bytes of the compiled train step.
 
 For small layouts on 8 fake CPU devices (each parallel axis alone and combined, both FSDP
-modes, a remat policy, the pipeline), the planner (step="xla": this project's step as XLA
+modes, the remat policies, the pipeline), the planner (step="xla": this project's step as XLA
 compiles it) predicts the compiled step's `memory_analysis()` (arguments + outputs +
 temporaries, less the donated outputs that share the arguments' buffers) within 15% and the
 payload of every collective per step, read from the compiled HLO with loop trip counts
@@ -44,6 +44,17 @@ LAYOUTS = {
                                      4),
     "data2_stage2_tensor2_interleaved": ({"data": 2, "stage": 2, "tensor": 2},
                                          ShardingConfig(pipeline_repeats=2), "none", 4),
+    # Selective remat (every matmul's output kept): alone, with tensor x sequence parallelism
+    # (the normed inputs gathered again in backward), and the 405B's pattern in miniature:
+    # pipeline (interleaved, Llama 3's mode) x tensor x SP, each stage iteration kept so.
+    "fsdp8_remat_minimal": ({"fsdp": 8}, ShardingConfig(), "minimal", 1),
+    "fsdp2_tensor4_sp_minimal": ({"fsdp": 2, "tensor": 4}, ShardingConfig(sequence_parallel=True),
+                                 "minimal", 1),
+    "fsdp2_stage2_tensor2_sp_llama3_minimal": (
+        {"fsdp": 2, "stage": 2, "tensor": 2},
+        ShardingConfig("llama3", sequence_parallel=True, pipeline_repeats=2), "minimal", 4),
+    "fsdp2_stage4_pipeline_llama3_full": ({"fsdp": 2, "stage": 4}, ShardingConfig("llama3"),
+                                          "full", 4),
 }
 FAST = {"data2_fsdp2_tensor2_llama3"}   # data, fsdp and tensor at once
 

@@ -27,7 +27,8 @@ def test_8b_dry_run_fits_8_gpus():
   assert "1. config valid" in report and "on 8 devices" in report
   assert "memory per device" in report
   mfu, gib = headline(report)
-  assert mfu >= 0.36 and gib < 40   # was 5,430 GiB: the whole batch in one micro-batch
+  # Was 5,430 GiB (the whole batch in one micro-batch), then 36.5% under full remat.
+  assert mfu >= 0.48 and gib < 56
 
 
 @pytest.mark.slow
@@ -38,10 +39,10 @@ def test_70b_dry_run_fits_at_the_planners_best_layout():
 
 @pytest.mark.slow
 def test_405b_dry_runs_fit_meta_layout():
-  # 126 layers on 16 stages, interleaved 4 chunks each; gradients summed once per step.
+  # 126 layers on 16 stages, interleaved 8 chunks each; gradients summed once per step.
   report = dry_run(llama3_405b.get_config())
   assert "on 16,384 devices" in report and "summed over fsdp once per step" in report
   mfu, gib = headline(report)
-  assert mfu >= 0.13 and gib < 72   # was 8.5% and 91 GiB (did not fit)
+  assert mfu >= 0.13 and gib < 45   # was 8.5% and 91 GiB (did not fit)
   mfu, gib = headline(dry_run(llama3_405b.get_config("final")))   # 16 micro-batches
-  assert mfu >= 0.24 and gib < 55
+  assert mfu >= 0.258 and gib < 38
