@@ -9,6 +9,9 @@ corpus' held-out split (llama3_jax/eval/perplexity.py); each task logs `eval/<ta
 task (`arith_gen`, or a file of `answer` records) logs `eval/<task>/exact_match` with its shipped
 generation settings, scored as `python -m experiments.evaluate` scores them
 (llama3_jax/eval/multiple_choice.py, generative.py): the same numbers for the same parameters.
+The model stays where training holds it, sharded over the run's mesh: every process of a
+multi-process job scores it together (rows over the data-like axes, results gathered to every
+process: llama3_jax/infer/placement.py) and process 0's metrics row logs the scores.
 """
 
 from llama3_jax.eval import generative, multiple_choice, tasks
