@@ -76,6 +76,7 @@ def test_shared_prompt_rows_equal_separate_rows(tokenizer):
   assert tokens("shared") < tokens("separate")
 
 
+@pytest.mark.slow   # the fast core: ln 2 at the start
 def test_format_tokens_do_not_change_the_loss(tokenizer):
   s = make()
   state = s.init_state()
@@ -149,6 +150,7 @@ def test_loss_equals_torch_on_the_exported_models(tokenizer, tmp_path):
   np.testing.assert_allclose(float(loss), float(torch.stack(losses).mean()), rtol=1e-5)
 
 
+@pytest.mark.slow   # ~10 s: two DPO runs
 def test_precomputed_reference_equals_the_in_step_reference(tokenizer, tokenizer_path, tmp_path):
   import json
   from llama3_jax.optim.schedules import Stage

@@ -116,6 +116,7 @@ def test_ranking_counts_best_random_any_and_the_within_prompt_auc():
   assert tied["auc"] == 0.5 and tied["best_of_k_correct"] == 1.0
 
 
+@pytest.mark.slow   # the fast core ranks with a reward model
 def test_without_a_reward_model_the_same_samples_are_drawn_and_none_is_ranked(tokenizer, models):
   policy, rm = models
   settings = Settings(samples=4, temperature=1.0, top_p=0.95, seed=2, max_new_tokens=6)
