@@ -60,7 +60,8 @@ def test_pipeline_equals_one_device(mesh, repeats, micro_batches):
 # Llama 3's FSDP mode: the rows' axes run as the pipeline's replicas, each accumulating its own
 # weight gradient through the loop (summed once per step: only the order of the sum differs).
 @pytest.mark.parametrize("n_layers, mesh, repeats, micro_batches", [
-    (4, MeshConfig(stage=2, fsdp=2, tensor=2), 2, 3),
+    # slow (~25 s idle): the fast core checks this mode's gradient sums once per step in HLO
+    pytest.param(4, MeshConfig(stage=2, fsdp=2, tensor=2), 2, 3, marks=pytest.mark.slow),
     pytest.param(5, MeshConfig(stage=2, fsdp=2, context=2), 2, 2, marks=pytest.mark.slow),
     pytest.param(4, MeshConfig(stage=2, data=2, fsdp=2), 1, 4, marks=pytest.mark.slow),
 ], ids=["interleaved_s2_m3_fsdp2_tensor2", "uneven_l5_s2x2_fsdp2_context2",
@@ -171,6 +172,7 @@ def test_full_4d_mesh_on_16_devices():
 VOCAB_OVER_FSDP = MeshConfig(stage=2, fsdp=4), ShardingConfig(vocab_over_fsdp=True)
 
 
+@pytest.mark.slow   # the fast core splits the vocabulary over fsdp without a pipeline
 def test_pipeline_with_the_vocabulary_over_fsdp_moves_targets_not_logits():
   """With the vocabulary over fsdp the logits' rows lie over `stage` and the batch's over
   fsdp x stage. The step moves the small targets to the logits' rows (constrain_as_logit_rows),
