@@ -1,7 +1,7 @@
 """Llama 3's DPO recipe (report §4.1.4) for an 8B model: lr 1e-5, beta 0.1, NLL weight 0.2.
 
-The layout of sft_llama3_8b.py; dry run on 8 x H100 (2026-12-07): 33.0 GiB for the policy +
-6.2 GiB for the frozen reference = 39.1 GiB per GPU, fits.
+The layout of sft_llama3_8b.py; dry run on 8 x H100 (2026-12-08): 54.0 GiB for the policy +
+6.2 GiB for the frozen reference = 60.2 GiB per GPU, fits.
 
 python -m experiments.dpo --config experiments/configs/dpo_llama3_8b.py --dry-run
 python -m experiments.dpo --config experiments/configs/dpo_llama3_8b.py \
