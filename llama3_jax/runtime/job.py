@@ -10,12 +10,14 @@ log lines) and joins the multi-process job the environment describes (`launch.lo
 the Kubernetes JobSet: llama3_jax/runtime/distributed.py). With one process it joins nothing.
 
 A job-wide file (metrics, eval.json, results.json, samples, summaries, prepared data) is
-written by process 0 alone; the other processes wait for it at a barrier and read what it
-wrote, so no two processes ever write one file. Every process computes the same values (the
-same inputs, and results gathered from the devices to every process), so nothing has to be
-sent from process 0 but the fact that the file is there.
+written by process 0 alone; the other processes wait for it and read what it wrote, so no two
+processes ever write one file. Every process computes the same values (the same inputs, and
+results gathered from the devices to every process), so nothing has to be sent from process 0
+but the outcome: done, or its error, which the others raise too (bad input: exit 2 on every
+process at once, not a job left waiting for a process that has gone).
 """
 
+import itertools
 import logging
 import os
 
@@ -65,12 +67,38 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+_WRITES = itertools.count()   # every process calls write_once in the same order
+_WAIT_MS = 7 * 24 * 3600 * 1000   # as long as process 0 takes (a big prepared data set)
+
+
 def write_once(name: str, write):
-  """Process 0 calls `write()`; then every process waits until it is done. Returns what
-  `write` returned on process 0, None elsewhere."""
-  result = write() if is_primary() else None
-  barrier(f"written: {name}")
-  return result
+  """Process 0 calls `write()`; the others wait until it is done, and raise its error if it
+  failed (a UserError for bad input, a RuntimeError for a bug). Returns what `write` returned
+  on process 0, None elsewhere."""
+  import jax
+  if jax.process_count() == 1:
+    return write()
+  # The job's key-value store (jax.distributed's, which Orbax uses too): process 0 posts the
+  # outcome under a key the others wait on.
+  from jax._src import distributed as jax_distributed
+  client = jax_distributed.global_state.client
+  key = f"llama3_jax/write_once/{next(_WRITES)}"
+  if is_primary():
+    try:
+      result = write()
+    except BaseException as error:
+      from llama3_jax import cli
+      client.key_value_set(key, ("bad input:" if cli.is_expected(error) else "failed:")
+                           + cli.one_line(error))
+      raise
+    client.key_value_set(key, "done:")
+    return result
+  outcome, _, message = client.blocking_key_value_get(key, _WAIT_MS).partition(":")
+  if outcome == "bad input":
+    raise UserError(f"process 0 stopped while writing {name}: {message}")
+  if outcome != "done":
+    raise RuntimeError(f"process 0 failed while writing {name}: {message}")
+  return None
 
 
 def say(*args, **kwargs) -> None:

@@ -197,13 +197,14 @@ def add_task_columns(workdir, out=sys.stdout) -> int:
   for r in missing:
     r.update(task_columns(_read_model(workdir / "points" / r["name"]),
                           workdir / "points" / r["name"]))
-  if missing and job.is_primary():   # every process measured; process 0 writes
+  def rewrite():   # every process measured; process 0 writes
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
     os.replace(tmp, path)
     print(f"sweep: measured the multiple-choice task on {len(missing)} points", file=out,
           flush=True)
-  job.barrier(f"task columns {path}")
+  if missing:
+    job.write_once(f"{path} with task columns", rewrite)
   return len(missing)
 
 
@@ -216,9 +217,7 @@ def run_sweep(points: list[Point], workdir, *, seed: int = 0, measure=train_and_
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   path = workdir / "sweep.jsonl"
-  if job.is_primary():
-    _drop_cut_line(path)
-  job.barrier(f"looked at {path}")
+  job.write_once(f"{path} without a cut line", lambda: _drop_cut_line(path))
   done = {r["name"] for r in read_records(path)}
   todo = [p for p in points if p.name not in done]
   if done:
@@ -233,12 +232,7 @@ def run_sweep(points: list[Point], workdir, *, seed: int = 0, measure=train_and_
               "flops": point.flops, "steps": point.steps, "batch_tokens": point.batch_tokens,
               "seq_len": SEQ_LEN, "seed": seed, **family.describe(point.config), **measured,
               "wall_s": time.perf_counter() - start}
-    if job.is_primary():   # one whole line per point; fsync so a kill keeps it
-      with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    job.barrier(f"sweep point {point.name}")
+    job.write_once(f"{path}: {point.name}", lambda: _append(path, record))
     walls.append(record["wall_s"])
     elapsed = time.perf_counter() - started
     eta = _eta(todo[:i + 1], walls, todo[i + 1:])
@@ -246,6 +240,14 @@ def run_sweep(points: list[Point], workdir, *, seed: int = 0, measure=train_and_
           f"{record['loss']:.4f} ({record['wall_s']:.0f} s); elapsed {elapsed / 60:.1f} min, "
           f"ETA {eta / 60:.1f} min", file=out, flush=True)
   return read_records(path)
+
+
+def _append(path: pathlib.Path, record: dict) -> None:
+  """One whole line per point; fsync so a kill keeps it."""
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def _eta(done: list[Point], walls: list[float], todo: list[Point]) -> float:

@@ -29,3 +29,26 @@ def test_a_contradictory_job_environment_is_one_line(monkeypatch, environ, messa
   with pytest.raises(UserError, match=message) as error:
     job.start(cpu_devices=None)
   assert "launch.local" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_two_processes_one_writer_and_its_error_ends_the_job(tmp_path):
+  """Process 0 writes, process 1 reads what it wrote; when process 0 fails writing, both stop
+  with its error (exit 2) at once instead of process 1 waiting at a barrier."""
+  import os
+  import pathlib
+  import subprocess
+  import sys
+  import time
+  root = pathlib.Path(__file__).resolve().parents[2]
+  start = time.time()
+  done = subprocess.run([sys.executable, "-m", "launch.local", "--processes", "2",
+                         "--devices-per-process", "1", "--max-restarts", "0", "--",
+                         sys.executable, "-m", "tests.runtime.write_once_job", str(tmp_path)],
+                        cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                        capture_output=True, text=True, timeout=120)
+  output = done.stdout + done.stderr
+  assert done.returncode == 2, output[-3000:]
+  assert (tmp_path / "written.txt").read_text() == "once\n"
+  assert "[p1] read: once" in output and "[p0] read: once" in output
+  assert f"[p0] error: {tmp_path / 'bad.txt'} cannot be written" in output
+  assert "Traceback" not in output and time.time() - start < 60
