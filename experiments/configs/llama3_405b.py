@@ -4,12 +4,12 @@ python -m experiments.pretrain --config experiments/configs/llama3_405b.py --wor
 python -m experiments.pretrain --config experiments/configs/llama3_405b.py --dry-run
 python -m experiments.pretrain --config experiments/configs/llama3_405b.py:final --dry-run
 
-Dry run on 16,384 x H100 (2026-12-08): fits, 43.4 GiB per GPU, MFU 13.2%: the ramp's first
+Dry run on 16,384 x H100 (2026-12-08): fits, 43.4 GiB per GPU, MFU 13.8%: the ramp's first
 stages have 1,024 rows, 8 per FSDP replica, so the pipeline runs 8 micro-batches on 16 stages
 (bubble 123% even interleaved). `:final` plans the report's 16M-token phase alone (Table 4,
-row 2: one sequence per micro-batch, 16 of them): fits, 37.0 GiB, MFU 25.8% (bubble 12%; each
-layer's forward recomputed in backward; tensor parallelism's five input-gradient reductions
-exposed). It is for planning: its token count starts at 0, so it does not resume the ramp.
+row 2: one sequence per micro-batch, 16 of them): fits, 37.0 GiB, MFU 27.0% (bubble 12%; each
+layer's forward recomputed in backward; tensor parallelism's traffic exposed). It is for
+planning: its token count starts at 0, so it does not resume the ramp.
 
 The mesh is the report's tensor 8 x stage 16 x fsdp 128. Its 126 layers pipeline over the 16
 stages as the report's 7 + 14 x 8 + 7 (the first and the last stage carry the embedding and the
@@ -28,7 +28,10 @@ def get_config(arg: str | None = None):
   # Each pipeline stage iteration recomputed in backward from its input (every layer's input
   # kept): "minimal" would keep every matmul's output and need no recompute, but with the fp32
   # weights gathered it does not fit (80 GiB).
-  c.model.update(size="llama3-405b", dtype="bfloat16", remat="full", attention="blockwise")
+  # q/k/v and gate/up as one matmul each (Megatron's): tensor parallelism's backward reduces
+  # two input gradients per layer, not five.
+  c.model.update(size="llama3-405b", dtype="bfloat16", remat="full", attention="blockwise",
+                 fused_matmuls=True)
   c.mesh.update(data=1, fsdp=128, stage=16, tensor=8, dcn_fsdp=128, dcn_stage=16)
   c.sharding.fsdp_mode = "llama3"
   c.sharding.sequence_parallel = True   # the residual stream split over tensor (and the carry)

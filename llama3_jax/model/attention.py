@@ -27,6 +27,19 @@ class Attention(nnx.Module):
     self.wv_dkh = param(rngs, init, (D, K, H), ("embed", "kv_heads", "head_dim"), dtype)
     self.wo_nhd = param(rngs, init, (N, H, D), ("heads", "head_dim", "embed"), dtype)
 
+  def _qkv_fused(self, x_btd, w):
+    """q, k and v from one matmul (Megatron's fused QKV), so that backward sums their input
+    gradients before reducing them over `tensor`: each KV head's weights sit beside its group's
+    query heads ([D, K, G + 2, H]), so a split of the heads stays a split of whole groups."""
+    D, K, G, H = self.config.d_model, self.config.n_kv_heads, self.config.n_groups, \
+        self.config.head_dim
+    w_dkgh = jnp.concatenate([w(self.wq_dnh).reshape(D, K, G, H), w(self.wk_dkh)[:, :, None],
+                              w(self.wv_dkh)[:, :, None]], axis=2)
+    out_btkgh = jnp.einsum("btd,dkgh->btkgh", x_btd, w_dkgh)
+    B, T = x_btd.shape[:2]
+    return (out_btkgh[:, :, :, :G].reshape(B, T, K * G, H), out_btkgh[:, :, :, G],
+            out_btkgh[:, :, :, G + 1])
+
   def __call__(self, x_btd, rope, segment_bt, index_bt, cache=None, attend=None):
     """x [B, T, D]; rope = (cos, sin) [B, T, H/2]; segment ids and token indices [B, T].
 
@@ -39,9 +52,12 @@ class Attention(nnx.Module):
     """
     dtype = x_btd.dtype
     w = lambda p: p[...].astype(dtype)
-    q_btnh = jnp.einsum("btd,dnh->btnh", x_btd, w(self.wq_dnh))
-    k_btkh = jnp.einsum("btd,dkh->btkh", x_btd, w(self.wk_dkh))
-    v_btkh = jnp.einsum("btd,dkh->btkh", x_btd, w(self.wv_dkh))
+    if self.config.fused_matmuls:
+      q_btnh, k_btkh, v_btkh = self._qkv_fused(x_btd, w)
+    else:
+      q_btnh = jnp.einsum("btd,dnh->btnh", x_btd, w(self.wq_dnh))
+      k_btkh = jnp.einsum("btd,dkh->btkh", x_btd, w(self.wk_dkh))
+      v_btkh = jnp.einsum("btd,dkh->btkh", x_btd, w(self.wv_dkh))
     q_btnh = constrain(apply_rope(q_btnh, *rope), ("act_batch", "act_seq", "act_heads", None))
     k_btkh = constrain(apply_rope(k_btkh, *rope), ("act_batch", "act_seq", "act_kv_heads", None))
     v_btkh = constrain(v_btkh, ("act_batch", "act_seq", "act_kv_heads", None))

@@ -57,6 +57,10 @@ class ModelConfig:
   # input alone (transformer.remat_policy).
   remat: str = "none"
   remat_names: tuple[str, ...] = ("attn_out", "mlp_out")  # kept by remat="save_names"
+  # q/k/v and gate/up each as one matmul (Megatron's fused layers), the stored weights unchanged:
+  # with tensor parallelism backward then reduces two input gradients per layer, not five.
+  # Off by default: the same numbers up to summation order (not bit for bit on CPU).
+  fused_matmuls: bool = False
   attention: str = "reference"              # a kernel of attention_ops.KERNELS
   attention_block_q: int = 512
   attention_block_kv: int = 512

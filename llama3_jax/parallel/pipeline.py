@@ -74,6 +74,9 @@ def _on_stages(x, stage_axis, replica_axes=()):
 
 
 _LAYER_IN = "pipeline_layer_in"
+# A micro-batch of the residual stream, laid out as the layers keep it (with sequence
+# parallelism its sequence split over `tensor`): the pipeline's carry and buffer.
+_RESIDUAL_ITEM = ("act_batch", "act_res_seq", "act_embed")
 # Data movement and casts: re-done in backward rather than kept, under every policy. Kept, a
 # stage's layer weights would be stored again every iteration, sliced from its chunks and cast.
 _MOVES = (jax.lax.slice_p, jax.lax.dynamic_slice_p, jax.lax.gather_p, jax.lax.squeeze_p,
@@ -157,12 +160,17 @@ def validate(n_layers: int, stages: int, repeats: int, micro_batches: int,
 
 def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
              stage_axis: str | None = "stage", replica_axes: tuple[str, ...] = (),
-             replicas: int = 1, keep: tuple[str, ...] | None = (), with_stats: bool = False):
+             replicas: int = 1, item_axes: tuple = (), keep: tuple[str, ...] | None = (),
+             with_stats: bool = False):
   """Runs every micro-batch through all layers; returns [M, ...] like `x_mbtd`.
 
   layer_fn(layer_weights, x, aux_one) -> x applies ONE layer (weights without the layer axis;
   `aux_one` is `aux` indexed at the micro-batch). With `with_stats`, also returns the number of
   busy stage-iterations measured while running (to check the bubble).
+
+  `item_axes`: the mesh axes of a micro-batch's dimensions after its replica split (rows,
+  sequence, ...) in the buffer of micro-batches (default: not split), e.g. the sequence over
+  `tensor` with sequence parallelism, as the layers keep their residual stream.
 
   `keep`: what backward keeps of every layer of every stage iteration besides its input: the
   values `layer_fn` names with `checkpoint_name` in `keep` (() none: each layer is recomputed
@@ -210,7 +218,8 @@ def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
   def on_replicas(a, lead=0):
     if not replica_axes:
       return a
-    spec = PartitionSpec(*[None] * lead, replica_axes, *[None] * (a.ndim - lead - 1))
+    spec = PartitionSpec(*[None] * lead, replica_axes, *item_axes,
+                         *[None] * (a.ndim - lead - 1 - len(item_axes)))
     return jax.lax.with_sharding_constraint(a, spec)
 
   def replica_compute(chunks_vl, real_vl, x, aux_one, repeat):
@@ -304,6 +313,7 @@ def pipelined_blocks(stages: int, repeats: int, micro_batches: int, stage_axis: 
 
   from llama3_jax.model.layers import constrain
   from llama3_jax.model.transformer import kept_names
+  from llama3_jax.sharding.rules import logical_to_spec
 
   def run(blocks, x_btd, rope, segment_bt, index_bt, attend=None):
     graphdef, weights = nnx.split(blocks)
@@ -326,16 +336,17 @@ def pipelined_blocks(stages: int, repeats: int, micro_batches: int, stage_axis: 
       rows = ("act_batch", "act_seq")
       aux = {"rope": tuple(split(a, rows + (None,)) for a in rope),
              "segment": split(segment_bt, rows), "index": split(index_bt, rows)}
-      x_mbtd = split(x_btd, rows + ("act_embed",))
+      x_mbtd = split(x_btd, _RESIDUAL_ITEM)
 
     def layer(layer_weights, x_btd, aux_one):
       block = nnx.merge(graphdef, layer_weights)
       return block(x_btd, aux_one["rope"], aux_one["segment"], aux_one["index"], attend=attend)
 
     with linen.logical_axis_rules(in_replica):
+      item_axes = tuple(logical_to_spec(_RESIDUAL_ITEM, in_replica))
       out_mbtd = pipeline(layer, weights, x_mbtd, aux, stages=stages, repeats=repeats,
                           stage_axis=stage_axis, replica_axes=replica_axes, replicas=replicas,
-                          keep=kept_names(blocks.config))
+                          item_axes=item_axes, keep=kept_names(blocks.config))
     return out_mbtd.swapaxes(0, 1).reshape(x_btd.shape)
 
   return run

@@ -46,6 +46,9 @@ class Layout:
   # input-gradient reductions, q, k, v, gate and up, and the residuals XLA keeps, measured in
   # llama3_jax/planner/memory.py).
   step: str = "megatron"
+  # This step with ModelConfig.fused_matmuls (q/k/v and gate/up as one matmul each): two
+  # input-gradient reductions per layer, as Megatron's.
+  fused_matmuls: bool = False
   # The multi-node split (MeshConfig's dcn_* sizes): nodes each axis spans. None: placed by the
   # mesh order, tensor innermost, filling nodes of the hardware's GPUs per node.
   dcn: dict | None = None

@@ -125,25 +125,25 @@ def _tensor(model, layout: Layout, layers: int, tokens: float, forwards: int) ->
   residual stream is gathered before attention and before the MLP and their outputs reduced
   (reduce-scattered; XLA:CPU all-reduces them); backward gathers the outputs' gradients and
   reduces the input gradients of the column-parallel matmuls: two in Megatron's step (q/k/v
-  and gate/up fused), five in this step's (q, k, v, gate, up). Without sequence parallelism
+  and gate/up fused) and in this step with `fused_matmuls`, five otherwise (q, k, v, gate,
+  up). Without sequence parallelism
   only the reductions remain, as all-reduces."""
   a, D = _bytes(model.dtype), model.d_model
   xla = layout.step == "xla"
   gathers = 2 * forwards + 2
   if xla and layout.remat == "minimal":
     gathers += 2   # the normed inputs, gathered again for the weight gradients (not kept)
-  reductions = 2 * forwards + (5 if xla else 2)
+  reductions = 2 * forwards + (5 if xla and not layout.fused_matmuls else 2)
   unit = layers * tokens * D * a
   per_iteration = {}
   if xla and layout.size("stage") > 1 and layout.schedule == "circular":
-    # This project's pipeline: every iteration runs (idle ones too), and its stage input and
-    # output cross between the pipeline's layout and the layers' (HLO: with sequence
-    # parallelism two gathers and a reduction per iteration, without it two reductions).
+    # This project's pipeline: every iteration runs (idle ones too), and the stage output it
+    # hands to the buffer of micro-batches is reduced once more (HLO: with sequence
+    # parallelism one reduction per iteration, without it two).
     schedule = Schedule(layout.size("stage"), layout.repeats, layout.micro_batches)
     micro = tokens / layout.micro_batches * D * a
     unit = schedule.iterations * layers / layout.repeats * micro
-    per_iteration = {"all-gather": 2, "all-reduce": 1} if layout.sequence_parallel else \
-        {"all-reduce": 2}
+    per_iteration = {"all-reduce": 1 if layout.sequence_parallel else 2}
     per_iteration = {op: n * schedule.iterations * micro for op, n in per_iteration.items()}
   if not layout.sequence_parallel:
     return [Traffic("tensor", "all-reduce",

@@ -118,7 +118,7 @@ def dry_run(cfg, n_devices: int | None = None, hardware: str = "h100",
                   repeats=plan.sharding.pipeline_repeats, schedule="circular",
                   fsdp_mode=plan.sharding.fsdp_mode, remat=plan.model.remat,
                   sequence_parallel=plan.sharding.sequence_parallel,
-                  step="xla", dcn=_dcn(plan.mesh))
+                  step="xla", fused_matmuls=plan.model.fused_matmuls, dcn=_dcn(plan.mesh))
   hw = get_hardware(hardware)
   result = evaluate(plan.model, layout, hw, n_devices)
   lines.append("4. plan of this step as XLA compiles it (circular pipeline, weights gathered in "

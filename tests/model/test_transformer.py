@@ -84,6 +84,7 @@ def test_segment_positions_restart_per_document():
     dict(remat="full"),
     dict(remat="save_names"),
     dict(remat="minimal"),
+    dict(fused_matmuls=True),
     dict(remat="minimal", attention="blockwise", attention_block_q=8, attention_block_kv=16),
     dict(scan_layers=False, remat="full"),
     dict(attention="blockwise", attention_block_q=8, attention_block_kv=16),

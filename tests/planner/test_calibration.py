@@ -27,7 +27,8 @@ B, T = 32, 128
 FIELDS = {"inputs": jnp.int32, "targets": jnp.int32, "segment_ids": jnp.int32,
           "loss_mask": jnp.float32}
 
-# name: (mesh axes, sharding, remat, micro-batches), fast or slow
+# name: (mesh axes, sharding, remat, micro-batches), fast or slow; remat "minimal+fused" is
+# remat "minimal" with fused_matmuls (q/k/v and gate/up one matmul each)
 LAYOUTS = {
     "fsdp8": ({"fsdp": 8}, ShardingConfig(), "none", 1),
     "data2_fsdp2_tensor2_llama3": ({"data": 2, "fsdp": 2, "tensor": 2},
@@ -55,13 +56,23 @@ LAYOUTS = {
         ShardingConfig("llama3", sequence_parallel=True, pipeline_repeats=2), "minimal", 4),
     "fsdp2_stage4_pipeline_llama3_full": ({"fsdp": 2, "stage": 4}, ShardingConfig("llama3"),
                                           "full", 4),
+    # Megatron's two input-gradient reductions per layer: the 405B config's step in miniature.
+    "fsdp2_tensor4_sp_fused": ({"fsdp": 2, "tensor": 4}, ShardingConfig(sequence_parallel=True),
+                               "minimal+fused", 1),
+    "fsdp2_stage2_tensor2_sp_llama3_fused": (
+        {"fsdp": 2, "stage": 2, "tensor": 2},
+        ShardingConfig("llama3", sequence_parallel=True, pipeline_repeats=2), "minimal+fused", 4),
 }
+
+
+def model_for(remat: str) -> ModelConfig:
+  policy, _, fused = remat.partition("+")
+  return MODEL.replace(remat=policy, fused_matmuls=fused == "fused")
 FAST = {"data2_fsdp2_tensor2_llama3"}   # data, fsdp and tensor at once
 
 
 def compiled_step(sizes, sharding, remat, micro_batches):
-  model = MODEL.replace(remat=remat)
-  s = setup(model, MeshConfig(**{"fsdp": 1, **sizes}), sharding=sharding,
+  s = setup(model_for(remat), MeshConfig(**{"fsdp": 1, **sizes}), sharding=sharding,
             micro_batches=micro_batches)
   batch = {name: jax.ShapeDtypeStruct((B, T), dtype, sharding=s.fns.batch_sharding)
            for name, dtype in FIELDS.items()}
@@ -74,11 +85,12 @@ def compiled_step(sizes, sharding, remat, micro_batches):
 def test_planner_matches_the_compiled_step(name):
   sizes, sharding, remat, micro_batches = LAYOUTS[name]
   compiled = compiled_step(sizes, sharding, remat, micro_batches)
+  model = model_for(remat)
   layout = Layout(sizes, T, B * T, micro_batches=micro_batches,
                   repeats=sharding.pipeline_repeats, schedule="circular",
-                  fsdp_mode=sharding.fsdp_mode, remat=remat,
-                  sequence_parallel=sharding.sequence_parallel, step="xla")
-  model = MODEL.replace(remat=remat)
+                  fsdp_mode=sharding.fsdp_mode, remat=model.remat,
+                  sequence_parallel=sharding.sequence_parallel, step="xla",
+                  fused_matmuls=model.fused_matmuls)
   measured = measured_memory(compiled)["total"]
   planned = memory(model, layout)["total"]
   moved = total_payload(compiled.as_text())

@@ -144,6 +144,35 @@ def test_tensor_parallel_collectives():
   assert any(c.op == "all-gather" and c.groups == tensor for c in sp_ops)
 
 
+@pytest.mark.parametrize("fused, reductions", [pytest.param(False, 7, marks=pytest.mark.slow),
+                                                (True, 4)])
+def test_megatron_tensor_parallel_communication(fused, reductions):
+  """Sequence-parallel TP, per layer: the residual stream gathered over `tensor` before attention
+  and before the MLP and their outputs reduced, and in backward the outputs' gradients gathered
+  and the input gradients reduced: two reductions with q/k/v and gate/up fused (Megatron's
+  step), five with them apart. Counted in the compiled step's layer loops, in residual-stream
+  units ([rows, T, D] per device)."""
+  from llama3_jax.planner.measure import loop_multipliers
+  model = MODEL.replace(fused_matmuls=fused)
+  mesh, _, _, hlo = compiled_train_step(MeshConfig(fsdp=2, tensor=4),
+                                        ShardingConfig(sequence_parallel=True), model)
+  unit = 8 // 2 * 16 * model.d_model * 4   # rows per fsdp shard x T x D, fp32
+  trips, tensor = loop_multipliers(hlo), axis_groups(mesh, "tensor")
+  moved = {}
+  for c in collectives(hlo):
+    if c.groups == tensor and trips.get(c.computation, 1) > 1 and c.bytes % unit == 0:
+      moved[c.op] = moved.get(c.op, 0) + c.bytes * trips[c.computation] // unit
+  assert moved == {"all-gather": 4 * model.n_layers, "all-reduce": reductions * model.n_layers}
+
+
+@pytest.mark.parametrize("mesh, sequence_parallel", [
+    ("fsdp2_tensor4", True), pytest.param("data2_fsdp2_tensor2", False, marks=pytest.mark.slow)])
+def test_fused_matmuls_equal_single_device(mesh, sequence_parallel):
+  model = MODEL.replace(fused_matmuls=True)
+  assert_like_single_device(run(MESHES[mesh], ShardingConfig(sequence_parallel=sequence_parallel),
+                                model=model))
+
+
 def test_fsdp_modes_gather_weights_once_or_twice():
   """ZeRO-3 gathers each layer's weights in forward and again in backward; Llama 3's mode
   gathers every weight exactly once per step. Both reduce gradients over `fsdp`."""

@@ -34,7 +34,8 @@ def test_config_loads(name):
   run = run_config(load(name))
   model = run.model.resolve()
   execution = {name: getattr(model, name) for name in (
-      "dtype", "remat", "attention", "attention_block_q", "attention_block_kv")}
+      "dtype", "remat", "fused_matmuls", "attention", "attention_block_q",
+      "attention_block_kv")}
   assert model in {size.replace(**execution) for size in SIZES.values()}
   plan = make_plan(run, DEVICES.get(name, 8))
   assert plan.warmup_tokens + plan.anneal_tokens < plan.tokens[-1]

@@ -43,6 +43,6 @@ def test_405b_dry_runs_fit_meta_layout():
   report = dry_run(llama3_405b.get_config())
   assert "on 16,384 devices" in report and "summed over fsdp once per step" in report
   mfu, gib = headline(report)
-  assert mfu >= 0.13 and gib < 45   # was 8.5% and 91 GiB (did not fit)
+  assert mfu >= 0.138 and gib < 45   # was 8.5% and 91 GiB (did not fit)
   mfu, gib = headline(dry_run(llama3_405b.get_config("final")))   # 16 micro-batches
-  assert mfu >= 0.258 and gib < 38
+  assert mfu >= 0.27 and gib < 38
