@@ -33,7 +33,9 @@ def get_config(arg: str | None = None):
   c.model.update(size="llama3-405b", dtype="bfloat16", remat="full", attention="blockwise",
                  fused_matmuls=True)
   c.mesh.update(data=1, fsdp=128, stage=16, tensor=8, dcn_fsdp=128, dcn_stage=16)
-  c.sharding.fsdp_mode = "llama3"
+  # Llama 3's FSDP mode: every weight gathered once per step, in bf16 (the fp32 masters stay
+  # sharded; gradients are accumulated and reduced in fp32).
+  c.sharding.update(fsdp_mode="llama3", gather_dtype="bfloat16")
   c.sharding.sequence_parallel = True   # the residual stream split over tensor (and the carry)
   # Interleaved: 8 chunks of one layer per stage, the first and the last stage's one empty
   # (126 layers in 128 chunks): bubble (16 - 1) / (8 x 16) = 12%.

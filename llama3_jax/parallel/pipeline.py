@@ -77,16 +77,17 @@ _LAYER_IN = "pipeline_layer_in"
 # A micro-batch of the residual stream, laid out as the layers keep it (with sequence
 # parallelism its sequence split over `tensor`): the pipeline's carry and buffer.
 _RESIDUAL_ITEM = ("act_batch", "act_res_seq", "act_embed")
-# Data movement and casts: re-done in backward rather than kept, under every policy. Kept, a
-# stage's layer weights would be stored again every iteration, sliced from its chunks and cast.
+# Data movement, casts and sums: re-done in backward rather than kept, under every policy.
+# Kept, a stage's layer weights would be stored again every iteration, sliced from its chunks,
+# cast, and added their (zero) gradient tap.
 _MOVES = (jax.lax.slice_p, jax.lax.dynamic_slice_p, jax.lax.gather_p, jax.lax.squeeze_p,
           jax.lax.reshape_p, jax.lax.transpose_p, jax.lax.broadcast_in_dim_p,
-          jax.lax.convert_element_type_p)
+          jax.lax.convert_element_type_p, jax.lax.add_p)
 
 
 def keep_computed(prim, *_, **__) -> bool:
   """The pipeline's remat policy under remat="none": keep every value a layer computes, except
-  data movement and casts."""
+  data movement, casts and sums."""
   return prim not in _MOVES
 
 
@@ -161,7 +162,7 @@ def validate(n_layers: int, stages: int, repeats: int, micro_batches: int,
 def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
              stage_axis: str | None = "stage", replica_axes: tuple[str, ...] = (),
              replicas: int = 1, item_axes: tuple = (), keep: tuple[str, ...] | None = (),
-             with_stats: bool = False):
+             compute_dtype=None, with_stats: bool = False):
   """Runs every micro-batch through all layers; returns [M, ...] like `x_mbtd`.
 
   layer_fn(layer_weights, x, aux_one) -> x applies ONE layer (weights without the layer axis;
@@ -177,6 +178,12 @@ def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
   from its input), or None: every value it computes (`keep_computed`). The rest is recomputed
   in backward, one layer at a time; the stage's weights are never kept per iteration.
 
+  `compute_dtype`: the layers' matmul dtype, when narrower than the weights' (fp32 masters,
+  bf16 matmuls): the loop then holds the stage's weights in it, half the bytes, and their
+  gradients still accumulate in the weights' dtype, fp32, through the loop: each iteration's
+  weights get a zero "tap" in that dtype added (nothing on the GPU: XLA drops x + 0), whose
+  gradient is the weights' (`_accumulate_in_weights_dtype`).
+
   `replica_axes` (e.g. ("data", "fsdp")), of `replicas` devices in all, split each micro-batch's
   rows (dimension 1 of `x_mbtd` and of `aux`'s leaves): the weights are then broadcast to one
   copy per replica before the schedule's loop and every replica's work is a `vmap` over them
@@ -189,23 +196,25 @@ def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
   replica_axes = tuple(replica_axes) if R > 1 else ()
   M = x_mbtd.shape[0]
   n_layers = jax.tree.leaves(weights)[0].shape[0]
-  schedule = validate(n_layers, stages, repeats, M, M)
-  S, V, P = stages, repeats, schedule.padded
+  sched = validate(n_layers, stages, repeats, M, M)
+  S, V, P = stages, repeats, sched.padded
   table_vsl = layout(n_layers, S, V)
-  if (table_vsl >= 0).all():   # even: [L, ...] -> [V, S, L / (V S), ...] is a reshape
-    real_svl = None
-    chunks = jax.tree.map(lambda w: w.reshape(*table_vsl.shape, *w.shape[1:]), weights)
-  else:   # padded slots index past the stack, and the gather fills them with zeros
-    real_svl = jnp.asarray(table_vsl >= 0).swapaxes(0, 1)
-    index = np.where(table_vsl >= 0, table_vsl, n_layers)
-    chunks = jax.tree.map(lambda w: jnp.take(w, index, axis=0, mode="fill", fill_value=0),
-                          weights)
-  # [V, S, Lmax, ...] -> [S, R, V, Lmax, ...]: each stage's chunks on its devices, one copy per
-  # replica (a broadcast: every device already holds its stage's gathered weights).
-  chunks = jax.tree.map(
-      lambda w: _on_stages(jnp.broadcast_to(w.swapaxes(0, 1)[:, None],
-                                            (S, R, V) + w.shape[2:]), stage_axis, replica_axes),
-      chunks)
+  real_svl = None if (table_vsl >= 0).all() else jnp.asarray(table_vsl >= 0).swapaxes(0, 1)
+
+  def to_chunks(weights):
+    if real_svl is None:   # even: [L, ...] -> [V, S, L / (V S), ...] is a reshape
+      chunks = jax.tree.map(lambda w: w.reshape(*table_vsl.shape, *w.shape[1:]), weights)
+    else:   # padded slots index past the stack, and the gather fills them with zeros
+      index = np.where(table_vsl >= 0, table_vsl, n_layers)
+      chunks = jax.tree.map(lambda w: jnp.take(w, index, axis=0, mode="fill", fill_value=0),
+                            weights)
+    # [V, S, Lmax, ...] -> [S, R, V, Lmax, ...]: each stage's chunks on its devices, one copy
+    # per replica (a broadcast: every device already holds its stage's gathered weights).
+    return jax.tree.map(
+        lambda w: _on_stages(jnp.broadcast_to(w.swapaxes(0, 1)[:, None],
+                                              (S, R, V) + w.shape[2:]), stage_axis,
+                             replica_axes), chunks)
+
   if P > M:   # fewer micro-batches than stages: pad with idle ones
     pad = lambda a: jnp.concatenate([a, jnp.zeros((P - M,) + a.shape[1:], a.dtype)])
     x_mbtd, aux = pad(x_mbtd), jax.tree.map(pad, aux)
@@ -222,8 +231,10 @@ def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
                          *[None] * (a.ndim - lead - 1 - len(item_axes)))
     return jax.lax.with_sharding_constraint(a, spec)
 
-  def replica_compute(chunks_vl, real_vl, x, aux_one, repeat):
+  def replica_compute(chunks_vl, taps_vl, real_vl, x, aux_one, repeat):
     layers = jax.tree.map(lambda w: w[repeat], chunks_vl)
+    if taps_vl is not None:
+      layers = jax.tree.map(lambda w, tap: w + tap[repeat].astype(w.dtype), layers, taps_vl)
     real_l = None if real_vl is None else real_vl[repeat]
 
     def one_layer(x, slot):
@@ -237,7 +248,7 @@ def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
     named = lambda x, slot: one_layer(checkpoint_name(x, _LAYER_IN), slot)
     return jax.lax.scan(named, x, jax.tree.map(lambda a: a[1:], (layers, real_l)))[0]
 
-  replicated = jax.vmap(replica_compute, in_axes=(0, None, 0, 0, None),
+  replicated = jax.vmap(replica_compute, in_axes=(0, 0, None, 0, 0, None),
                         spmd_axis_name=replica_axes or None)
 
   # Each stage iteration is rematerialised under the policy `keep` gives: whatever backward
@@ -246,19 +257,30 @@ def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
       jax.checkpoint_policies.save_only_these_names(_LAYER_IN, *keep)
 
   @functools.partial(jax.checkpoint, policy=policy)
-  def stage_compute(stage_chunks, real_vl, x, repeat, micro_batch):
+  def stage_compute(stage_chunks, stage_taps, real_vl, x, aux, repeat, micro_batch):
     aux_one = jax.tree.map(lambda a: a[micro_batch], aux)
-    return replicated(stage_chunks, real_vl, x, aux_one, repeat)
+    return replicated(stage_chunks, stage_taps, real_vl, x, aux_one, repeat)
 
-  all_stages = jax.vmap(stage_compute, in_axes=(0, 0, 0, 0, 0), spmd_axis_name=stage_axis)
+  all_stages = jax.vmap(stage_compute, in_axes=(0, 0, 0, 0, None, 0, 0),
+                        spmd_axis_name=stage_axis)
   stage_ids = jnp.arange(S)
 
-  def iteration(carry, t):
+  def schedule(chunks, taps, x_mbtd, aux):
+    """(out [M, ...], busy stage-iterations) of the whole schedule."""
+    state_s = _on_stages(jnp.zeros((S,) + x_mbtd.shape[1:], x_mbtd.dtype).at[0].set(x_mbtd[0]),
+                         stage_axis, replica_axes)
+    iteration = functools.partial(_iteration, chunks, taps, aux)
+    (_, buffer_p, busy), _ = jax.lax.scan(
+        iteration, (state_s, on_replicas(x_mbtd, lead=1), jnp.int32(0)),
+        jnp.arange(sched.iterations))
+    return on_replicas(buffer_p, lead=1)[:M].reshape(M, -1, *buffer_p.shape[3:]), busy
+
+  def _iteration(chunks, taps, aux, carry, t):
     state_s, buffer_p, busy = carry
     item_s = t - stage_ids                               # the work item of each stage
     valid_s = (item_s >= 0) & (item_s < V * P)
     item_s = jnp.clip(item_s, 0, V * P - 1)
-    out_s = all_stages(chunks, real_svl, state_s, item_s // P, item_s % P)
+    out_s = all_stages(chunks, taps, real_svl, state_s, aux, item_s // P, item_s % P)
     # The last stage's output goes back to its micro-batch's slot (the final result after the
     # last trip); stage 0 then takes the next item's input from the buffer.
     slot = item_s[S - 1] % P
@@ -272,12 +294,43 @@ def pipeline(layer_fn, weights, x_mbtd, aux, *, stages: int, repeats: int = 1,
     real_s = valid_s & (item_s % P < M)
     return (state_s, buffer_p, busy + real_s.sum()), None
 
-  state_s = _on_stages(jnp.zeros((S,) + x_mbtd.shape[1:], x_mbtd.dtype).at[0].set(x_mbtd[0]),
-                       stage_axis, replica_axes)
-  (_, buffer_p, busy), _ = jax.lax.scan(iteration, (state_s, on_replicas(x_mbtd, lead=1), jnp.int32(0)),
-                                        jnp.arange(schedule.iterations))
-  out = on_replicas(buffer_p, lead=1)[:M].reshape(M, -1, *buffer_p.shape[3:])
-  return (out, busy) if with_stats else out
+  narrow = _narrower(weights, compute_dtype)
+  if narrow is None or with_stats:
+    out, busy = schedule(to_chunks(weights), None, x_mbtd, aux)
+    return (out, busy) if with_stats else out
+  return _accumulate_in_weights_dtype(lambda w, taps, x, aux: schedule(
+      to_chunks(w), None if taps is None else to_chunks(taps), x, aux)[0],
+      weights, narrow, x_mbtd, aux)
+
+
+def _narrower(weights, compute_dtype):
+  """weights -> the weights in `compute_dtype` where that is narrower (None: nowhere)."""
+  if compute_dtype is None:
+    return None
+  dtype = jnp.dtype(compute_dtype)
+  narrower = lambda w: jnp.issubdtype(w.dtype, jnp.floating) and w.dtype.itemsize > dtype.itemsize
+  if not any(narrower(w) for w in jax.tree.leaves(weights)):
+    return None
+  return lambda weights: jax.tree.map(lambda w: w.astype(dtype) if narrower(w) else w, weights)
+
+
+def _accumulate_in_weights_dtype(run, weights, narrow, x, aux):
+  """run(narrow(weights), None, x, aux), differentiated as run(narrow(weights), taps, x, aux)
+  with respect to zero taps in the weights' dtype that every iteration adds to its (narrow)
+  weights: the loop's constants stay narrow, and the taps' gradient, accumulated through the
+  loop in the weights' dtype (fp32), is the weights' gradient."""
+
+  @jax.custom_vjp
+  def accumulated(weights, x, aux):
+    return run(narrow(weights), None, x, aux)
+
+  def forward(weights, x, aux):
+    held = narrow(weights)
+    taps = jax.tree.map(jnp.zeros_like, weights)
+    return jax.vjp(lambda taps, x, aux: run(held, taps, x, aux), taps, x, aux)
+
+  accumulated.defvjp(forward, lambda backward, g: backward(g))
+  return accumulated(weights, x, aux)
 
 
 class PipelineStats(Hook):
@@ -346,7 +399,8 @@ def pipelined_blocks(stages: int, repeats: int, micro_batches: int, stage_axis: 
       item_axes = tuple(logical_to_spec(_RESIDUAL_ITEM, in_replica))
       out_mbtd = pipeline(layer, weights, x_mbtd, aux, stages=stages, repeats=repeats,
                           stage_axis=stage_axis, replica_axes=replica_axes, replicas=replicas,
-                          item_axes=item_axes, keep=kept_names(blocks.config))
+                          item_axes=item_axes, keep=kept_names(blocks.config),
+                          compute_dtype=blocks.config.dtype)
     return out_mbtd.swapaxes(0, 1).reshape(x_btd.shape)
 
   return run

@@ -80,6 +80,10 @@ class ShardingConfig:
     (the default) picks by that comparison: `resolve` turns it into True or False for a run's
     largest batch (the launchers do, in `make_plan`); `make_rules` resolves it for the batch
     it is given, and without one keeps the tables whole over fsdp (False).
+  gather_dtype: the dtype Llama 3's FSDP mode gathers the weights in (the report's: the compute
+    dtype, "bfloat16": half the bytes gathered and held) while the fp32 masters stay sharded
+    and the gradients are accumulated and reduced in fp32; None gathers them as stored. With
+    the compute dtype the numbers are the same (the model casts every weight to it anyway).
   rows_over_stage: with a `stage` axis, split the rows over it too outside the pipelined blocks
     (embedding, head, loss: every device works on its own rows). It needs every batch's rows
     to divide data x fsdp x stage; `make_plan` turns it off for a run where one does not (the
@@ -92,6 +96,7 @@ class ShardingConfig:
   pipeline_repeats: int = 1
   vocab_over_fsdp: bool | str = "auto"   # True, False or "auto" (see `resolve`)
   rows_over_stage: bool = True
+  gather_dtype: str | None = None
 
   def __post_init__(self):
     if self.fsdp_mode not in ("zero3", "llama3"):
@@ -101,6 +106,9 @@ class ShardingConfig:
                        "(interleaved: layer chunks per pipeline stage)")
     if not isinstance(self.vocab_over_fsdp, bool) and self.vocab_over_fsdp != "auto":
       raise ValueError(f"vocab_over_fsdp={self.vocab_over_fsdp!r}; use True, False or 'auto'")
+    if self.gather_dtype not in (None, "float32", "bfloat16", "float16"):
+      raise ValueError(f"gather_dtype={self.gather_dtype!r}; use None (as stored), 'bfloat16', "
+                       "'float16' or 'float32'")
     if self.context_schedule not in ("all_gather", "ring"):
       raise ValueError(f"context_schedule={self.context_schedule!r}; use 'all_gather' or 'ring'")
 

@@ -118,11 +118,13 @@ def dry_run(cfg, n_devices: int | None = None, hardware: str = "h100",
                   repeats=plan.sharding.pipeline_repeats, schedule="circular",
                   fsdp_mode=plan.sharding.fsdp_mode, remat=plan.model.remat,
                   sequence_parallel=plan.sharding.sequence_parallel,
-                  step="xla", fused_matmuls=plan.model.fused_matmuls, dcn=_dcn(plan.mesh))
+                  gather_dtype=plan.sharding.gather_dtype, step="xla",
+                  fused_matmuls=plan.model.fused_matmuls, dcn=_dcn(plan.mesh))
   hw = get_hardware(hardware)
   result = evaluate(plan.model, layout, hw, n_devices)
+  gather_dtype = plan.sharding.gather_dtype or plan.model.param_dtype
   lines.append("4. plan of this step as XLA compiles it (circular pipeline, weights gathered in "
-               f"{plan.model.param_dtype}) on {hw.name}:")
+               f"{gather_dtype}) on {hw.name}:")
   lines += ["   " + line for line in explain(plan.model, result, hw).splitlines()]
   if "frozen" in abstract and jax.tree.leaves(abstract["frozen"]) and result.memory:
     lines.append(frozen_reference(abstract["frozen"], result.memory, hw))

@@ -51,9 +51,10 @@ def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = Sha
   micro_batches = accumulated_micro_batches(mesh, micro_batches)
   param_shardings = nnx.state(nnx.merge(graphdef, shardings, copy=True).model, nnx.Param)
   batch_sharding = NamedSharding(mesh, batch_spec(rules))
-  # Llama 3 FSDP mode: gather every weight once per step, before the first micro-batch. Autodiff
-  # keeps the gathered weights for backward (no second all-gather); gradients accumulate in the
-  # gathered layout and are reduce-scattered to their FSDP shards once, in fp32.
+  # Llama 3 FSDP mode: gather every weight once per step, before the first micro-batch (in
+  # `gather_dtype`). Autodiff keeps the gathered weights for backward (no second all-gather);
+  # gradients accumulate in the gathered layout and are reduce-scattered to their FSDP shards
+  # once, in fp32.
   gathered = gathered_over_fsdp(param_shardings) if config.fsdp_mode == "llama3" else None
   context = context_parallel.context_size(mesh, rules)
 
@@ -66,8 +67,14 @@ def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = Sha
     model_def, params = nnx.split(train_state.model)
     # Read, never differentiated (DPO's reference); split so each trace merges its own copy.
     frozen = None if train_state.frozen is None else nnx.split(train_state.frozen)
+    masters = params
     if gathered is not None:
-      params = jax.lax.with_sharding_constraint(params, gathered)
+      # Under this step's own micro-batch loop the loop holds the blocks' copy narrow (each
+      # micro step's gradient is accumulated in the masters' dtype); otherwise every copy comes
+      # back typed as its master, so the pipeline accumulates in that dtype (its loop holds the
+      # copy narrow itself).
+      held_narrow = _in_blocks if micro_batches > 1 else (lambda path: False)
+      params = gather(params, gathered, config.gather_dtype, held_narrow)
 
     def micro_step(batch):
       def sums(p):
@@ -77,7 +84,7 @@ def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = Sha
                                                             batch, frozen=reference)
         return loss_sum, (weight_sum, metrics)
       (loss_sum, (weight_sum, metrics)), grads = jax.value_and_grad(sums, has_aux=True)(params)
-      return loss_sum, weight_sum, metrics, grads
+      return loss_sum, weight_sum, metrics, _cast(grads, like=masters)
 
     if micro_batches == 1:
       loss_sum, weight_sum, metrics, grads = micro_step(batch)
@@ -122,6 +129,38 @@ def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = Sha
                       out_shardings=(None, param_shardings))
 
   return StepFns(InMesh(train_jit, mesh, rules), InMesh(grads_jit, mesh, rules), batch_sharding)
+
+
+def _cast(tree, dtype=None, like=None):
+  """Every leaf in `dtype`, or in the dtype of its counterpart in `like`."""
+  if like is not None:
+    return jax.tree.map(lambda x, y: x.astype(y.dtype), tree, like)
+  return jax.tree.map(lambda x: x.astype(dtype), tree)
+
+
+def gather(params, shardings, dtype: str | None = None, held_narrow=lambda path: False):
+  """`params` laid out as `shardings` say (Llama 3's mode: gathered over fsdp), moved in `dtype`
+  (None: as stored). The copies come back typed as their masters (on the GPU XLA drops the
+  cast back where the model casts to `dtype` again), so their gradients are in the masters'
+  dtype; except the leaves `held_narrow(path)` names, which stay in `dtype`.
+
+  Held narrow are the stacked blocks' weights under a loop (their gradients come out of the
+  same bf16 matmuls either way); the embedding and the head stay typed as their fp32 masters,
+  since their gradients are accumulated in the weights' dtype (the lookup's scatter-add, the
+  head's matmul)."""
+  constrain = jax.lax.with_sharding_constraint
+  if dtype is None:
+    return constrain(params, shardings)
+
+  def move(path, p, sharding):
+    copy = constrain(p.astype(dtype), sharding)
+    return copy if held_narrow(path) else copy.astype(p.dtype)
+  return jax.tree_util.tree_map_with_path(move, params, shardings)
+
+
+def _in_blocks(path) -> bool:
+  """Whether a parameter path lies in a Transformer's stacked blocks."""
+  return any(getattr(key, "key", None) == "blocks" for key in path)
 
 
 class InMesh:

@@ -76,6 +76,34 @@ def test_pipeline_equals_sequential_layers(inputs, stages, repeats, micro_batche
     assert schedule.bubble == pytest.approx((stages - 1) / (repeats * micro_batches))
 
 
+@pytest.mark.parametrize("n_layers", [8, 7])   # even, and padded slots
+def test_bf16_stage_weights_accumulate_fp32_gradients(inputs, n_layers):
+  """With compute_dtype narrower than the weights, the loop holds them in bf16 and the gradients
+  still accumulate in fp32 (zero fp32 taps): the same bits as holding the fp32 weights and
+  casting them in every layer."""
+  weights, x, aux = inputs
+  weights = jax.tree.map(lambda w: w[:n_layers], weights)
+  x = x.astype(jnp.bfloat16)
+
+  def cast_layer(w, x, aux):
+    w = jax.tree.map(lambda a: a.astype(jnp.bfloat16), w)
+    return (x + jnp.tanh(x @ w["a"] + w["b"]) * aux["scale"][0].astype(jnp.bfloat16))
+
+  def loss(weights, x, compute_dtype):
+    out = pipeline(cast_layer, weights, x, aux, stages=2, repeats=2, keep=None,
+                   compute_dtype=compute_dtype)
+    return (out.astype(jnp.float32) ** 2).sum()
+
+  with jax.set_mesh(make_mesh(MeshConfig(stage=2, fsdp=-1))):
+    grads = {dtype: jax.jit(jax.grad(loss), static_argnums=2)(weights, x, dtype)
+             for dtype in (None, "bfloat16")}
+    hlo = jax.jit(jax.grad(loss), static_argnums=2).lower(weights, x, "bfloat16").as_text()
+  assert "tensor<2x1x2x2x6x6xbf16>" in hlo   # the loop's weights: [S, R, V, slots, D, D]
+  for got, want in zip(jax.tree.leaves(grads["bfloat16"]), jax.tree.leaves(grads[None])):
+    assert got.dtype == jnp.float32
+    np.testing.assert_array_equal(got, want)
+
+
 def test_interleaving_shrinks_the_bubble():
   gpipe, interleaved = Schedule(4, 1, 8), Schedule(4, 2, 8)
   assert gpipe.bubble == pytest.approx(3 / 8) and interleaved.bubble == pytest.approx(3 / 16)

@@ -34,7 +34,7 @@ def test_8b_dry_run_fits_8_gpus():
 @pytest.mark.slow
 def test_70b_dry_run_fits_at_the_planners_best_layout():
   mfu, gib = headline(dry_run(llama3_70b.get_config()))
-  assert mfu >= 0.35 and gib < 70   # was 26.8% at tensor 8 x fsdp 16
+  assert mfu >= 0.381 and gib < 74   # was 26.8%, then 35.4% under ZeRO-3 over 128
 
 
 @pytest.mark.slow
@@ -43,6 +43,6 @@ def test_405b_dry_runs_fit_meta_layout():
   report = dry_run(llama3_405b.get_config())
   assert "on 16,384 devices" in report and "summed over fsdp once per step" in report
   mfu, gib = headline(report)
-  assert mfu >= 0.138 and gib < 45   # was 8.5% and 91 GiB (did not fit)
+  assert mfu >= 0.138 and gib < 37   # was 8.5% and 91 GiB (did not fit)
   mfu, gib = headline(dry_run(llama3_405b.get_config("final")))   # 16 micro-batches
-  assert mfu >= 0.27 and gib < 38
+  assert mfu >= 0.276 and gib < 30

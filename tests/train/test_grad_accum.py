@@ -37,3 +37,33 @@ def test_four_micro_batches_equal_one_batch(fsdp_mode):
   (loss, grads), (loss4, grads4) = results
   np.testing.assert_allclose(loss4, loss, rtol=1e-6)
   assert_trees_close(grads4, grads)
+
+
+@pytest.mark.parametrize("mesh, micro", [
+    (MeshConfig(fsdp=8), 4),                                          # this step accumulates
+    pytest.param(MeshConfig(stage=2, fsdp=4), 2, marks=pytest.mark.slow),   # the pipeline does
+])
+def test_llama3_mode_gathers_bf16_and_accumulates_fp32(mesh, micro):
+  """gather_dtype="bfloat16" (bf16 matmuls, fp32 masters): the weights are all-gathered in bf16
+  and the gradients accumulated and reduced in fp32, bit for bit what gathering the fp32
+  masters gives (the model casts every weight to bf16 anyway)."""
+  from flax import linen
+  model = MODEL.replace(dtype="bfloat16")
+  results, state = [], None
+  for gather_dtype in (None, "bfloat16"):
+    s = setup(model, mesh, sharding=ShardingConfig("llama3", gather_dtype=gather_dtype),
+              micro_batches=micro)
+    state = s.init_state() if state is None else state
+    results.append(jax.device_get(s.fns.loss_and_grads(state, batch())))
+  (loss, grads), (loss16, grads16) = results
+  np.testing.assert_array_equal(loss16, loss)
+  for got, want in zip(jax.tree.leaves(grads16), jax.tree.leaves(grads)):
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+  # Every parameter is laid out gathered over fsdp as a bf16 tensor (in the lowered module: the
+  # CPU compiler upcasts bf16 collectives to f32, a GPU's gathers them as they are).
+  with jax.set_mesh(s.mesh), linen.logical_axis_rules(s.rules):
+    lowered = s.fns.train.jitted.lower(state, batch(), np.float32(0)).as_text()
+  gathered = [line for line in lowered.splitlines() if "sdy.sharding_constraint" in line
+              and "fsdp" not in line and "xbf16>" in line]
+  assert len(gathered) >= len(jax.tree.leaves(state["model"])), gathered
