@@ -64,7 +64,7 @@ def test_pretrain_reports_bad_variables_in_one_line(tmp_path):
   result = subprocess.run([sys.executable, "-m", "experiments.pretrain", f"--workdir={tmp_path}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
-  assert "error: JAX_PROCESS_ID=5 with JAX_NUM_PROCESSES=2" in result.stderr
+  assert result.stderr.startswith("error: ") and "JAX_PROCESS_ID=5 with JAX_NUM_PROCESSES=2" in result.stderr
   assert "Traceback" not in result.stderr
 
 
