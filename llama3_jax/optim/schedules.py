@@ -19,6 +19,9 @@ class Stage:
   batch_tokens: int
   seq_len: int
   mixture: tuple[tuple[str, float], ...] | None = None   # data source weights, if any
+  # This stage's micro-batches (None: train.micro_batches): a ramp's small early batches may
+  # allow fewer than its last (the 405B's 1,024-row stages 8 per FSDP replica, 2,048 rows 16).
+  micro_batches: int | None = None
 
   @property
   def batch_size(self) -> int:
@@ -36,6 +39,8 @@ def validate_stages(stages: list[Stage], batch_shards: int = 1) -> None:
     if s.batch_tokens % s.seq_len:
       raise ValueError(f"{where}: batch_tokens={s.batch_tokens} is not a multiple of "
                        f"seq_len={s.seq_len}")
+    if s.micro_batches is not None and s.micro_batches < 1:
+      raise ValueError(f"{where}: micro_batches={s.micro_batches} must be positive")
     if s.batch_size % batch_shards:
       raise ValueError(f"{where}: {s.batch_size} sequences per batch do not split over "
                        f"data*fsdp={batch_shards}; use a multiple of {batch_shards}")

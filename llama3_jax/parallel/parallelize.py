@@ -23,10 +23,11 @@ from llama3_jax.parallel import context as context_parallel
 from llama3_jax.parallel import pipeline
 
 
-def parallelizer(mesh, rules, config, micro_batches: int = 1):
+def parallelizer(mesh, rules, config, micro_batches=1):
   """(module -> the same module with the mesh's block runner and attention kernel installed).
 
-  `config`: a ShardingConfig (pipeline_repeats, context_schedule).
+  `config`: a ShardingConfig (pipeline_repeats, context_schedule). `micro_batches`: a count,
+  or (rows, seq_len) -> count for a batch of that shape (a run whose stages differ in it).
   """
   runner = None
   if mesh.shape["stage"] > 1:
@@ -42,6 +43,11 @@ def parallelizer(mesh, rules, config, micro_batches: int = 1):
     return module
 
   return install
+
+
+def micro_batch_count(micro_batches, rows: int, seq_len: int) -> int:
+  """A batch's micro-batches: `micro_batches` itself, or its answer for the batch's shape."""
+  return micro_batches(rows, seq_len) if callable(micro_batches) else micro_batches
 
 
 def accumulated_micro_batches(mesh, micro_batches: int) -> int:

@@ -335,22 +335,31 @@ def _accumulate_in_weights_dtype(run, weights, narrow, x, aux):
 
 class PipelineStats(Hook):
   """The schedule's idle / busy stage-iterations (`pipeline_bubble`) and padded (identity)
-  layer slots / all (`pipeline_waste`) in every metrics row."""
+  layer slots / all (`pipeline_waste`) in every metrics row. `schedule`: a Schedule, or a
+  function giving the current stage's (stages may differ in their micro-batches)."""
   every = 0   # nothing to do after a step: its fields go into the rows
 
-  def __init__(self, schedule: Schedule):
-    self.fields = {"pipeline_bubble": schedule.bubble, "pipeline_waste": schedule.waste}
-    log.info("pipeline: %d stages x %d repeats, %d micro-batches, layers per stage %s, "
-             "bubble %.3f, padded slots %.3f", schedule.stages, schedule.repeats,
-             schedule.micro_batches, schedule.layers_per_stage, schedule.bubble, schedule.waste)
+  def __init__(self, schedule):
+    self.schedule = schedule if callable(schedule) else (lambda: schedule)
+    self.logged = set()
+    self.log_fields()
 
   def log_fields(self, result=None) -> dict:
-    return self.fields
+    schedule = self.schedule()
+    if schedule not in self.logged:
+      self.logged.add(schedule)
+      log.info("pipeline: %d stages x %d repeats, %d micro-batches, layers per stage %s, "
+               "bubble %.3f, padded slots %.3f", schedule.stages, schedule.repeats,
+               schedule.micro_batches, schedule.layers_per_stage, schedule.bubble,
+               schedule.waste)
+    return {"pipeline_bubble": schedule.bubble, "pipeline_waste": schedule.waste}
 
 
-def pipelined_blocks(stages: int, repeats: int, micro_batches: int, stage_axis: str = "stage",
+def pipelined_blocks(stages: int, repeats: int, micro_batches, stage_axis: str = "stage",
                      mesh_shape: dict | None = None, weights_gathered: bool = False):
   """A `Transformer.block_runner`: its stacked blocks as a pipeline of `stages` stages.
+
+  `micro_batches`: a count, or (rows, seq_len) -> count for the batch being run.
 
   The batch is cut into micro-batches by rows m, m + M, m + 2M, ... (every device keeps its
   share of each). The embedding before and the norm, head and loss after run outside the
@@ -370,7 +379,8 @@ def pipelined_blocks(stages: int, repeats: int, micro_batches: int, stage_axis: 
 
   def run(blocks, x_btd, rope, segment_bt, index_bt, attend=None):
     graphdef, weights = nnx.split(blocks)
-    B, M = x_btd.shape[0], micro_batches
+    B = x_btd.shape[0]
+    M = micro_batches(*x_btd.shape[:2]) if callable(micro_batches) else micro_batches
     validate(jax.tree.leaves(weights)[0].shape[0], stages, repeats, M, B)
     outer = linen.get_logical_axis_rules()
     inner = tuple((name, _without(axes, stage_axis)) for name, axes in outer)

@@ -93,7 +93,7 @@ def dry_run(cfg, n_devices: int | None = None, hardware: str = "h100",
   graphdef, abstract, _ = abstract_train_state(plan.model, tx, objective, t.seed)
   shardings = state_shardings(abstract, mesh, rules)
   abstract = abstract_like(abstract, shardings)
-  fns = make_step_fns(graphdef, shardings, mesh, rules, plan.sharding, t.micro_batches,
+  fns = make_step_fns(graphdef, shardings, mesh, rules, plan.sharding, plan.micro_batches_for,
                       objective)
   stage = max(plan.stages, key=lambda s: s.batch_tokens * s.seq_len)
   batch = abstract_batch(objective.fields, stage.batch_size, stage.seq_len,
@@ -114,18 +114,30 @@ def dry_run(cfg, n_devices: int | None = None, hardware: str = "h100",
     except Exception as error:  # noqa: BLE001 - reported: the dry run says what it checked
       lines.append(f"   lowering without devices failed ({type(error).__name__}: "
                    f"{str(error)[:200]}); checked up to tracing")
-  layout = Layout(sizes, stage.seq_len, stage.batch_tokens, micro_batches=t.micro_batches,
-                  repeats=plan.sharding.pipeline_repeats, schedule="circular",
-                  fsdp_mode=plan.sharding.fsdp_mode, remat=plan.model.remat,
-                  sequence_parallel=plan.sharding.sequence_parallel,
-                  gather_dtype=plan.sharding.gather_dtype, step="xla",
-                  fused_matmuls=plan.model.fused_matmuls, dcn=_dcn(plan.mesh))
   hw = get_hardware(hardware)
-  result = evaluate(plan.model, layout, hw, n_devices)
+
+  def planned(stage):
+    layout = Layout(sizes, stage.seq_len, stage.batch_tokens,
+                    micro_batches=plan.micro_batches_for(stage.batch_size, stage.seq_len),
+                    repeats=plan.sharding.pipeline_repeats, schedule="circular",
+                    fsdp_mode=plan.sharding.fsdp_mode, remat=plan.model.remat,
+                    sequence_parallel=plan.sharding.sequence_parallel,
+                    gather_dtype=plan.sharding.gather_dtype, step="xla",
+                    fused_matmuls=plan.model.fused_matmuls, dcn=_dcn(plan.mesh))
+    return evaluate(plan.model, layout, hw, n_devices)
+
+  result = planned(stage)
   gather_dtype = plan.sharding.gather_dtype or plan.model.param_dtype
   lines.append("4. plan of this step as XLA compiles it (circular pipeline, weights gathered in "
                f"{gather_dtype}) on {hw.name}:")
   lines += ["   " + line for line in explain(plan.model, result, hw).splitlines()]
+  for i, other in enumerate(plan.stages):   # every other stage's headline: each must fit
+    if other != stage:
+      r = planned(other)
+      lines.append(f"   stage {i} ({other.batch_size:,} x {other.seq_len:,}, "
+                   f"M={r.layout.micro_batches}): " + (
+                       f"{gib(r.memory['total']):.1f} GiB, MFU {r.time['mfu']:.1%}, "
+                       + ("fits" if r.fits else "does not fit") if r.memory else str(r.reason)))
   if "frozen" in abstract and jax.tree.leaves(abstract["frozen"]) and result.memory:
     lines.append(frozen_reference(abstract["frozen"], result.memory, hw))
   gathered = ("every weight gathered over fsdp once per step and kept for backward (Llama 3's "

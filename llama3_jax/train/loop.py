@@ -85,7 +85,7 @@ def train(run: RunConfig, workdir, *, objective: Objective = NEXT_TOKEN,
     schedule = lr_schedule(t.peak_lr, plan.warmup_tokens, plan.tokens[-1], plan.anneal_tokens,
                            t.floor_ratio)
     s = setup(plan.model, plan.mesh, sharding=plan.sharding, optimizer=tx, objective=objective,
-              micro_batches=t.micro_batches, seed=t.seed)
+              micro_batches=plan.micro_batches_for, seed=t.seed)
     checkpoints = RunCheckpoints(
         workdir, run.checkpoint, s, plan, data_streams=source.state_streams,
         meta={"seed": t.seed, "model": model_meta(plan.model),
@@ -136,9 +136,9 @@ def train(run: RunConfig, workdir, *, objective: Objective = NEXT_TOKEN,
       stragglers = Stragglers(run.resilience.straggler_factor, workdir, primary)
       pipeline = []
       if s.mesh.shape["stage"] > 1:
-        pipeline.append(PipelineStats(Schedule(s.mesh.shape["stage"],
-                                               plan.sharding.pipeline_repeats, t.micro_batches,
-                                               plan.model.n_layers)))
+        pipeline.append(PipelineStats(lambda: Schedule(
+            s.mesh.shape["stage"], plan.sharding.pipeline_repeats,
+            plan.micro_batches[batches.stage_index or 0], plan.model.n_layers)))
       logger = metrics_lib.MetricsLogger(
           workdir, steps=plan.steps, start=start, every=run.log.every_steps, tokens=plan.tokens,
           schedule=schedule, model_config=plan.model, peak=peak,

@@ -31,10 +31,19 @@ class Plan:
   mesh: MeshConfig
   sharding: ShardingConfig        # vocab_over_fsdp decided
   stages: tuple[Stage, ...]
+  micro_batches: tuple[int, ...]  # per stage: its own, or train.micro_batches
   steps: int
   tokens: list[int]               # tokens seen before each step of the schedule's horizon
   warmup_tokens: int
   anneal_tokens: int
+
+  def micro_batches_for(self, rows: int, seq_len: int) -> int:
+    """The micro-batches of the stage whose batch is `rows` x `seq_len` (the step is traced
+    once per batch shape, so it asks the shape)."""
+    for stage, count in zip(self.stages, self.micro_batches):
+      if (stage.batch_size, stage.seq_len) == (rows, seq_len):
+        return count
+    return self.micro_batches[-1]   # a batch of no stage (an evaluation): the last stage's
 
   @property
   def anneal_from(self) -> int:
@@ -49,8 +58,9 @@ def make_plan(run: RunConfig, n_devices: int, n_processes: int = 1,
   model, train, data = run.model.resolve(init_model), run.train, run.data
   sizes = run.mesh.sizes(n_devices)
   stages = train.stages
-  _check_stages(stages, model, sizes, train.micro_batches)
-  validate_stages(list(stages), batch_shards=sizes["data"] * sizes["fsdp"] * train.micro_batches)
+  micro_batches = tuple(s.micro_batches or train.micro_batches for s in stages)
+  _check_stages(stages, model, sizes, micro_batches)
+  validate_stages(list(stages), batch_shards=sizes["data"] * sizes["fsdp"])
   if not data.synthetic and not (data.path and is_conversation_data(data.path)):
     for stage in stages:
       if stage.batch_size % data.streams:
@@ -88,13 +98,21 @@ def make_plan(run: RunConfig, n_devices: int, n_processes: int = 1,
                     f"which does not divide model.vocab_size={model.vocab_size}",
                     f"make vocab_size a multiple of {split}, or set "
                     "--config.sharding.vocab_over_fsdp=False")
-  return Plan(model, run.mesh, sharding, stages, train.steps, tokens, warmup, anneal)
+  return Plan(model, run.mesh, sharding, stages, micro_batches, train.steps, tokens, warmup,
+              anneal)
 
 
-def _check_stages(stages, model: ModelConfig, sizes: dict, micro_batches: int) -> None:
-  """What every stage needs of the model and the micro-batches, named by stage and field."""
+def _check_stages(stages, model: ModelConfig, sizes: dict, counts: tuple[int, ...]) -> None:
+  """What every stage needs of the model and of its micro-batches, named by stage and field."""
   shards = sizes["data"] * sizes["fsdp"]
-  for i, stage in enumerate(stages):
+  shapes = {}
+  for i, (stage, micro_batches) in enumerate(zip(stages, counts)):
+    other = shapes.setdefault((stage.batch_size, stage.seq_len), (i, micro_batches))
+    if other[1] != micro_batches:
+      raise UserError(f"train.stages[{other[0]}] and [{i}] have the same batch shape "
+                      f"({stage.batch_size} x {stage.seq_len}) but {other[1]} and "
+                      f"{micro_batches} micro-batches", "give them the same micro_batches "
+                      "(the step is compiled once per batch shape)")
     if stage.seq_len > model.max_seq_len:
       raise UserError(f"train.stages[{i}].seq_len={stage.seq_len} exceeds model.max_seq_len="
                       f"{model.max_seq_len}", "raise model.max_seq_len (the context the model "

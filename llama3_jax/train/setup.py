@@ -120,11 +120,12 @@ def abstract_train_state(model_config, optimizer=None, objective=NEXT_TOKEN, see
 
 def setup(model_config, mesh_config: MeshConfig = MeshConfig(), *,
           sharding: ShardingConfig = ShardingConfig(), optimizer=None, objective=NEXT_TOKEN,
-          micro_batches: int = 1, seed: int = 0, devices=None, global_batch: int | None = None,
+          micro_batches=1, seed: int = 0, devices=None, global_batch: int | None = None,
           seq_len: int | None = None) -> Setup:
   """Validates the layout (ValueError naming the fix), then builds everything but the arrays.
 
   `devices`: default all; `global_batch` / `seq_len`: checked against the mesh when given.
+  `micro_batches`: a count, or (rows, seq_len) -> count per batch shape (Plan.micro_batches_for).
   """
   devices = jax.devices() if devices is None else list(devices)
   sizes = validate(mesh_config, model_config, n_devices=len(devices), global_batch=global_batch,

@@ -28,7 +28,8 @@ from jax.sharding import NamedSharding
 
 from llama3_jax.optim.optimizer import set_learning_rate
 from llama3_jax.parallel import context as context_parallel
-from llama3_jax.parallel.parallelize import accumulated_micro_batches, parallelizer
+from llama3_jax.parallel.parallelize import (accumulated_micro_batches, micro_batch_count,
+                                             parallelizer)
 from llama3_jax.sharding.rules import ShardingConfig, batch_spec, gathered_over_fsdp
 from llama3_jax.objectives.next_token import NEXT_TOKEN
 
@@ -41,14 +42,16 @@ class StepFns:
 
 
 def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = ShardingConfig(),
-                  micro_batches: int = 1, objective=NEXT_TOKEN) -> StepFns:
+                  micro_batches=1, objective=NEXT_TOKEN) -> StepFns:
   """Jitted step functions with the state's shardings in and out.
 
-  With a `stage` axis the blocks run as a pipeline (llama3_jax/parallel/pipeline.py) of
-  `micro_batches` micro-batches, instead of accumulating gradients over them one by one.
+  `micro_batches`: a count, or (rows, seq_len) -> count for a batch of that shape (stages that
+  differ in it; the step is traced once per batch shape). With a `stage` axis the blocks run as
+  a pipeline (llama3_jax/parallel/pipeline.py) of that many micro-batches, instead of
+  accumulating gradients over them one by one.
   """
   install = parallelizer(mesh, rules, config, micro_batches)
-  micro_batches = accumulated_micro_batches(mesh, micro_batches)
+  counts = micro_batches
   param_shardings = nnx.state(nnx.merge(graphdef, shardings, copy=True).model, nnx.Param)
   batch_sharding = NamedSharding(mesh, batch_spec(rules))
   # Llama 3 FSDP mode: gather every weight once per step, before the first micro-batch (in
@@ -59,6 +62,8 @@ def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = Sha
   context = context_parallel.context_size(mesh, rules)
 
   def grads_of(state, batch):
+    rows, seq_len = next(x.shape for x in batch.values() if x.ndim == 2)
+    micro_batches = accumulated_micro_batches(mesh, micro_batch_count(counts, rows, seq_len))
     if context > 1:   # once per batch, before micro-batches: load-balanced chunk order
       batch = context_parallel.reorder_batch(batch, context)
       batch = {name: jax.lax.with_sharding_constraint(x, batch_sharding) if x.ndim == 2 else x

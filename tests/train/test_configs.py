@@ -10,6 +10,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec
 
+from llama3_jax.errors import UserError
 from llama3_jax.model import SIZES
 from llama3_jax.parallel.pipeline import Schedule
 from llama3_jax.sharding import make_rules, state_specs
@@ -52,6 +53,20 @@ def test_short_runs_plan_on_every_config(name, steps):
   assert 0 < plan.warmup_tokens + plan.anneal_tokens <= plan.tokens[-1]
 
 
+def test_micro_batches_per_stage():
+  """A stage may set its own micro-batches (the 405B ramp: 8 on its 1,024-row stages, 16 on the
+  last); the step asks by batch shape; one shape with two counts is refused."""
+  plan = make_plan(run_config(load("llama3_405b")), DEVICES["llama3_405b"])
+  assert plan.micro_batches == (8, 8, 16)
+  assert [plan.micro_batches_for(s.batch_size, s.seq_len) for s in plan.stages] == [8, 8, 16]
+  cfg = load("llama3_debug")
+  first, second = cfg.train.stages
+  cfg.train.stages = ({**first, "micro_batches": 2}, {**second, "batch_tokens": 16 * 128,
+                                                      "seq_len": 128})
+  with pytest.raises(UserError, match=r"stages\[0\] and \[1\] have the same batch shape"):
+    make_plan(run_config(cfg), 8)
+
+
 def test_too_long_warmup_is_scaled_with_a_warning_naming_the_fix(caplog):
   cfg = load("llama3_debug", steps=4)
   with caplog.at_level(logging.WARNING):
@@ -86,7 +101,7 @@ def test_defaults_come_from_the_schema_once():
   cfg.train.schedule_steps = 400   # an unset field is still typed for the command line
   assert run_config(cfg).train.schedule_steps == 400
   assert cfg.train.stages[0] == {"until_tokens": 65536, "batch_tokens": 2048, "seq_len": 128,
-                                 "mixture": None}
+                                 "mixture": None, "micro_batches": None}
 
 
 def test_the_model_is_a_size_plus_overrides():

@@ -67,3 +67,20 @@ def test_llama3_mode_gathers_bf16_and_accumulates_fp32(mesh, micro):
   gathered = [line for line in lowered.splitlines() if "sdy.sharding_constraint" in line
               and "fsdp" not in line and "xbf16>" in line]
   assert len(gathered) >= len(jax.tree.leaves(state["model"])), gathered
+
+
+def test_micro_batches_chosen_by_batch_shape():
+  """setup(micro_batches=f): each batch shape runs f(rows, seq_len) micro-batches (a run whose
+  stages differ in them), the same bits as a step built with that count."""
+  counts = {32: 4, 16: 2}
+  s = setup(MODEL, MeshConfig(fsdp=8), sharding=ShardingConfig("llama3"),
+            micro_batches=lambda rows, seq_len: counts[rows])
+  state = s.init_state()
+  for rows, count in counts.items():
+    half = jax.tree.map(lambda x: x[:rows], batch())
+    fixed = setup(MODEL, MeshConfig(fsdp=8), sharding=ShardingConfig("llama3"),
+                  micro_batches=count)
+    got, want = (jax.device_get(f.fns.loss_and_grads(state, half)) for f in (s, fixed))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(a, b)
+  assert s.fns.loss_and_grads.compilations() == 2
