@@ -109,6 +109,16 @@ def stage_layers(n_layers: int, stages: int) -> list[int]:
   return layers
 
 
+def weight_shards(model, layout: Layout) -> int:
+  """Devices each weight is split over besides tensor and stage: fsdp, and in this project's
+  step context too where d_model divides (llama3_jax/sharding/rules.py: context ranks hold the
+  same weights)."""
+  f, c = layout.size("fsdp"), layout.size("context")
+  if layout.step == "xla" and c > 1 and model.d_model % (f * c) == 0:
+    return f * c
+  return f
+
+
 def stage_slots(model, layout: Layout) -> int:
   """Layer slots the busiest pipeline stage runs per micro-batch: its layers under 1F1B; under
   the circular schedule V chunks of ceil(L / (V S)) slots, padded ones included

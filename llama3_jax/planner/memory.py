@@ -5,7 +5,8 @@
 What is counted (bytes per device; D d_model, F FFN, N/K query/KV heads, H head dim, t tensor,
 c context):
 - parameters (fp32 masters as `param_dtype` says), Adam's two moments and the optimizer's
-  update (a gradient-sized tree while AdamW applies), all split over fsdp x tensor x stage;
+  update (a gradient-sized tree while AdamW applies), all split over fsdp x tensor x stage
+  (and context, in this project's step: `weight_shards`);
 - gradients: in Llama 3's FSDP mode accumulated in the gathered layout (split over tensor and
   stage only) and reduce-scattered once per step; in ZeRO-3 kept as FSDP shards;
 - weights gathered by FSDP: Llama 3's mode keeps every weight of the stage gathered for the
@@ -21,7 +22,8 @@ split over the stage axis) and on the first / last stage only under 1F1B (Llama 
 import numpy as np
 
 from llama3_jax.parallel.pipeline import Schedule
-from llama3_jax.planner.layout import Layout, pipeline_replicas, stage_layers, stage_slots
+from llama3_jax.planner.layout import (Layout, pipeline_replicas, stage_layers, stage_slots,
+                                       weight_shards)
 
 # What XLA keeps per layer and token for backward in this project's step (remat "none"), in
 # copies of each dimension: measured from XLA:CPU's memory analysis of the compiled train
@@ -178,7 +180,7 @@ def attention_working_bytes(model, layout: Layout) -> float:
 
 def memory(model, layout: Layout) -> dict[str, float]:
   """Bytes per device by component, for the stage whose total is largest."""
-  t, S, fsdp = layout.size("tensor"), layout.size("stage"), layout.size("fsdp")
+  t, S, fsdp = layout.size("tensor"), layout.size("stage"), weight_shards(model, layout)
   p = _bytes(model.param_dtype)
   g = _bytes(layout.gather_dtype or model.param_dtype)
   layers = stage_layers(model.n_layers, S)
@@ -211,7 +213,7 @@ def memory(model, layout: Layout) -> dict[str, float]:
 def gathered_weights(model, layout: Layout, gathered: float) -> float:
   """Elements of FSDP-gathered weights alive at the peak (none without FSDP unless the gather
   casts to another dtype: then the cast copy)."""
-  if layout.size("fsdp") == 1:
+  if weight_shards(model, layout) == 1:
     same = (layout.gather_dtype or model.param_dtype) == model.param_dtype
     return 0.0 if same else gathered
   if layout.fsdp_mode == "llama3":   # XLA's step: + one layer's gradient before its reduction

@@ -19,7 +19,7 @@ pipeline's traffic, checked against HLO in tests/planner/test_calibration.py).
 from typing import NamedTuple
 
 from llama3_jax.parallel.pipeline import Schedule
-from llama3_jax.planner.layout import Layout, pipeline_replicas, stage_slots
+from llama3_jax.planner.layout import Layout, pipeline_replicas, stage_slots, weight_shards
 from llama3_jax.planner.memory import _bytes, layer_params, table_params
 from llama3_jax.sharding.mesh import AXES
 from llama3_jax.model.flops import (attention_flops_per_token, flops_per_token,
@@ -99,7 +99,9 @@ def collectives(model, layout: Layout) -> list[Traffic]:
                        "vocab-parallel embedding and LM head"))
   if c > 1:
     kv = 2 * (K / t if K % t == 0 else K) * H * a * tokens * c   # gathered K/V per layer
-    out.append(Traffic("context", "all-gather", (passes - 1) * layers * kv,
+    # Under remat "minimal" this step gathers them again in backward (only the local K/V kept).
+    again = 1 if layout.step == "xla" and layout.remat == "minimal" else 0
+    out.append(Traffic("context", "all-gather", (passes - 1 + again) * layers * kv,
                        "K/V all-gathered before attention"))
     out.append(Traffic("context", "reduce-scatter", layers * kv, "dK/dV in backward"))
   if S > 1:
@@ -110,11 +112,12 @@ def collectives(model, layout: Layout) -> list[Traffic]:
       out.append(Traffic("stage", "send", 2 * layout.repeats * layout.micro_batches * per_send,
                          "activations between stages"))
   weights = layers * layer_params(model, t) + 2 * table_params(model, t)
-  if fsdp > 1:
+  shards = weight_shards(model, layout)
+  if shards > 1:   # over fsdp (and context where it shards the weights too)
     out += _fsdp(model, layout, layers, weights)
   if data > 1:
-    out.append(Traffic("data", "all-reduce", weights / fsdp * p, "gradients (data parallel)"))
-  if c > 1:   # the weights are replicated over context: so are their gradients' shards
+    out.append(Traffic("data", "all-reduce", weights / shards * p, "gradients (data parallel)"))
+  if c > 1 and shards == fsdp:   # weights replicated over context: so are their gradients
     out.append(Traffic("context", "all-reduce", weights / fsdp * p,
                        "gradients (weights replicated over context)"))
   return out

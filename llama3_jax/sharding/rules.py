@@ -155,15 +155,21 @@ def make_rules(model, sizes: dict[str, int], config: ShardingConfig = ShardingCo
       warnings.warn("sequence_parallel with tensor > n_kv_heads: XLA's partitioner falls back to "
                     "replicating attention tensors in backward (correct, but slower); prefer "
                     "tensor <= n_kv_heads with sequence parallelism", stacklevel=2)
-  stage, fsdp = sizes.get("stage", 1), sizes.get("fsdp", 1)
+  stage, fsdp, context = sizes.get("stage", 1), sizes.get("fsdp", 1), sizes.get("context", 1)
+  # Context parallelism's ranks hold the same weights: shard them over `context` too, as FSDP
+  # does (Megatron's distributed optimizer over data x context), where d_model divides.
+  embed = ("fsdp", "context") if context > 1 and model.d_model % (fsdp * context) == 0 \
+      else ("fsdp",)
   if model.n_layers % stage:
     # An uneven pipeline (llama3_jax/parallel/pipeline.py): the [L, ...] stack cannot split by
     # layer over `stage`, so every weight splits over it along d_model instead (the same bytes
     # per device; the step gathers each stage's layers), or, where d_model does not divide,
     # the stack is replicated over `stage`.
     overrides["layers"] = None
-    if model.d_model % (fsdp * stage) == 0:
-      overrides["embed"] = ("fsdp", "stage")
+    if model.d_model % (fsdp * stage * (context if len(embed) > 1 else 1)) == 0:
+      embed = ("fsdp", "stage") + embed[1:]
+  if len(embed) > 1:
+    overrides["embed"] = embed
   rules = tuple((name, overrides.get(name, axes)) for name, axes in
                 PARAM_RULES + ACTIVATION_RULES)
   if config.vocab_over_fsdp:
@@ -202,9 +208,11 @@ def without_axis(spec: PartitionSpec, axis: str) -> PartitionSpec:
 
 
 def gathered_over_fsdp(shardings):
-  """The NamedShardings after all-gathering over `fsdp`: weights as Llama 3's mode uses them."""
-  return jax.tree.map(lambda s: NamedSharding(s.mesh, without_axis(s.spec, "fsdp")), shardings,
-                      is_leaf=lambda x: isinstance(x, NamedSharding))
+  """The NamedShardings after all-gathering over `fsdp` (and `context`, which shards weights
+  as fsdp does): weights as Llama 3's mode uses them."""
+  gathered = lambda s: NamedSharding(s.mesh, without_axis(without_axis(s.spec, "fsdp"),
+                                                           "context"))
+  return jax.tree.map(gathered, shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
 
 
 def batch_spec(rules: Rules) -> PartitionSpec:

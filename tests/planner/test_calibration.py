@@ -51,6 +51,8 @@ LAYOUTS = {
     "fsdp8_remat_minimal": ({"fsdp": 8}, ShardingConfig(), "minimal", 1),
     "fsdp2_tensor4_sp_minimal": ({"fsdp": 2, "tensor": 4}, ShardingConfig(sequence_parallel=True),
                                  "minimal", 1),
+    # Context ranks shard the weights with fsdp; "minimal" gathers K/V again in backward.
+    "fsdp2_context4_minimal": ({"fsdp": 2, "context": 4}, ShardingConfig(), "minimal", 1),
     "fsdp2_stage2_tensor2_sp_llama3_minimal": (
         {"fsdp": 2, "stage": 2, "tensor": 2},
         ShardingConfig("llama3", sequence_parallel=True, pipeline_repeats=2), "minimal", 4),

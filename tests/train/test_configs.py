@@ -21,7 +21,7 @@ from llama3_jax.train.setup import abstract_train_state
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[2] / "experiments" /
                                   "configs").glob("llama3_*.py"))
 # Devices each shipped config's mesh is planned on (405B: the report's 16K GPUs; 70B: 16 nodes).
-DEVICES = {"llama3_405b": 16 * 1024, "llama3_70b": 128}
+DEVICES = {"llama3_405b": 16 * 1024, "llama3_405b_128k": 16 * 1024, "llama3_70b": 128}
 
 
 def load(name, **train):
@@ -142,8 +142,8 @@ def test_unknown_fields_and_positional_stages_are_refused():
 
 
 def test_config_names_are_the_sizes_and_long_context():
-  assert CONFIGS == ["llama3_405b", "llama3_70b", "llama3_8b", "llama3_debug",
-                     "llama3_long_context"]
+  assert CONFIGS == ["llama3_405b", "llama3_405b_128k", "llama3_70b", "llama3_8b",
+                     "llama3_debug", "llama3_long_context"]
 
 
 def test_405b_layers_split_over_every_device():

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from experiments.configs import llama3_8b, llama3_70b, llama3_405b
+from experiments.configs import llama3_8b, llama3_70b, llama3_405b, llama3_405b_128k
 from llama3_jax.train.dry_run import dry_run
 
 
@@ -49,3 +49,14 @@ def test_405b_dry_runs_fit_meta_layout():
     assert re.search(stage + r": [\d.]+ GiB, MFU [\d.]+%, fits", report), report[-800:]
   final = dry_run(llama3_405b.get_config("final"))   # the 16M-token phase alone
   assert headline(final) == (mfu, gib) and "stage 1 (" not in final
+
+
+@pytest.mark.slow
+def test_405b_128k_dry_run_fits_meta_layout():
+  # Table 4, row 3: tensor 8 x context 16 x stage 16 x fsdp 8; every length of the extension.
+  report = dry_run(llama3_405b_128k.get_config())
+  assert "batch 128 x 131,072" in report
+  mfu, gib = headline(report)
+  assert mfu >= 0.33 and gib < 73
+  assert len(re.findall(r"^   stage \d \(.*M=16\): [\d.]+ GiB, MFU [\d.]+%, fits$", report,
+                        re.M)) == 3, report[-600:]
