@@ -69,6 +69,7 @@ def test_llama3_mode_gathers_bf16_and_accumulates_fp32(mesh, micro):
   assert len(gathered) >= len(jax.tree.leaves(state["model"])), gathered
 
 
+@pytest.mark.slow   # the fast core checks the per-stage counts in tests/train/test_configs.py
 def test_micro_batches_chosen_by_batch_shape():
   """setup(micro_batches=f): each batch shape runs f(rows, seq_len) micro-batches (a run whose
   stages differ in them), the same bits as a step built with that count."""
