@@ -77,10 +77,9 @@ class Layout:
     extra += [f"fsdp={self.fsdp_mode}", f"remat={self.remat}"]
     if self.sequence_parallel and self.size("tensor") > 1:
       extra.append("SP")
-    if self.fused_matmuls:
-      extra.append("fused")
-    if self.gather_dtype:
-      extra.append(f"gather={self.gather_dtype}")
+    if self.step == "xla":   # what this project's step runs (the dry run's plan)
+      extra += ["fused"] * self.fused_matmuls + [f"gather={self.gather_dtype}"] * bool(
+          self.gather_dtype)
     return f"{axes or 'one device'} ({' '.join(extra)})"
 
 
