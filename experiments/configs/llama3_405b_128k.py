@@ -6,11 +6,12 @@ python -m experiments.pretrain --config experiments/configs/llama3_405b_128k.py 
     --config.init.path=/ckpt/405b --workdir /ckpt/405b_128k
 
 Dry run on 16,384 x H100 (2026-12-08), the 128K stage: fits, 72.1 GiB per GPU, MFU 33.1%
-(Table 4 reports 38% for this layout; the earlier stages 32.7-33.1%). Each 131,072-token sequence is split over 16 context
-ranks (2 x 16 load-balanced chunks, K/V all-gathered, llama3_jax/parallel/context.py) and its
-heads over 8 tensor ranks; the weights are sharded over fsdp x context (context ranks hold the
-same weights), gathered once per step in bf16. One sequence per FSDP replica per micro-batch at
-128K, 16 micro-batches; the earlier stages keep 16 micro-batches of 8,192 tokens per GPU.
+(Table 4 reports 38% for this layout; the earlier stages 32.7-33.1%). Each 131,072-token
+sequence is split over 16 context ranks (2 x 16 load-balanced chunks, K/V all-gathered,
+llama3_jax/parallel/context.py) and its heads over 8 tensor ranks; the weights are sharded
+over fsdp x context (context ranks hold the same weights), gathered once per step in bf16. One
+sequence per FSDP replica per micro-batch at 128K, 16 micro-batches; the earlier stages keep
+16 micro-batches of 8,192 tokens per GPU.
 
 The report extends the 8K model to 128K in six stages over about 800B tokens, each advancing
 once short-context evaluations recover and needle-in-a-haystack passes at the new length; it

@@ -10,9 +10,10 @@ inputs ([M, ...] leaves: RoPE angles, segment ids...).
 
 Any L > (V - 1) S works (`layout`): every chunk holds Lmax = ceil(L / (V S)) or Lmax - 1 layers,
 in natural order chunk after chunk (so fewer than S chunks may be empty: 126 layers in 8 chunks
-on each of 16 stages leave the first and the last stage one empty chunk each). The V S Lmax - L chunks one layer short go to the stages from
-both ends in turn (first, last, second, second to last, ..., round after round), on the first
-half of that order a stage's earliest chunk, on the second its latest. So the first and the last
+on each of 16 stages leave the first and the last stage one empty chunk each). The V S Lmax - L
+chunks one layer short go to the stages from both ends in turn (first, last, second, second to
+last, ..., round after round), on the first half of that order a stage's earliest chunk, on the
+second its latest. So the first and the last
 stage, which carry the embedding and the head in Llama 3, are the first to hold a layer fewer
 (126 layers on 16 stages: 7 + 14 x 8 + 7, report §3.3.2), and per-stage totals differ by at most
 one whatever L. A short chunk's last slot is padded: zero weights gathered inside the step (the

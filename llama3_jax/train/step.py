@@ -89,7 +89,7 @@ def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = Sha
                                                             batch, frozen=reference)
         return loss_sum, (weight_sum, metrics)
       (loss_sum, (weight_sum, metrics)), grads = jax.value_and_grad(sums, has_aux=True)(params)
-      return loss_sum, weight_sum, metrics, _cast(grads, like=masters)
+      return loss_sum, weight_sum, metrics, _cast(grads, masters)
 
     if micro_batches == 1:
       loss_sum, weight_sum, metrics, grads = micro_step(batch)
@@ -136,11 +136,9 @@ def make_step_fns(graphdef, shardings, mesh, rules, config: ShardingConfig = Sha
   return StepFns(InMesh(train_jit, mesh, rules), InMesh(grads_jit, mesh, rules), batch_sharding)
 
 
-def _cast(tree, dtype=None, like=None):
-  """Every leaf in `dtype`, or in the dtype of its counterpart in `like`."""
-  if like is not None:
-    return jax.tree.map(lambda x, y: x.astype(y.dtype), tree, like)
-  return jax.tree.map(lambda x: x.astype(dtype), tree)
+def _cast(tree, like):
+  """Every leaf in the dtype of its counterpart in `like`."""
+  return jax.tree.map(lambda x, y: x.astype(y.dtype), tree, like)
 
 
 def gather(params, shardings, dtype: str | None = None, held_narrow=lambda path: False):
