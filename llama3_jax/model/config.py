@@ -54,7 +54,7 @@ class ModelConfig:
   scan_layers: bool = True                  # False: a Python loop over layers (for debugging)
   # What backward keeps of each block: "none" everything, "minimal" every matmul's output
   # (the rest recomputed), "save_names" the outputs `remat_names` names, "full" the block's
-  # input alone (transformer.remat_policy).
+  # input alone (transformer.kept_names).
   remat: str = "none"
   remat_names: tuple[str, ...] = ("attn_out", "mlp_out")  # kept by remat="save_names"
   # q/k/v and gate/up each as one matmul (Megatron's fused layers), the stored weights unchanged:
